@@ -1,0 +1,1 @@
+"""(public names are re-exported here as the package grows)."""
