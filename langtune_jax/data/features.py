@@ -1,0 +1,288 @@
+"""Features: tokenization, truncation, label alignment, padding buckets and packing.
+
+Examples are tokenized once, in batches, with a Hugging Face fast tokenizer, into a ragged store
+per language (`Tokenized`: flat int32 arrays + offsets) so that building a batch is only slicing
+and copying. Labels follow the transformers conventions:
+
+* sequence classification: `labels` [B] int32 (index into the label vocabulary);
+* token classification: `labels` [B, T], the tag id on the first sub-token of each word and -100
+  on later sub-tokens, special tokens and padding;
+* causal LM: `labels` [B, T] = input ids (the loss shifts by one, as in transformers), -100 on
+  BOS, prompt tokens, padding and the first token of every packed segment (so no segment is trained
+  to follow the previous one).
+
+Batches are padded to the smallest length bucket that fits their longest row, so a jitted step
+sees only `len(buckets)` shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+IGNORE = -100
+
+
+@dataclasses.dataclass
+class Tokenized:
+    """Tokenized examples of one language, stored ragged.
+
+    Attributes:
+      input_ids: [total_tokens] int32, the rows concatenated.
+      offsets: [n + 1] int64; row r is input_ids[offsets[r]:offsets[r + 1]].
+      token_type_ids: like input_ids, or None when the tokenizer gives none.
+      token_labels: like input_ids (token classification and causal LM), or None.
+      labels: [n] int32 (sequence classification), or None.
+    """
+
+    input_ids: np.ndarray
+    offsets: np.ndarray
+    token_type_ids: np.ndarray | None = None
+    token_labels: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, r: int) -> slice:
+        return slice(int(self.offsets[r]), int(self.offsets[r + 1]))
+
+
+def _ragged(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for r in rows for t in r), dtype=np.int32, count=int(offsets[-1]))
+    return flat, offsets
+
+
+def _chat_parts(tokenizer, messages: list[dict]) -> tuple[str, str]:
+    """Prompt text (all but the last message, with a generation prompt) and the response text."""
+    history, last = messages[:-1], messages[-1]
+    if getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+    else:  # plain fallback for tokenizers without a chat template
+        prompt = "".join(f"{m['role']}: {m['content']}\n" for m in history) + "assistant: "
+    return prompt, str(last["content"])
+
+
+def tokenize(
+    examples: Sequence[dict],
+    tokenizer,
+    *,
+    task: str,
+    max_length: int,
+    label_to_id: dict[str, int] | None = None,
+    chunk: int = 1000,
+) -> Tokenized:
+    """Tokenizes examples (batched, fast tokenizer) into a ragged `Tokenized` store.
+
+    Args:
+      examples: example dicts from `load_split` (one language or several).
+      tokenizer: a Hugging Face fast tokenizer (`PreTrainedTokenizerFast`).
+      task: sequence-classification, token-classification or causal-lm.
+      max_length: rows are truncated to this many tokens (special tokens included).
+      label_to_id: label (tag) -> id, for the classification tasks.
+      chunk: examples per tokenizer call.
+
+    Returns:
+      The `Tokenized` store, rows in the order of `examples`.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; the data pipeline needs one "
+            "(word ids for label alignment, batched encoding): load it with use_fast=True or "
+            "convert it with transformers' PreTrainedTokenizerFast"
+        )
+    ids: list[list[int]] = []
+    types: list[list[int]] = []
+    tok_labels: list[list[int]] = []
+    labels: list[int] = []
+    for start in range(0, len(examples), chunk):
+        part = examples[start : start + chunk]
+        if task == "sequence-classification":
+            pairs = [ex.get("text_pair") for ex in part]
+            enc = tokenizer(
+                [ex["text"] for ex in part],
+                pairs if any(p is not None for p in pairs) else None,
+                truncation=True,
+                max_length=max_length,
+            )
+            ids += enc["input_ids"]
+            if "token_type_ids" in enc:
+                types += enc["token_type_ids"]
+            labels += [label_to_id[ex["label"]] for ex in part]
+        elif task == "token-classification":
+            enc = tokenizer(
+                [ex["tokens"] for ex in part],
+                is_split_into_words=True,
+                truncation=True,
+                max_length=max_length,
+            )
+            ids += enc["input_ids"]
+            if "token_type_ids" in enc:
+                types += enc["token_type_ids"]
+            for b, ex in enumerate(part):
+                row, prev = [], None
+                for w in enc.word_ids(b):
+                    # Only the first sub-token of a word carries its tag.
+                    row.append(IGNORE if w is None or w == prev else label_to_id[ex["tags"][w]])
+                    prev = w
+                tok_labels.append(row)
+        elif task == "causal-lm":
+            ids_part, lab_part = _causal_rows(part, tokenizer, max_length)
+            ids += ids_part
+            tok_labels += lab_part
+        else:
+            raise ValueError(f"unknown task {task!r}")
+    flat, offsets = _ragged(ids)
+    return Tokenized(
+        input_ids=flat,
+        offsets=offsets,
+        token_type_ids=_ragged(types)[0] if types else None,
+        token_labels=_ragged(tok_labels)[0] if tok_labels else None,
+        labels=np.asarray(labels, dtype=np.int32) if labels else None,
+    )
+
+
+def _causal_rows(part, tokenizer, max_length):
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prompts, responses = [], []
+    for ex in part:
+        if "messages" in ex:
+            p, r = _chat_parts(tokenizer, ex["messages"])
+        elif "prompt" in ex:
+            p, r = ex["prompt"], ex["response"]
+        else:
+            p, r = "", ex["text"]
+        prompts.append(p)
+        responses.append(r)
+    enc_p = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    enc_r = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    ids, labels = [], []
+    for p, r, ex in zip(enc_p, enc_r, part):
+        # A chat template already starts with its own tokens; plain text gets BOS.
+        head = [] if "messages" in ex else bos
+        row = (head + p + r + eos)[:max_length]
+        lab = ([IGNORE] * (len(head) + len(p)) + r + eos)[:max_length]
+        ids.append(row)
+        labels.append(lab)
+    return ids, labels
+
+
+def choose_bucket(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length (the largest bucket if none is)."""
+    for b in buckets:
+        if b >= length:
+            return b
+    return buckets[-1]
+
+
+def collate(
+    rows: Sequence[tuple[Tokenized, int]],
+    length: int,
+    *,
+    pad_id: int,
+    task: str,
+) -> dict[str, np.ndarray]:
+    """Pads rows (one example each) to `length` and stacks them.
+
+    Args:
+      rows: (store, row index) per batch row.
+      length: padded length T (a bucket).
+      pad_id: the tokenizer's pad token id.
+      task: decides the label layout (see the module docstring).
+
+    Returns:
+      input_ids, attention_mask [B, T] int32, token_type_ids [B, T] when the store has them,
+      labels [B] or [B, T] int32.
+    """
+    b = len(rows)
+    input_ids = np.full((b, length), pad_id, dtype=np.int32)  # [B, T]
+    mask = np.zeros((b, length), dtype=np.int32)
+    has_types = bool(rows) and rows[0][0].token_type_ids is not None
+    types = np.zeros((b, length), dtype=np.int32) if has_types else None
+    if task == "sequence-classification":
+        labels = np.zeros((b,), dtype=np.int32)  # [B]
+    else:
+        labels = np.full((b, length), IGNORE, dtype=np.int32)  # [B, T]
+    for i, (store, r) in enumerate(rows):
+        s = store.row(r)
+        n = min(s.stop - s.start, length)
+        s = slice(s.start, s.start + n)
+        input_ids[i, :n] = store.input_ids[s]
+        mask[i, :n] = 1
+        if has_types:
+            types[i, :n] = store.token_type_ids[s]
+        if task == "sequence-classification":
+            labels[i] = store.labels[r]
+        else:
+            labels[i, :n] = store.token_labels[s]
+    out = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    if has_types:
+        out["token_type_ids"] = types
+    return out
+
+
+def pack(
+    rows: Sequence[tuple[Tokenized, int]],
+    num_rows: int,
+    length: int,
+    *,
+    pad_id: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """Packs causal-LM examples into `num_rows` rows of `length` tokens.
+
+    Examples are placed in draw order, each into the row with the most room (worst fit), so
+    all rows fill evenly.
+
+    Each example becomes a segment: `segment_ids` 1, 2, ... per row (0 = padding),
+    `position_ids` restart at 0 in every segment, and the first label of every segment is -100.
+    Examples that fit in no row are dropped (counted in the return value). Attention must be
+    causal *and* restricted to equal segment ids.
+
+    Returns:
+      (batch with input_ids, attention_mask, labels, segment_ids, position_ids [R, T];
+       row_first [R] the index into `rows` of each row's first segment (-1 for an empty row);
+       the number of dropped examples).
+    """
+    input_ids = np.full((num_rows, length), pad_id, dtype=np.int32)  # [R, T]
+    labels = np.full((num_rows, length), IGNORE, dtype=np.int32)
+    segment_ids = np.zeros((num_rows, length), dtype=np.int32)
+    position_ids = np.zeros((num_rows, length), dtype=np.int32)
+    fill = np.zeros(num_rows, dtype=np.int64)
+    nseg = np.zeros(num_rows, dtype=np.int32)
+    row_first = np.full(num_rows, -1, dtype=np.int64)
+    dropped = 0
+    for k, (store, r) in enumerate(rows):
+        s = store.row(r)
+        n = min(s.stop - s.start, length)
+        j = int(np.argmax(length - fill))  # worst fit: rows fill evenly, in draw order
+        if length - fill[j] < n:
+            dropped += 1
+            continue
+        a = int(fill[j])
+        input_ids[j, a : a + n] = store.input_ids[s.start : s.start + n]
+        labels[j, a : a + n] = store.token_labels[s.start : s.start + n]
+        labels[j, a] = IGNORE  # never predict a segment's first token from the previous one
+        nseg[j] += 1
+        segment_ids[j, a : a + n] = nseg[j]
+        position_ids[j, a : a + n] = np.arange(n, dtype=np.int32)
+        if row_first[j] < 0:
+            row_first[j] = k
+        fill[j] += n
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": (segment_ids > 0).astype(np.int32),
+        "labels": labels,
+        "segment_ids": segment_ids,
+        "position_ids": position_ids,
+    }
+    return batch, row_first, dropped

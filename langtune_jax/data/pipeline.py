@@ -1,0 +1,386 @@
+"""Train and eval pipelines: sources -> tokenized stores -> mixture -> batches, per process.
+
+    pipe = DataPipeline(data_cfg, sampling_cfg, tokenizer, task="sequence-classification",
+                        seed=0, total_samples=steps * batch_size)
+    print(pipe.plan.table())
+    for batch in pipe.train_batches(batch_size=32, start_step=k): ...
+    for batch in pipe.eval_batches("validation", batch_size=64): ...
+
+Global batch `s` is a pure function of (seed, s, weights): its rows are mixture draws
+`s*B .. s*B+B-1` (or, with packing, `s*M .. s*M+M-1` examples packed into B rows). Every process
+computes the same global batch layout (its padded length comes from all B rows) and materialises
+only its own rows `[p*B/P, (p+1)*B/P)`, so the global batch is identical whatever the number of
+processes, and resuming at step k needs nothing but k. Batches are built ahead in a background
+thread by grain (`MapDataset.range(start_step, ...).map(batch_at).to_iter_dataset(...)`).
+
+Batch keys (numpy, per process): input_ids, attention_mask [b, T] int32; token_type_ids [b, T]
+when the tokenizer gives them; labels [b] (sequence classification) or [b, T] with -100 ignored
+(causal LM: aligned with input_ids, the loss shifts by one as in transformers); language_id [b]
+int32 (index into `DataPipeline.languages`; a packed row's first segment); example_mask [b] int32
+(0 = a padding row of the last eval batch or an empty packed row, else 1); with causal packing
+also segment_ids (1, 2, ... per example, 0 = padding) and position_ids (restarting per segment)
+[b, T]: attention must be causal and within equal segment ids.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Iterator
+
+import grain
+import jax
+import numpy as np
+
+from langtune_jax.data.features import (
+    IGNORE,
+    Tokenized,
+    choose_bucket,
+    collate,
+    pack,
+    tokenize,
+)
+from langtune_jax.data.mixture import LanguageMixture
+from langtune_jax.data.sampling import SamplingConfig, SamplingPlan, build_plan
+from langtune_jax.data.sources import (
+    DataConfig,
+    DataError,
+    MissingSplitError,
+    SplitData,
+    infer_labels,
+    load_split,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _local_rows(global_batch: int, process_index: int, process_count: int) -> slice:
+    if global_batch % process_count:
+        raise ValueError(
+            f"batch_size {global_batch} is not divisible by the {process_count} processes; "
+            "use a multiple of the process count"
+        )
+    per = global_batch // process_count
+    return slice(process_index * per, (process_index + 1) * per)
+
+
+def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    pi = jax.process_index() if process_index is None else int(process_index)
+    pc = jax.process_count() if process_count is None else int(process_count)
+    if not 0 <= pi < pc:
+        raise ValueError(f"process_index {pi} outside [0, process_count={pc})")
+    return pi, pc
+
+
+class DataPipeline:
+    """Loads, validates and tokenizes the data of a run once; then serves batches.
+
+    Args:
+      data_cfg: sources, lengths, labels, bad-row policy.
+      sampling_cfg: language strategy and options.
+      tokenizer: a Hugging Face fast tokenizer.
+      task: sequence-classification, token-classification or causal-lm.
+      seed: the run seed (mixture order).
+      total_samples: examples the run draws (steps x global batch size); used for the plan and as
+        UniMax's budget when `sampling.budget` is unset.
+
+    Attributes:
+      languages: sorted training languages (`language_id` indexes this list).
+      labels: label (tag) vocabulary, sorted from train unless `data.labels` gives it.
+      train: the training `SplitData`; `stores`: language -> `Tokenized` train rows.
+      plan: the `SamplingPlan`; `probabilities`: per-draw probability per language.
+    """
+
+    def __init__(
+        self,
+        data_cfg: DataConfig,
+        sampling_cfg: SamplingConfig,
+        tokenizer,
+        *,
+        task: str,
+        seed: int = 0,
+        total_samples: int | None = None,
+    ):
+        self.data_cfg, self.sampling_cfg, self.tokenizer = data_cfg, sampling_cfg, tokenizer
+        self.task, self.seed = task, int(seed)
+        self.buckets = data_cfg.buckets()
+        self.pad_id = next(
+            (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
+        )
+        self.train: SplitData = load_split(data_cfg, "train", task=task, labels=data_cfg.labels)
+        self.languages = self.train.languages
+        self.labels = (
+            list(data_cfg.labels) if data_cfg.labels is not None else infer_labels(self.train, task)
+        )
+        self.label_to_id = {label: i for i, label in enumerate(self.labels)}
+        self.stores = self._tokenize(self.train)
+        self.tokens = {lang: int(s.offsets[-1]) for lang, s in self.stores.items()}
+        self.plan = self.make_plan(total_samples or 0)
+        self.probabilities = self.plan.probabilities
+        for w in self.plan.warnings:
+            log.warning(w)
+        self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
+        self._eval_order: dict[str, list[tuple[str, int]]] = {}
+        self._mixtures: dict[int, LanguageMixture] = {}
+
+    def _tokenize(self, split: SplitData) -> dict[str, Tokenized]:
+        return {
+            lang: tokenize(
+                rows,
+                self.tokenizer,
+                task=self.task,
+                max_length=self.data_cfg.max_length,
+                label_to_id=self.label_to_id,
+            )
+            for lang, rows in split.examples.items()
+        }
+
+    def make_plan(self, total_samples: int) -> SamplingPlan:
+        """The sampling plan for a run of `total_samples` draws."""
+        return build_plan(
+            self.train.counts(),
+            self.sampling_cfg,
+            total_samples,
+            tokens=self.tokens,
+            skipped=self.train.skipped,
+            skipped_reasons=self.train.reasons,
+        )
+
+    # ---------------------------------------------------------------- train
+
+    def mixture(self, block_size: int) -> LanguageMixture:
+        """The stateless mixture over training examples, shuffled in blocks of `block_size`."""
+        if block_size not in self._mixtures:
+            self._mixtures[block_size] = LanguageMixture(
+                self.train.examples, self.probabilities, seed=self.seed, block_size=block_size
+            )
+        return self._mixtures[block_size]
+
+    def examples_per_step(self, batch_size: int) -> int:
+        """Mixture draws per global batch: batch_size, or with packing enough to fill the rows.
+
+        With packing: the expected example length under the mixture sets how many examples fit a
+        row (a fixed number, so step s still maps to a fixed index range); examples that do not
+        fit are dropped, counted by `packing_dropped`.
+        """
+        if not self.packing:
+            return batch_size
+        mean = sum(
+            self.probabilities[lang] * self.tokens[lang] / len(self.stores[lang])
+            for lang in self.languages
+        )
+        # 90% of the expected capacity: few drops, rows still mostly full.
+        return max(batch_size, int(0.9 * batch_size * self.data_cfg.max_length / max(mean, 1.0)))
+
+    @property
+    def packing(self) -> bool:
+        return self.data_cfg.packing and self.task == "causal-lm"
+
+    def _draws(self, step: int, batch_size: int) -> tuple[list[tuple[Tokenized, int]], np.ndarray]:
+        m = self.examples_per_step(batch_size)
+        mix = self.mixture(m)
+        lang, ex = mix.locate(np.arange(step * m, (step + 1) * m, dtype=np.int64))  # [M]
+        # Mixture language ids index train.examples' keys (sorted) = self.languages.
+        stores = [self.stores[name] for name in mix.languages]
+        return [(stores[li], int(e)) for li, e in zip(lang.tolist(), ex.tolist())], lang
+
+    def _packed(self, step: int, batch_size: int):
+        rows, lang = self._draws(step, batch_size)
+        batch, first, dropped = pack(rows, batch_size, self.data_cfg.max_length, pad_id=self.pad_id)
+        return batch, first, dropped, lang
+
+    def packing_dropped(self, step: int, batch_size: int) -> int:
+        """Examples drawn for packed step `step` that fit in no row (0 without packing)."""
+        return self._packed(step, batch_size)[2] if self.packing else 0
+
+    def batch_at(
+        self,
+        step: int,
+        batch_size: int,
+        *,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """This process's rows of global train batch `step` (a pure function of seed and step).
+
+        Args:
+          step: the global step (0-based).
+          batch_size: the global batch size (rows over all processes).
+          process_index, process_count: default to jax.process_index() / process_count().
+        """
+        pi, pc = _processes(process_index, process_count)
+        local = _local_rows(batch_size, pi, pc)
+        if self.packing:
+            batch, first, _, lang = self._packed(step, batch_size)
+            used = int(batch["attention_mask"].sum(1).max())
+            t = choose_bucket(used, self.buckets)
+            batch = {k: v[local, :t] for k, v in batch.items()}
+            # A packed row's language is that of its first segment.
+            batch["language_id"] = lang[np.maximum(first, 0)][local].astype(np.int32)
+            batch["example_mask"] = (first[local] >= 0).astype(np.int32)
+            return batch
+        rows, lang = self._draws(step, batch_size)
+        lengths = np.array([s.offsets[e + 1] - s.offsets[e] for s, e in rows])
+        t = choose_bucket(int(lengths.max()), self.buckets)
+        batch = collate(rows[local], t, pad_id=self.pad_id, task=self.task)
+        batch["language_id"] = lang[local].astype(np.int32)
+        batch["example_mask"] = np.ones(local.stop - local.start, dtype=np.int32)
+        return batch
+
+    def train_batches(
+        self,
+        batch_size: int,
+        *,
+        start_step: int = 0,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        prefetch: int = 4,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Endless iterator of this process's train batches from `start_step` on.
+
+        Batches are built `prefetch` ahead by a grain background thread (0 = no prefetch).
+        """
+        pi, pc = _processes(process_index, process_count)
+        _local_rows(batch_size, pi, pc)  # fail early on a bad split
+        ds = grain.MapDataset.range(int(start_step), sys.maxsize).map(
+            functools.partial(
+                self.batch_at, batch_size=batch_size, process_index=pi, process_count=pc
+            )
+        )
+        opts = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+        return iter(ds.to_iter_dataset(opts))
+
+    # ---------------------------------------------------------------- eval
+
+    def split(self, split: str) -> tuple[SplitData, dict[str, Tokenized]]:
+        """A validated, tokenized evaluation split (cached). Labels outside the vocabulary and
+        languages not in train are errors (or skipped rows with on_bad_row: skip)."""
+        if split == "train":
+            return self.train, self.stores
+        if split not in self._eval_cache:
+            labels = self.labels if self.task != "causal-lm" else None
+            data = load_split(self.data_cfg, split, task=self.task, labels=labels)
+            unknown = sorted(set(data.languages) - set(self.languages))
+            if unknown:
+                raise DataError(
+                    f"split {split!r} has language(s) {', '.join(map(repr, unknown))} that train "
+                    "does not; add training data for them or remove them from the split"
+                )
+            self._eval_cache[split] = (data, self._tokenize(data))
+        return self._eval_cache[split]
+
+    def has_split(self, split: str) -> bool:
+        """Whether any source has data for `split` (bad rows in it still raise)."""
+        try:
+            self.split(split)
+        except MissingSplitError:
+            return False
+        return True
+
+    def num_eval_batches(self, split: str, batch_size: int) -> int:
+        data, _ = self.split(split)
+        return -(-sum(data.counts().values()) // batch_size)
+
+    def eval_batch_at(
+        self,
+        split: str,
+        k: int,
+        batch_size: int,
+        *,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """This process's rows of global eval batch k (languages sorted, file order inside)."""
+        pi, pc = _processes(process_index, process_count)
+        local = _local_rows(batch_size, pi, pc)
+        data, stores = self.split(split)
+        if split not in self._eval_order:
+            self._eval_order[split] = [
+                (lang, r) for lang in data.languages for r in range(len(stores[lang]))
+            ]
+        order = self._eval_order[split]
+        part = order[k * batch_size : (k + 1) * batch_size]
+        real = len(part)
+        part = part + [part[0]] * (batch_size - real)  # filler rows, masked out below
+        rows = [(stores[lang], r) for lang, r in part]
+        lengths = [int(s.offsets[r + 1] - s.offsets[r]) for s, r in rows]
+        t = choose_bucket(max(lengths), self.buckets)
+        batch = collate(rows[local], t, pad_id=self.pad_id, task=self.task)
+        mask = (np.arange(batch_size) < real).astype(np.int32)[local]
+        if self.task == "sequence-classification":
+            batch["labels"] = np.where(mask > 0, batch["labels"], 0).astype(np.int32)
+        else:
+            batch["labels"] = np.where(mask[:, None] > 0, batch["labels"], IGNORE).astype(np.int32)
+        lang_index = {lang: i for i, lang in enumerate(self.languages)}
+        batch["language_id"] = np.array([lang_index[lang] for lang, _ in part], np.int32)[local]
+        batch["example_mask"] = mask
+        return batch
+
+    def eval_batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        prefetch: int = 2,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Every example of `split` once, in fixed-size batches; the last batch is padded with
+        rows whose `example_mask` is 0."""
+        pi, pc = _processes(process_index, process_count)
+        n = self.num_eval_batches(split, batch_size)
+        ds = grain.MapDataset.range(n).map(
+            functools.partial(
+                self.eval_batch_at,
+                split,
+                batch_size=batch_size,
+                process_index=pi,
+                process_count=pc,
+            )
+        )
+        opts = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+        return iter(ds.to_iter_dataset(opts))
+
+
+def train_batches(
+    data_cfg: DataConfig,
+    sampling_cfg: SamplingConfig,
+    tokenizer,
+    *,
+    task: str,
+    batch_size: int,
+    seed: int = 0,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    total_samples: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One-call train iterator (builds a `DataPipeline`; keep the pipeline to reuse it)."""
+    pipe = DataPipeline(
+        data_cfg, sampling_cfg, tokenizer, task=task, seed=seed, total_samples=total_samples
+    )
+    return pipe.train_batches(
+        batch_size,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def eval_batches(
+    data_cfg: DataConfig,
+    tokenizer,
+    split: str,
+    *,
+    task: str,
+    batch_size: int,
+    sampling_cfg: SamplingConfig | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One-call eval iterator over a whole split (labels and languages come from train)."""
+    pipe = DataPipeline(data_cfg, sampling_cfg or SamplingConfig(), tokenizer, task=task)
+    return pipe.eval_batches(
+        split, batch_size, process_index=process_index, process_count=process_count
+    )

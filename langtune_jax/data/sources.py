@@ -1,0 +1,535 @@
+"""Data sources: JSONL / CSV / Parquet files, folders, Hugging Face `datasets` -> examples per language.
+
+A source is one `SourceConfig`; `DataConfig.sources` lists them. Paths may hold two placeholders:
+`{split}` (replaced by the split name: train, validation, test) and `{language}` (a glob whose
+match is the language), so the demo layout `demo/data/{train,validation,test}/<lang>.jsonl` is
+
+    data:
+      sources:
+        - path: demo/data/{split}/{language}.jsonl
+
+Every row is validated while it is read. A bad row (malformed JSON, invalid UTF-8, missing column,
+empty text, unknown label, missing language) raises `DataError` naming `file:line` and the fix;
+with `on_bad_row: skip` it is skipped and counted in `SplitData.skipped` (shown in the plan).
+
+Examples are plain dicts, by task:
+  sequence-classification: {"text", "text_pair" (or None), "label"}
+  token-classification:    {"tokens": list[str], "tags": list[str]}
+  causal-lm:               {"text"} | {"prompt", "response"} | {"messages": [{"role", "content"}]}
+Each also carries "where" ("file:line") for later error messages.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import io
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Literal
+
+TASKS = ("sequence-classification", "token-classification", "causal-lm")
+_FORMATS = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+}
+
+
+class DataError(ValueError):
+    """Bad data or data configuration; the message names file:line or the language and the fix."""
+
+
+class MissingSplitError(DataError):
+    """No source has data for a requested split (e.g. a data set without a test split)."""
+
+
+@dataclasses.dataclass
+class SourceConfig:
+    """One data source.
+
+    Attributes:
+      path: a file, a folder (every .jsonl/.csv/.tsv/.parquet file in it), a glob, or with format
+        `hf` a `datasets.save_to_disk` folder or a Hub dataset name. May hold `{split}` and
+        `{language}` placeholders (see the module docstring).
+      format: auto (from the file extension), jsonl, csv, parquet or hf.
+      hf_config: Hugging Face dataset configuration name (format hf).
+      hf_split: Hugging Face split name; `{split}` is replaced by the split being read.
+      splits: the splits this source serves; empty = every split (needs `{split}` in path or
+        hf_split).
+      language: a fixed language for every row of this source.
+      file_languages: file name (or stem) -> language, for files without a language column.
+      language_column: the column holding the language when neither of the above applies.
+      text_column, text_pair_column, label_column: sequence classification (and causal-lm text).
+      tokens_column, tags_column: token classification (words and their BIO tags).
+      prompt_column, response_column: causal LM prompt + response (prompt masked from the loss);
+        used when prompt_column is set.
+      messages_column: causal LM chat messages (list of {role, content}); the last message is the
+        response. Used when set.
+    """
+
+    path: str = ""
+    format: Literal["auto", "jsonl", "csv", "parquet", "hf"] = "auto"
+    hf_config: str | None = None
+    hf_split: str = "{split}"
+    splits: list[str] = dataclasses.field(default_factory=list)
+    language: str | None = None
+    file_languages: dict[str, str] = dataclasses.field(default_factory=dict)
+    language_column: str = "language"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    prompt_column: str | None = None
+    response_column: str = "response"
+    messages_column: str | None = None
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("data.sources[].path: every source needs a path (file, folder, glob)")
+        if self.format not in ("auto", "jsonl", "csv", "parquet", "hf"):
+            raise ValueError(f"data.sources[].format: unknown format {self.format!r}")
+        if self.path.count("{language}") > 1:
+            raise ValueError("data.sources[].path: '{language}' may appear once")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The data of a run.
+
+    Attributes:
+      sources: where examples come from (see `SourceConfig`).
+      split_names: role -> the name used in files/`{split}` when it differs (e.g.
+        {validation: dev}).
+      max_length: tokens per row; longer examples are truncated.
+      length_buckets: padded lengths a batch may take (each <= max_length; max_length is always
+        one); empty = max_length/4, /2 and max_length. Few buckets = few recompiles.
+      labels: label vocabulary (tags for token classification); None = sorted labels of train.
+      packing: causal LM only: pack several examples per row (segment_ids, position_ids).
+      on_bad_row: error (stop with file:line) or skip (skip and count).
+    """
+
+    sources: list[SourceConfig] = dataclasses.field(default_factory=list)
+    split_names: dict[str, str] = dataclasses.field(default_factory=dict)
+    max_length: int = 128
+    length_buckets: list[int] = dataclasses.field(default_factory=list)
+    labels: list[str] | None = None
+    packing: bool = False
+    on_bad_row: Literal["error", "skip"] = "error"
+
+    def __post_init__(self):
+        self.sources = [
+            s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources
+        ]
+        if self.max_length < 2:
+            raise ValueError(f"data.max_length must be >= 2 (got {self.max_length})")
+        for b in self.length_buckets:
+            if not 1 <= b <= self.max_length:
+                raise ValueError(
+                    f"data.length_buckets: {b} is outside [1, max_length={self.max_length}]"
+                )
+        if self.on_bad_row not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_row must be 'error' or 'skip' (got {self.on_bad_row!r})")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("data.labels has duplicates")
+
+    def buckets(self) -> list[int]:
+        """The sorted padded lengths (always ending with max_length)."""
+        if self.length_buckets:
+            b = set(self.length_buckets)
+        else:
+            b = {max(8, -(-self.max_length // 4)), max(8, -(-self.max_length // 2))}
+        return sorted({x for x in b if x <= self.max_length} | {self.max_length})
+
+
+@dataclasses.dataclass
+class SplitData:
+    """The examples of one split, grouped by language.
+
+    Attributes:
+      examples: language -> list of example dicts (see the module docstring), languages sorted.
+      skipped: language ('?' when unknown) -> rows skipped as bad.
+      reasons: reason -> rows skipped for it.
+      first_errors: up to 20 "file:line: reason" messages of skipped rows (for logs).
+    """
+
+    examples: dict[str, list[dict]]
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    first_errors: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self.examples)
+
+    def counts(self) -> dict[str, int]:
+        return {lang: len(rows) for lang, rows in sorted(self.examples.items())}
+
+
+class _BadRow(Exception):
+    def __init__(self, where: str, reason: str, language: str | None = None):
+        super().__init__(f"{where}: {reason}")
+        self.where, self.reason, self.language = where, reason, language
+
+
+# --------------------------------------------------------------------------------------------
+# Raw rows: (where, dict) from each format.
+
+
+def _has_surrogates(value: Any) -> bool:
+    if isinstance(value, str):
+        return any("\udc80" <= ch <= "\udcff" for ch in value)
+    if isinstance(value, list | tuple):
+        return any(_has_surrogates(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_surrogates(v) for v in value.values())
+    return False
+
+
+def _read_jsonl(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, _BadRow(where, f"invalid UTF-8 at byte {e.start} ({e.reason})")
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, _BadRow(where, f"malformed JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(row, dict):
+                yield where, _BadRow(where, f"expected a JSON object, got {type(row).__name__}")
+                continue
+            yield where, row
+
+
+def _read_csv(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
+    with open(path, "rb") as f:
+        # surrogateescape keeps bad bytes visible as lone surrogates, so we can point at the row.
+        text = f.read().decode("utf-8", errors="surrogateescape")
+    delimiter = "\t" if path.endswith(".tsv") else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    line = 1
+    for row in reader:
+        where = f"{path}:{line + 1}"
+        line = reader.line_num
+        if _has_surrogates(row):
+            yield where, _BadRow(where, "invalid UTF-8")
+            continue
+        if None in row:
+            yield where, _BadRow(where, f"more fields than the header ({len(reader.fieldnames)})")
+            continue
+        yield where, {k: v for k, v in row.items()}
+
+
+def _read_parquet(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{path}:row {i}", row
+
+
+def _read_hf(src: SourceConfig, split: str) -> Iterator[tuple[str, dict | _BadRow]]:
+    """Opens the split eagerly (so a missing split fails here), then yields its rows."""
+    import datasets
+
+    hf_split = src.hf_split.replace("{split}", split)
+    path = src.path.replace("{split}", split)
+    if os.path.isdir(path):
+        ds = datasets.load_from_disk(path)
+        if isinstance(ds, datasets.DatasetDict):
+            if hf_split not in ds:
+                raise MissingSplitError(
+                    f"{path}: no split {hf_split!r} (has {', '.join(ds)}); set "
+                    "data.sources[].hf_split or split_names"
+                )
+            ds = ds[hf_split]
+    else:
+        try:
+            ds = datasets.load_dataset(path, src.hf_config, split=hf_split)
+        except ValueError as e:  # datasets raises ValueError for an unknown split
+            if "split" in str(e).lower():
+                raise MissingSplitError(f"{path}: {e}") from e
+            raise
+    return ((f"{path}[{hf_split}]:row {i}", row) for i, row in enumerate(ds))
+
+
+# --------------------------------------------------------------------------------------------
+# Files of a source for a split, with the language the path implies.
+
+
+def _files(src: SourceConfig, split: str) -> list[tuple[str, str | None]]:
+    pattern = src.path.replace("{split}", split)
+    lang_re = None
+    if "{language}" in pattern:
+        before, after = pattern.split("{language}")
+        lang_re = re.compile(re.escape(before) + r"(.+?)" + re.escape(after) + r"$")
+        pattern = before + "*" + after
+    if os.path.isdir(pattern):
+        paths = sorted(
+            os.path.join(pattern, f)
+            for f in os.listdir(pattern)
+            if os.path.splitext(f)[1] in _FORMATS
+        )
+    else:
+        paths = sorted(glob.glob(pattern))
+    out = []
+    for p in paths:
+        lang = None
+        if lang_re is not None:
+            m = lang_re.match(p)
+            lang = m.group(1) if m else None
+        base = os.path.basename(p)
+        stem = os.path.splitext(base)[0]
+        lang = src.file_languages.get(base, src.file_languages.get(stem, lang))
+        out.append((p, lang))
+    return out
+
+
+def _format(src: SourceConfig, path: str) -> str:
+    if src.format != "auto":
+        return src.format
+    ext = os.path.splitext(path)[1]
+    if ext not in _FORMATS:
+        raise DataError(
+            f"{path}: cannot tell the format from {ext!r}; set data.sources[].format "
+            "(jsonl, csv, parquet or hf)"
+        )
+    return _FORMATS[ext]
+
+
+# --------------------------------------------------------------------------------------------
+# Row -> example
+
+
+def _column(row: dict, name: str, where: str, field: str) -> Any:
+    if name not in row or row[name] is None:
+        raise _BadRow(
+            where,
+            f"missing column {name!r} (row has {', '.join(map(repr, row)) or 'no columns'}); "
+            f"set data.sources[].{field} to the right column",
+        )
+    return row[name]
+
+
+def _text(row: dict, name: str, where: str, field: str) -> str:
+    value = _column(row, name, where, field)
+    if not isinstance(value, str):
+        raise _BadRow(where, f"column {name!r} must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise _BadRow(where, f"empty text in column {name!r}; remove the row or fill it")
+    return value
+
+
+def _example(row: dict, src: SourceConfig, task: str, where: str) -> dict:
+    if task == "sequence-classification":
+        ex = {"text": _text(row, src.text_column, where, "text_column"), "text_pair": None}
+        if src.text_pair_column:
+            ex["text_pair"] = _text(row, src.text_pair_column, where, "text_pair_column")
+        label = _column(row, src.label_column, where, "label_column")
+        if isinstance(label, str) and not label.strip():
+            raise _BadRow(where, f"empty label in column {src.label_column!r}")
+        ex["label"] = str(label)
+    elif task == "token-classification":
+        tokens = _column(row, src.tokens_column, where, "tokens_column")
+        tags = _column(row, src.tags_column, where, "tags_column")
+        if isinstance(tokens, str):
+            tokens = tokens.split()
+        if isinstance(tags, str):
+            tags = tags.split()
+        tokens, tags = list(tokens), [str(t) for t in tags]
+        if not tokens:
+            raise _BadRow(where, f"empty token list in column {src.tokens_column!r}")
+        if len(tokens) != len(tags):
+            raise _BadRow(where, f"{len(tokens)} tokens but {len(tags)} tags")
+        ex = {"tokens": [str(t) for t in tokens], "tags": tags}
+    elif task == "causal-lm":
+        if src.messages_column:
+            msgs = _column(row, src.messages_column, where, "messages_column")
+            if isinstance(msgs, str):
+                msgs = json.loads(msgs)
+            if not msgs or not all(isinstance(m, dict) and "content" in m for m in msgs):
+                raise _BadRow(where, "messages must be a non-empty list of {role, content}")
+            if not str(msgs[-1]["content"]).strip():
+                raise _BadRow(where, "the last message (the response) is empty")
+            ex = {
+                "messages": [{"role": m.get("role", "user"), "content": m["content"]} for m in msgs]
+            }
+        elif src.prompt_column:
+            ex = {
+                "prompt": _text(row, src.prompt_column, where, "prompt_column"),
+                "response": _text(row, src.response_column, where, "response_column"),
+            }
+        else:
+            ex = {"text": _text(row, src.text_column, where, "text_column")}
+    else:
+        raise DataError(f"unknown task {task!r}; the data pipeline supports {', '.join(TASKS)}")
+    ex["where"] = where
+    return ex
+
+
+def check_label(ex: dict, labels: set[str], task: str) -> None:
+    """Raises a bad-row error when the example's label (or a tag) is not in `labels`."""
+    if task == "sequence-classification" and ex["label"] not in labels:
+        raise _BadRow(
+            ex["where"],
+            f"unknown label {ex['label']!r} (labels: {', '.join(sorted(labels))}); fix the row "
+            "or add it to data.labels",
+        )
+    if task == "token-classification":
+        bad = [t for t in ex["tags"] if t not in labels]
+        if bad:
+            raise _BadRow(
+                ex["where"],
+                f"unknown tag {bad[0]!r} (tags: {', '.join(sorted(labels))}); fix the row or "
+                "add it to data.labels",
+            )
+
+
+def load_split(
+    data_cfg: DataConfig, split: str, *, task: str, labels: list[str] | None = None
+) -> SplitData:
+    """Reads and validates every source of a split.
+
+    Args:
+      data_cfg: the data config.
+      split: the split role: "train", "validation" or "test" (mapped by `split_names`).
+      task: sequence-classification, token-classification or causal-lm.
+      labels: when given, labels/tags outside it are bad rows.
+
+    Returns:
+      `SplitData` with examples per language.
+
+    Raises:
+      MissingSplitError: no source has data for the split (for train: any source lacks it).
+      DataError: a bad row (with on_bad_row error), a file with no examples, or a language left
+        with zero examples.
+    """
+    if task not in TASKS:
+        raise DataError(f"unknown task {task!r}; the data pipeline supports {', '.join(TASKS)}")
+    if not data_cfg.sources:
+        raise DataError("data.sources is empty; list at least one source")
+    name = data_cfg.split_names.get(split, split)
+    label_set = set(labels) if labels is not None else None
+    examples: dict[str, list[dict]] = {}
+    skipped: Counter = Counter()
+    reasons: Counter = Counter()
+    first_errors: list[str] = []
+
+    def bad(err: _BadRow, lang: str | None):
+        if data_cfg.on_bad_row == "error":
+            raise DataError(f"{err.where}: {err.reason}  (or set data.on_bad_row: skip)")
+        skipped[lang or "?"] += 1
+        reasons[err.reason.split(" (")[0].split(";")[0]] += 1
+        if len(first_errors) < 20:
+            first_errors.append(f"{err.where}: {err.reason}")
+
+    n_sources = 0
+    missing: list[str] = []  # sources without data for this split
+    for si, src in enumerate(data_cfg.sources):
+        if src.splits and split not in src.splits:
+            continue
+        per_split = "{split}" in src.path or (src.format == "hf" and "{split}" in src.hf_split)
+        if not src.splits and not per_split:
+            raise DataError(
+                f"data.sources[{si}] ({src.path}) has no '{{split}}' placeholder; set its "
+                "`splits` (e.g. [train]) so it is not read for every split"
+            )
+        if src.format == "hf":
+            try:
+                streams = [(None, src.language, _read_hf(src, name))]
+            except MissingSplitError as e:
+                missing.append(str(e))
+                continue
+        else:
+            files = _files(src, name)
+            if not files:
+                missing.append(
+                    f"data.sources[{si}]: no files match {src.path.replace('{split}', name)!r} "
+                    f"for split {split!r}; check the path"
+                )
+                continue
+            readers = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
+            streams = []
+            for path, file_lang in files:
+                fmt = _format(src, path)
+                if fmt == "hf":
+                    raise DataError(f"{path}: format hf needs a folder or dataset name as path")
+                streams.append((path, src.language or file_lang, readers[fmt](path)))
+        for path, fixed_lang, rows in streams:
+            kept = 0
+            for where, row in rows:
+                lang = fixed_lang
+                try:
+                    if isinstance(row, _BadRow):
+                        raise row
+                    if lang is None:
+                        lang = _column(row, src.language_column, where, "language_column")
+                        if not isinstance(lang, str) or not lang.strip():
+                            raise _BadRow(where, f"empty language in {src.language_column!r}")
+                        lang = lang.strip()
+                    elif src.language_column in row and row[src.language_column] not in (
+                        None,
+                        lang,
+                    ):
+                        raise _BadRow(
+                            where,
+                            f"row says language {row[src.language_column]!r} but the source "
+                            f"gives {lang!r}; fix the row or the source's language mapping",
+                        )
+                    ex = _example(row, src, task, where)
+                    if label_set is not None:
+                        check_label(ex, label_set, task)
+                except _BadRow as err:
+                    bad(err, lang)
+                    continue
+                examples.setdefault(lang, []).append(ex)
+                kept += 1
+            if path is not None and kept == 0:
+                lang_note = f" (language {fixed_lang!r})" if fixed_lang else ""
+                raise DataError(
+                    f"{path}{lang_note}: no usable examples in split {split!r}; remove the file "
+                    "or fix its rows"
+                )
+        n_sources += 1
+    # Training needs every source; an evaluation split may exist in some sources only.
+    if missing and (split == "train" or n_sources == 0):
+        raise (MissingSplitError if n_sources == 0 else DataError)(missing[0])
+    if n_sources == 0:
+        raise MissingSplitError(f"no data source serves split {split!r}; add one or fix `splits`")
+    for lang in skipped:
+        if lang != "?" and lang not in examples:
+            raise DataError(
+                f"language {lang!r} has zero examples in split {split!r} after skipping "
+                f"{skipped[lang]} bad rows; fix its rows or remove it"
+            )
+    if not examples:
+        raise DataError(f"split {split!r} has no examples; check data.sources")
+    return SplitData(
+        examples=dict(sorted(examples.items())),
+        skipped=dict(skipped),
+        reasons=dict(reasons),
+        first_errors=first_errors,
+    )
+
+
+def infer_labels(split: SplitData, task: str) -> list[str]:
+    """Sorted label (or tag) vocabulary of a split; [] for causal LM."""
+    if task == "sequence-classification":
+        return sorted({ex["label"] for rows in split.examples.values() for ex in rows})
+    if task == "token-classification":
+        return sorted({t for rows in split.examples.values() for ex in rows for t in ex["tags"]})
+    return []

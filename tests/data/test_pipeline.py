@@ -1,0 +1,256 @@
+"""Train/eval pipelines: keys and shapes, resume, per-process shards, eval padding, packing."""
+
+import json
+
+import numpy as np
+import pytest
+
+from langtune_jax.data import (
+    DataConfig,
+    DataError,
+    DataPipeline,
+    MissingSplitError,
+    SamplingConfig,
+    SourceConfig,
+    eval_batches,
+    train_batches,
+)
+
+SIZES = {"en": 60, "es": 30, "qu": 5, "sw": 9}
+WORDS = ["the cat sat", "a dog ran", "el gato", "la casa es grande", "mvua inanyesha"]
+LABELS = ["food", "money", "sports"]
+
+
+def _write(root, sizes=SIZES, extra=None):
+    for split, scale in (("train", 1), ("validation", 0.5)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for lang, n in sizes.items():
+            rows = [
+                {
+                    "text": " ".join(WORDS[(i + j) % 5] for j in range(1 + i % 4)),
+                    "label": LABELS[i % 3],
+                    "language": lang,
+                }
+                for i in range(max(1, int(n * scale)))
+            ]
+            if extra and split in extra and lang in extra[split]:
+                rows.append(extra[split][lang])
+            (root / split / f"{lang}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def pipe(tmp_path, tokenizer):
+    _write(tmp_path)
+    cfg = DataConfig(
+        sources=[SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")],
+        max_length=16,
+        length_buckets=[8],
+    )
+    return DataPipeline(
+        cfg,
+        SamplingConfig(strategy="uniform"),
+        tokenizer,
+        task="sequence-classification",
+        seed=3,
+        total_samples=800,
+    )
+
+
+def test_train_batch_keys_shapes_and_content(pipe, tokenizer):
+    assert pipe.languages == sorted(SIZES) and pipe.labels == LABELS
+    b = pipe.batch_at(0, 8, process_index=0, process_count=1)
+    assert set(b) == {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "labels",
+        "language_id",
+        "example_mask",
+    }
+    assert b["input_ids"].shape[0] == 8 and b["input_ids"].shape[1] in (8, 16)
+    assert b["labels"].shape == (8,) and b["language_id"].dtype == np.int32
+    assert (b["example_mask"] == 1).all()
+    # each row is the example the mixture names
+    lang, ex = pipe.mixture(8).locate(np.arange(8))
+    for r in range(8):
+        e = pipe.train.examples[pipe.languages[lang[r]]][ex[r]]
+        assert b["language_id"][r] == lang[r] and LABELS[b["labels"][r]] == e["label"]
+        ids = tokenizer(e["text"], truncation=True, max_length=16)["input_ids"]
+        assert b["input_ids"][r, : len(ids)].tolist() == ids
+        assert b["attention_mask"][r].sum() == len(ids)
+
+
+def test_resume_from_step_reads_what_an_unbroken_run_reads(pipe):
+    it = pipe.train_batches(8, process_index=0, process_count=1)
+    unbroken = [next(it) for _ in range(6)]
+    resumed = pipe.train_batches(8, start_step=4, process_index=0, process_count=1)
+    for k in (4, 5):
+        got = next(resumed)
+        assert all(np.array_equal(got[key], unbroken[k][key]) for key in got)
+
+
+@pytest.mark.parametrize("procs", [2, 4])
+def test_processes_get_their_rows_of_the_same_global_batch(pipe, procs):
+    for step in (0, 7):
+        full = pipe.batch_at(step, 8, process_index=0, process_count=1)
+        parts = [pipe.batch_at(step, 8, process_index=p, process_count=procs) for p in range(procs)]
+        for key in full:
+            assert np.array_equal(np.concatenate([p[key] for p in parts]), full[key]), key
+    with pytest.raises(ValueError, match="not divisible"):
+        pipe.batch_at(0, 6, process_index=0, process_count=4)
+
+
+def test_realised_shares_follow_the_plan(pipe):
+    langs = np.concatenate(
+        [pipe.batch_at(s, 8, process_index=0, process_count=1)["language_id"] for s in range(100)]
+    )
+    shares = np.bincount(langs, minlength=4) / len(langs)
+    assert shares == pytest.approx([0.25] * 4, abs=2 / len(langs))
+    assert pipe.plan.rows[2].language == "qu" and pipe.plan.rows[2].warning is not None
+
+
+def test_eval_covers_every_example_once_with_masked_padding(pipe):
+    batches = list(pipe.eval_batches("validation", 8, process_index=0, process_count=1))
+    n = sum(max(1, int(v * 0.5)) for v in SIZES.values())  # 30 + 15 + 2 + 4 = 51
+    assert len(batches) == -(-n // 8)
+    mask = np.concatenate([b["example_mask"] for b in batches])
+    assert mask.sum() == n and (mask[n:] == 0).all() and len(mask) == len(batches) * 8
+    langs = np.concatenate([b["language_id"] for b in batches])[:n]
+    assert np.bincount(langs).tolist() == [30, 15, 2, 4]
+    # two processes: same rows, split
+    halves = [
+        list(pipe.eval_batches("validation", 8, process_index=p, process_count=2)) for p in range(2)
+    ]
+    for k, b in enumerate(batches):
+        for key in b:
+            assert np.array_equal(np.concatenate([halves[0][k][key], halves[1][k][key]]), b[key])
+
+
+def test_eval_unknown_label_error_or_skip(tmp_path, tokenizer):
+    bad = {"validation": {"es": {"text": "el gato", "label": "weather", "language": "es"}}}
+    _write(tmp_path, extra=bad)
+    src = [SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")]
+    pipe = DataPipeline(
+        DataConfig(sources=src), SamplingConfig(), tokenizer, task="sequence-classification"
+    )
+    with pytest.raises(DataError, match=r"es\.jsonl:16: unknown label 'weather'"):
+        pipe.split("validation")
+    pipe = DataPipeline(
+        DataConfig(sources=src, on_bad_row="skip"),
+        SamplingConfig(),
+        tokenizer,
+        task="sequence-classification",
+    )
+    data, _ = pipe.split("validation")
+    assert data.skipped == {"es": 1} and data.counts()["es"] == 15
+
+
+def test_manual_weight_for_unknown_language_is_an_error(tmp_path, tokenizer):
+    _write(tmp_path)
+    src = [SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")]
+    weights = {"en": 1.0, "es": 1.0, "qu": 1.0, "sw": 1.0, "de": 1.0}
+    with pytest.raises(DataError, match="'de' not in the data"):
+        DataPipeline(
+            DataConfig(sources=src),
+            SamplingConfig(strategy="manual", weights=weights),
+            tokenizer,
+            task="sequence-classification",
+        )
+
+
+def test_causal_packing_pipeline(tmp_path, tokenizer):
+    _write(tmp_path)
+    cfg = DataConfig(
+        sources=[SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")],
+        max_length=32,
+        packing=True,
+    )
+    pipe = DataPipeline(
+        cfg, SamplingConfig(strategy="uniform", unit="tokens"), tokenizer, task="causal-lm", seed=1
+    )
+    assert pipe.examples_per_step(4) > 4
+    b = pipe.batch_at(2, 4, process_index=0, process_count=1)
+    assert {"segment_ids", "position_ids", "labels", "language_id"} <= set(b)
+    assert b["input_ids"].shape == b["segment_ids"].shape == (4, b["input_ids"].shape[1])
+    m = pipe.examples_per_step(4)
+    assert b["segment_ids"].max(1).sum() + pipe.packing_dropped(2, 4) == m
+    assert b["segment_ids"].max(1).sum() > 4  # several examples per row
+    assert (b["attention_mask"] == (b["segment_ids"] > 0)).all()
+    parts = [pipe.batch_at(2, 4, process_index=p, process_count=2) for p in range(2)]
+    assert np.array_equal(np.concatenate([p["input_ids"] for p in parts]), b["input_ids"])
+    ev = next(pipe.eval_batches("validation", 4, process_index=0, process_count=1))
+    assert "segment_ids" not in ev and ev["labels"].shape == ev["input_ids"].shape
+
+
+def test_token_classification_pipeline(tmp_path, tokenizer):
+    for split in ("train", "validation"):
+        (tmp_path / split).mkdir()
+        rows = [
+            {
+                "tokens": ["John", "lives", "in", "Paris"],
+                "tags": ["B-PER", "O", "O", "B-LOC"],
+                "language": "en",
+            }
+        ] * 3
+        (tmp_path / split / "en.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(
+        sources=[SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")], max_length=16
+    )
+    pipe = DataPipeline(cfg, SamplingConfig(), tokenizer, task="token-classification")
+    assert pipe.labels == ["B-LOC", "B-PER", "O"]
+    b = pipe.batch_at(0, 2, process_index=0, process_count=1)
+    assert b["labels"].shape == b["input_ids"].shape
+    assert b["labels"][0][b["labels"][0] != -100].tolist() == [1, 2, 2, 0]
+
+
+def test_missing_eval_split_and_skipped_rows_in_plan(tmp_path, tokenizer):
+    bad = {"train": {"es": {"text": "", "label": "food", "language": "es"}}}
+    _write(tmp_path, extra=bad)
+    src = [SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")]
+    pipe = DataPipeline(
+        DataConfig(sources=src, on_bad_row="skip"),
+        SamplingConfig(),
+        tokenizer,
+        task="sequence-classification",
+        total_samples=100,
+    )
+    assert pipe.has_split("validation") and not pipe.has_split("test")
+    with pytest.raises(MissingSplitError, match="no files match"):
+        pipe.split("test")
+    row = {r.language: r for r in pipe.plan.rows}["es"]
+    assert row.skipped == 1 and row.examples == 30
+    assert "skipped bad rows: 1 (empty text" in pipe.plan.table()
+    assert pipe.plan.to_dict()["skipped_reasons"] == {"empty text in column 'text'": 1}
+
+
+def test_one_call_iterators(tmp_path, tokenizer):
+    _write(tmp_path)
+    cfg = DataConfig(sources=[SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")])
+    sc = SamplingConfig(strategy="temperature", alpha=0.5)
+    it = train_batches(
+        cfg,
+        sc,
+        tokenizer,
+        task="sequence-classification",
+        batch_size=4,
+        seed=2,
+        start_step=3,
+        process_index=1,
+        process_count=2,
+    )
+    pipe = DataPipeline(cfg, sc, tokenizer, task="sequence-classification", seed=2)
+    want = pipe.batch_at(3, 4, process_index=1, process_count=2)
+    got = next(it)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    ev = list(
+        eval_batches(
+            cfg,
+            tokenizer,
+            "validation",
+            task="sequence-classification",
+            batch_size=4,
+            process_index=0,
+            process_count=1,
+        )
+    )
+    assert sum(int(b["example_mask"].sum()) for b in ev) == 51

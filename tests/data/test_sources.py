@@ -1,0 +1,214 @@
+"""Sources (JSONL, CSV, Parquet, folders, Hugging Face datasets) and bad input."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from langtune_jax.data import DataConfig, DataError, SourceConfig, load_split
+
+SC = "sequence-classification"
+
+
+def _jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _rows(lang, n, label="a"):
+    return [{"text": f"{lang} text {i}", "label": label, "language": lang} for i in range(n)]
+
+
+def _cfg(path, **kw):
+    src = {k: kw.pop(k) for k in list(kw) if k in SourceConfig.__dataclass_fields__}
+    return DataConfig(sources=[SourceConfig(path=str(path), **src)], **kw)
+
+
+def test_demo_layout_split_and_language_placeholders(tmp_path):
+    for split, n in (("train", 3), ("validation", 2)):
+        _jsonl(tmp_path / split / "en.jsonl", _rows("en", n))
+        _jsonl(tmp_path / split / "yo.jsonl", _rows("yo", n + 1))
+    cfg = _cfg(tmp_path / "{split}" / "{language}.jsonl")
+    train = load_split(cfg, "train", task=SC)
+    assert train.counts() == {"en": 3, "yo": 4}
+    assert train.examples["yo"][1] == {
+        "text": "yo text 1",
+        "text_pair": None,
+        "label": "a",
+        "where": f"{tmp_path}/train/yo.jsonl:2",
+    }
+    assert load_split(cfg, "validation", task=SC).counts() == {"en": 2, "yo": 3}
+    # split_names maps a role to the folder name
+    (tmp_path / "validation").rename(tmp_path / "dev")
+    cfg = _cfg(tmp_path / "{split}" / "{language}.jsonl", split_names={"validation": "dev"})
+    assert load_split(cfg, "validation", task=SC).counts() == {"en": 2, "yo": 3}
+
+
+def test_folder_source_with_language_column(tmp_path):
+    _jsonl(tmp_path / "train" / "a.jsonl", _rows("en", 2) + _rows("es", 1))
+    _jsonl(tmp_path / "train" / "b.jsonl", _rows("es", 2))
+    split = load_split(_cfg(tmp_path / "{split}"), "train", task=SC)
+    assert split.counts() == {"en": 2, "es": 3}
+
+
+def test_csv_parquet_file_languages_and_fixed_language(tmp_path):
+    (tmp_path / "de.csv").write_text('text,label\n"hallo, welt",x\nguten tag,y\n', "utf-8")
+    table = pa.table({"sentence": ["bonjour", "salut"], "cls": [1, 2]})
+    pq.write_table(table, tmp_path / "fr.parquet")
+    cfg = DataConfig(
+        sources=[
+            SourceConfig(
+                path=str(tmp_path / "de.csv"), splits=["train"], file_languages={"de": "de"}
+            ),
+            SourceConfig(
+                path=str(tmp_path / "fr.parquet"),
+                splits=["train"],
+                language="fr",
+                text_column="sentence",
+                label_column="cls",
+            ),
+        ]
+    )
+    split = load_split(cfg, "train", task=SC)
+    assert split.counts() == {"de": 2, "fr": 2}
+    assert split.examples["de"][0]["text"] == "hallo, welt"
+    assert split.examples["de"][1]["where"].endswith("de.csv:3")
+    assert [e["label"] for e in split.examples["fr"]] == ["1", "2"]
+
+
+def test_hf_datasets_source_from_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {
+                    "premise": ["a b", "c d", "e f"],
+                    "hypothesis": ["x", "y", "z"],
+                    "label": [0, 1, 0],
+                    "lang": ["en", "sw", "sw"],
+                }
+            ),
+            "test": datasets.Dataset.from_dict(
+                {"premise": ["g"], "hypothesis": ["w"], "label": [1], "lang": ["en"]}
+            ),
+        }
+    )
+    dd.save_to_disk(str(tmp_path / "xnli"))
+    cfg = _cfg(
+        tmp_path / "xnli",
+        format="hf",
+        text_column="premise",
+        text_pair_column="hypothesis",
+        language_column="lang",
+    )
+    train = load_split(cfg, "train", task=SC)
+    assert train.counts() == {"en": 1, "sw": 2}
+    assert train.examples["sw"][0]["text_pair"] == "y"
+    assert load_split(cfg, "test", task=SC).counts() == {"en": 1}
+
+
+def test_token_classification_and_causal_columns(tmp_path):
+    _jsonl(
+        tmp_path / "t.jsonl",
+        [{"tokens": ["John", "lives"], "tags": ["B-PER", "O"], "language": "en"}],
+    )
+    ex = load_split(
+        _cfg(tmp_path / "t.jsonl", splits=["train"]), "train", task="token-classification"
+    ).examples["en"][0]
+    assert ex["tokens"] == ["John", "lives"] and ex["tags"] == ["B-PER", "O"]
+    _jsonl(tmp_path / "c.jsonl", [{"q": "2+2?", "a": "4", "language": "en"}])
+    ex = load_split(
+        _cfg(tmp_path / "c.jsonl", splits=["train"], prompt_column="q", response_column="a"),
+        "train",
+        task="causal-lm",
+    ).examples["en"][0]
+    assert (ex["prompt"], ex["response"]) == ("2+2?", "4")
+
+
+BAD_CASES = {
+    "malformed_json": (
+        b'{"text": "ok", "label": "a", "language": "en"}\n{"text": "x",\n',
+        "malformed JSON",
+    ),
+    "invalid_utf8": (
+        b'{"text": "ok", "label": "a", "language": "en"}\n'
+        b'{"text": "caf\xe9", "label": "a", "language": "en"}\n',
+        "invalid UTF-8",
+    ),
+    "missing_column": (
+        b'{"text": "ok", "label": "a", "language": "en"}\n'
+        b'{"txt": "x", "label": "a", "language": "en"}\n',
+        "missing column 'text'",
+    ),
+    "empty_text": (
+        b'{"text": "ok", "label": "a", "language": "en"}\n'
+        b'{"text": "  ", "label": "a", "language": "en"}\n',
+        "empty text",
+    ),
+    "unknown_label": (
+        b'{"text": "ok", "label": "a", "language": "en"}\n'
+        b'{"text": "x", "label": "zz", "language": "en"}\n',
+        "unknown label 'zz'",
+    ),
+    "missing_language": (
+        b'{"text": "ok", "label": "a", "language": "en"}\n{"text": "x", "label": "a"}\n',
+        "missing column 'language'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_row_error_names_file_and_line(tmp_path, case):
+    data, reason = BAD_CASES[case]
+    (tmp_path / "d.jsonl").write_bytes(data)
+    cfg = _cfg(tmp_path / "d.jsonl", splits=["train"])
+    with pytest.raises(DataError) as e:
+        load_split(cfg, "train", task=SC, labels=["a"])
+    assert f"{tmp_path}/d.jsonl:2: " in str(e.value) and reason in str(e.value)
+    assert "on_bad_row: skip" in str(e.value)
+    # skip mode: skipped and counted, never silent
+    cfg = _cfg(tmp_path / "d.jsonl", splits=["train"], on_bad_row="skip")
+    split = load_split(cfg, "train", task=SC, labels=["a"])
+    assert split.counts() == {"en": 1}
+    assert sum(split.skipped.values()) == 1 and sum(split.reasons.values()) == 1
+    assert split.first_errors[0].startswith(f"{tmp_path}/d.jsonl:2: ")
+
+
+def test_invalid_utf8_in_csv_names_the_line(tmp_path):
+    (tmp_path / "d.csv").write_bytes(b"text,label,language\nok,a,en\ncaf\xe9,a,en\n")
+    with pytest.raises(DataError, match=r"d\.csv:3: invalid UTF-8"):
+        load_split(_cfg(tmp_path / "d.csv", splits=["train"]), "train", task=SC)
+
+
+def test_language_with_zero_examples_is_an_error(tmp_path):
+    _jsonl(tmp_path / "train" / "en.jsonl", _rows("en", 2))
+    (tmp_path / "train" / "qu.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"qu\.jsonl \(language 'qu'\): no usable examples"):
+        load_split(_cfg(tmp_path / "{split}" / "{language}.jsonl"), "train", task=SC)
+    # all rows of a language bad + skip -> still an error naming the language
+    (tmp_path / "train" / "qu.jsonl").write_text('{"text": "", "label": "a"}\n')
+    cfg = _cfg(tmp_path / "{split}" / "{language}.jsonl", on_bad_row="skip")
+    with pytest.raises(DataError, match="no usable examples"):
+        load_split(cfg, "train", task=SC)
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(DataError, match="no '\\{split\\}' placeholder"):
+        load_split(_cfg(tmp_path / "x.jsonl"), "train", task=SC)
+    with pytest.raises(DataError, match="no files match"):
+        load_split(_cfg(tmp_path / "{split}.jsonl"), "train", task=SC)
+    with pytest.raises(ValueError, match="data.on_bad_row"):
+        DataConfig(on_bad_row="ignore")
+    with pytest.raises(ValueError, match="data.length_buckets"):
+        DataConfig(max_length=64, length_buckets=[128])
+    assert DataConfig(max_length=128).buckets() == [32, 64, 128]
+    assert DataConfig(max_length=64, length_buckets=[16]).buckets() == [16, 64]
+    # nested dicts (as the YAML loader gives them) become SourceConfig
+    assert isinstance(DataConfig(sources=[{"path": "a/{split}"}]).sources[0], SourceConfig)
+
+
+def test_language_mismatch_between_file_and_row(tmp_path):
+    _jsonl(tmp_path / "train" / "en.jsonl", _rows("en", 1) + _rows("es", 1))
+    with pytest.raises(DataError, match=r"en\.jsonl:2: row says language 'es'"):
+        load_split(_cfg(tmp_path / "{split}" / "{language}.jsonl"), "train", task=SC)
