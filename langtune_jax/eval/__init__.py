@@ -1,1 +1,75 @@
-"""(public names are re-exported here as the package grows)."""
+"""Per-language evaluation: metrics accumulated over batches, gap statistics, reports and plots.
+
+Typical use (the training loop does this on its eval cadence)::
+
+    from langtune_jax.eval import PerLanguageAccumulator, history_entry, write_report
+
+    acc = PerLanguageAccumulator("sequence-classification", languages, label_names)
+    for batch, predictions in eval_batches:
+        acc.update(predictions, batch["labels"], batch["language_id"], batch["example_mask"])
+    report = acc.compute()
+    history.append(history_entry(report, step))  # for the per-language eval curves
+    write_report(run_dir / "eval" / split, report, config_hash=h, step=step,
+                 plan=plan.to_dict(), history=history, run_name=name)
+
+or, for predictions already in memory, ``per_language_report(predictions, labels, languages,
+task)``. ``compare_runs([run_a, run_b])`` and ``plot_comparison`` put runs side by side.
+"""
+
+from langtune_jax.eval.metrics import (
+    IGNORE_INDEX,
+    LOWER_IS_BETTER,
+    PRIMARY_METRIC,
+    SCALAR_METRICS,
+    SCHEMA_VERSION,
+    TASKS,
+    EntityScheme,
+    PerLanguageAccumulator,
+    classification_metrics,
+    entity_scores,
+    f1_per_class,
+    gap_statistics,
+    lm_metrics,
+    lm_token_stats,
+    per_language_report,
+)
+from langtune_jax.eval.report import (
+    compare_runs,
+    find_report,
+    history_entry,
+    load_report,
+    markdown_table,
+    plot_comparison,
+    plot_eval_curves,
+    plot_metric_by_language,
+    plot_sampling_vs_data,
+    write_report,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "LOWER_IS_BETTER",
+    "PRIMARY_METRIC",
+    "SCALAR_METRICS",
+    "SCHEMA_VERSION",
+    "TASKS",
+    "EntityScheme",
+    "PerLanguageAccumulator",
+    "classification_metrics",
+    "compare_runs",
+    "entity_scores",
+    "f1_per_class",
+    "find_report",
+    "gap_statistics",
+    "history_entry",
+    "lm_metrics",
+    "lm_token_stats",
+    "load_report",
+    "markdown_table",
+    "per_language_report",
+    "plot_comparison",
+    "plot_eval_curves",
+    "plot_metric_by_language",
+    "plot_sampling_vs_data",
+    "write_report",
+]
