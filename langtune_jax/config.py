@@ -1,0 +1,415 @@
+"""Typed run configuration: YAML in, validated dataclasses out, before any work starts.
+
+A run config is a tree of small dataclasses, one per concern, each owned by the module that reads it
+(``LoraConfig`` lives in ``peft/lora.py``, ``SamplingConfig`` in ``data/sampling.py`` ...). This file
+only composes them into :class:`RunConfig` and converts plain YAML data into that tree, generically,
+from the type hints:
+
+* unknown keys are errors that name the full dotted key and list the valid ones;
+* values are checked against the hint (``int``, ``float``, ``str``, ``bool``, ``X | None``,
+  ``Literal[...]``, ``list[T]``, ``dict[str, T]``, nested dataclasses); a wrong type names the key,
+  the expected type and the value;
+* each dataclass validates its own invariants in ``__post_init__``; the message is prefixed with the
+  dotted key of the section.
+
+Overrides use dotted keys, as on the command line: ``--set train.steps=200 --set
+sampling.strategy=temperature``; the value is parsed as YAML (``[q_proj, v_proj]``, ``null``, ``1e-3``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from langtune_jax.data import DataConfig, SamplingConfig
+from langtune_jax.peft import AdapterConfig, LoraConfig
+
+TASKS = ("sequence-classification", "token-classification", "causal-lm")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the key and the fix."""
+
+
+@dataclasses.dataclass
+class RunSection:
+    """Identity of a run.
+
+    Attributes:
+      name: the run folder is ``<output_dir>/<name>`` unless ``--run-dir`` says otherwise.
+      seed: seeds parameter init, dropout and data order (the sampler is a pure function of it).
+      output_dir: parent folder of run folders.
+    """
+
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty folder name without '/', got {self.name!r}")
+
+
+@dataclasses.dataclass
+class ModelSection:
+    """Which pretrained model to fine-tune and how to compute.
+
+    Attributes:
+      name_or_path: a local Hugging Face folder (tried first) or a Hub id.
+      tokenizer: tokenizer folder or Hub id; defaults to ``name_or_path``.
+      task: the head put on top of the base model.
+      dtype: compute dtype. ``bfloat16`` keeps float32 parameters, softmax, norms and loss.
+      param_dtype: storage dtype of the parameters.
+    """
+
+    name_or_path: str
+    tokenizer: str | None = None
+    task: Literal["sequence-classification", "token-classification", "causal-lm"] = (
+        "sequence-classification"
+    )
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self):
+        if not self.name_or_path:
+            raise ValueError("name_or_path must name a local model folder or a Hub id")
+
+
+@dataclasses.dataclass
+class PeftSection:
+    """Parameter-efficient method and its options (``lora`` or ``adapters`` sub-section).
+
+    Attributes:
+      method: ``lora``, ``adapters``, ``lora+adapters`` (both) or ``none`` (full fine-tuning).
+    """
+
+    method: Literal["lora", "adapters", "lora+adapters", "none"] = "lora"
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    adapters: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and cadence.
+
+    Attributes:
+      steps: optimizer steps in the run.
+      batch_size: *global* batch size in examples (summed over hosts and devices).
+      grad_accum_steps: micro-batches per step; ``batch_size`` must divide by it.
+      learning_rate: peak learning rate.
+      schedule: decay after warm-up.
+      warmup_steps: linear warm-up from 0 to ``learning_rate``.
+      optimizer: adamw (default), sgd (momentum 0.9) or adafactor.
+      weight_decay: decoupled weight decay, applied to matrices only (not biases or norms).
+      max_grad_norm: global-norm clipping threshold; null disables clipping.
+      log_every: steps between metric log lines.
+      eval_every: steps between per-language evaluations; 0 evaluates only at the end.
+      checkpoint_every: steps between checkpoints; 0 saves only at the end.
+      keep_checkpoints: how many recent checkpoints to keep.
+      best_metric: eval metric (e.g. ``mean_f1``) whose best checkpoint is also kept.
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    learning_rate: float = 1e-3
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int = 0
+    optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    best_metric: str | None = None
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum_steps", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be divisible by grad_accum_steps "
+                f"({self.grad_accum_steps})"
+            )
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError("max_grad_norm must be > 0 or null")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Per-language evaluation.
+
+    Attributes:
+      split: split evaluated during training (``eval_every``) and for the final report.
+      final_splits: splits evaluated at the end of training, each written to ``eval/<split>/``.
+      batch_size: global evaluation batch size (the last batch is padded; padding never counts).
+      metric: headline metric for gap statistics and best-checkpoint selection.
+      source_language: language the cross-lingual transfer gap is measured from (optional).
+    """
+
+    split: str = "validation"
+    final_splits: list[str] = dataclasses.field(default_factory=lambda: ["test"])
+    batch_size: int = 64
+    metric: str | None = None
+    source_language: str | None = None
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    """Device mesh; -1 means "all remaining devices". ``data * fsdp * tensor`` = device count.
+
+    Attributes:
+      data: data-parallel replicas.
+      fsdp: parameter/optimizer-state sharding axis (also splits the batch).
+      tensor: tensor (model) parallel axis.
+      distributed: call ``jax.distributed.initialize`` (null: only when the environment says so).
+      coordinator_address: ``host:port`` of process 0 for multi-host runs.
+      num_processes: number of processes in a multi-host run.
+      process_id: this process's id in a multi-host run.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    distributed: bool | None = None
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    def __post_init__(self):
+        sizes = (self.data, self.fsdp, self.tensor)
+        if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+            raise ValueError(
+                f"mesh axes must be positive with at most one -1, got data={self.data} "
+                f"fsdp={self.fsdp} tensor={self.tensor}"
+            )
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The whole run: one section per concern."""
+
+    model: ModelSection
+    run: RunSection = dataclasses.field(default_factory=RunSection)
+    peft: PeftSection = dataclasses.field(default_factory=PeftSection)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-safe)."""
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short stable hash of the resolved config (runs with equal hashes are comparable)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{origin.__name__}[{args}]"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the type hint ``tp``; returns the converted value."""
+    origin = typing.get_origin(tp)
+    wrong = ConfigError(
+        f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    )
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise wrong
+        return from_dict(tp, value, prefix=key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(
+                f"config key '{key}': {value!r} is not valid; choose {_type_name(tp)}"
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise wrong
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise wrong
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise wrong
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise wrong
+        return {
+            _convert(k, key_tp, f"{key}.<key>"): _convert(v, val_tp, f"{key}.{k}")
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    if isinstance(tp, type):
+        if not isinstance(value, tp):
+            raise wrong
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain mapping, checking keys and types recursively.
+
+    Args:
+      cls: the dataclass type.
+      data: plain data (from YAML).
+      prefix: dotted key of this section, used in error messages.
+
+    Raises:
+      ConfigError: unknown key, wrong type, or a failed ``__post_init__`` check.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    where = f"'{prefix}'" if prefix else "the top level"
+    for name in data:
+        if name not in fields:
+            raise ConfigError(
+                f"unknown config key '{_join(prefix, name)}' in {where}; valid keys: "
+                + ", ".join(sorted(fields))
+            )
+    for name, field in fields.items():
+        required = (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        )
+        if required and name not in data:
+            raise ConfigError(f"missing required config key '{_join(prefix, name)}' in {where}")
+    kwargs = {name: _convert(value, hints[name], _join(prefix, name)) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config section {where}: {err}") from None
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else str(name)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = [p for p in dotted.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {item!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply ``--set`` overrides and validate everything.
+
+    Relative paths inside the config stay relative to the current directory (run from the repo root).
+
+    Raises:
+      ConfigError: a missing or unreadable file, invalid YAML, unknown key, wrong type or bad value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    apply_overrides(data, list(overrides or []))
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def dump_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (the run folder's ``config.yaml``)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

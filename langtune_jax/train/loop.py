@@ -1,0 +1,525 @@
+"""The training loop: from a validated :class:`~langtune_jax.config.RunConfig` to a run folder.
+
+``train(config)`` does, in order: join the other hosts (multi-host runs), build the mesh, read and
+validate the data, print the sampling plan, load the pretrained model, wrap it with the PEFT method,
+split it into trainable / frozen / mutable state placed on the mesh, restore the newest checkpoint
+of the run folder if there is one (exact resume: the data position is the step number), then run the
+jitted step with a progress bar, ``metrics.jsonl`` + TensorBoard logging, per-language evaluation on
+cadence, checkpoints, a SIGTERM handler (save, then exit 0: preemptible Cloud TPU VMs) and a NaN
+guard (stop with a clear message; the last good checkpoint stays). At the end it writes the
+per-language reports and exports the adapter.
+
+Run folder::
+
+    config.yaml   resolved config          plan.json      sampling plan
+    metrics.jsonl train/eval records       tensorboard/   event files
+    checkpoints/  Orbax steps              eval/<split>/  report.json, report.md, *.png
+    adapter/      PEFT-format LoRA adapter (or adapter-only weights for bottleneck adapters)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from langtune_jax import data as data_lib
+from langtune_jax import eval as eval_lib
+from langtune_jax import peft as peft_lib
+from langtune_jax.config import ConfigError, RunConfig, dump_config, from_dict
+from langtune_jax.models import from_pretrained, load_tokenizer
+from langtune_jax.train import mesh as mesh_lib
+from langtune_jax.train.checkpoint import Checkpointer
+from langtune_jax.train.logging_utils import MetricsLogger, Progress
+from langtune_jax.train.optim import make_optimizer
+from langtune_jax.train.step import make_eval_step, make_train_step, split_model
+
+log = logging.getLogger("langtune_jax")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+# ----------------------------------------------------------------------------- set-up pieces
+
+
+def maybe_initialize_distributed(cfg) -> None:
+    """Call ``jax.distributed.initialize`` when the mesh config or the environment asks for it.
+
+    ``mesh.distributed: true`` with ``coordinator_address``/``num_processes``/``process_id`` set
+    explicitly, or left null so JAX reads them from the environment (Cloud TPU, SLURM, Open MPI).
+    ``mesh.distributed: null`` initializes only when ``JAX_COORDINATOR_ADDRESS`` is set.
+    """
+    wanted = cfg.distributed
+    if wanted is None:
+        wanted = bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    if not wanted or jax.distributed.is_initialized():
+        return
+    kwargs = {
+        k: v
+        for k, v in (
+            ("coordinator_address", cfg.coordinator_address),
+            ("num_processes", cfg.num_processes),
+            ("process_id", cfg.process_id),
+        )
+        if v is not None
+    }
+    jax.distributed.initialize(**kwargs)
+    log.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+
+
+def resolve_run_dir(cfg: RunConfig, run_dir: str | Path | None) -> Path:
+    """``--run-dir`` or ``<run.output_dir>/<run.name>``."""
+    return Path(run_dir) if run_dir else Path(cfg.run.output_dir) / cfg.run.name
+
+
+def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse to resume a run folder with a config that changes what is trained."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists() or not (run_dir / "checkpoints").exists():
+        return
+    import yaml
+
+    old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    new = cfg.to_dict()
+    # Cadence, step count and evaluation may change on resume; the rest may not.
+    free = {("train", k) for k in ("steps", "log_every", "eval_every", "checkpoint_every")}
+    free |= {("eval", k) for k in new["eval"]} | {("run", "output_dir"), ("run", "name")}
+    diffs = [
+        f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
+        for section, values in new.items()
+        for key, value in values.items()
+        if (section, key) not in free and old.get(section, {}).get(key) != value
+    ]
+    if diffs:
+        raise ConfigError(
+            f"{run_dir} holds checkpoints of a run with a different config ({'; '.join(diffs)}); "
+            "use another --run-dir or restore the original settings"
+        )
+
+
+def apply_peft(model: nnx.Module, cfg: RunConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, Any]:
+    """Wrap ``model`` with the configured PEFT method; returns the model and its trainable filter."""
+    method = cfg.peft.method
+    filters = []
+    if "lora" in method:
+        model = peft_lib.apply_lora(model, cfg.peft.lora, rngs=rngs)
+        filters.append(peft_lib.trainable_filter(model))
+    if "adapters" in method:
+        model = peft_lib.apply_adapters(model, cfg.peft.adapters, rngs=rngs)
+        filters.append(peft_lib.adapter_trainable_filter(model))
+    if method == "none":
+        filters.append(nnx.Param)
+    return model, filters[0] if len(filters) == 1 else nnx.Any(*filters)
+
+
+def _accepts_language_id(model: nnx.Module) -> bool:
+    import inspect
+
+    try:
+        return "language_id" in inspect.signature(model.__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- the session
+
+
+@dataclasses.dataclass
+class Session:
+    """Everything a run needs after set-up; shared by training, evaluation and export."""
+
+    cfg: RunConfig
+    run_dir: Path
+    mesh: Any
+    tokenizer: Any
+    dataset: Any
+    model: nnx.Module
+    split: Any
+    shardings: dict[str, Any]
+    language_ids: bool
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.dataset.labels or None
+
+
+def build_session(cfg: RunConfig, run_dir: Path) -> Session:
+    """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh."""
+    maybe_initialize_distributed(cfg.mesh)
+    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
+    dataset = _pipeline(cfg, tokenizer)
+    num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
+    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+    param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
+    model = from_pretrained(
+        cfg.model.name_or_path,
+        task=cfg.model.task,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        num_labels=num_labels,
+        seed=cfg.run.seed,
+    )
+    rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=cfg.run.seed + 2)
+    model, trainable = apply_peft(model, cfg, rngs)
+    split = split_model(model, trainable)
+    shardings = {
+        name: mesh_lib.state_shardings(getattr(split, name), mesh)
+        for name in ("trainable", "frozen", "mutable")
+    }
+    split.trainable = jax.device_put(split.trainable, shardings["trainable"])
+    split.frozen = jax.device_put(split.frozen, shardings["frozen"])
+    split.mutable = jax.device_put(split.mutable, shardings["mutable"])
+    return Session(
+        cfg, run_dir, mesh, tokenizer, dataset, model, split, shardings, _accepts_language_id(model)
+    )
+
+
+def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
+    return data_lib.DataPipeline(
+        cfg.data,
+        cfg.sampling,
+        tokenizer,
+        task=cfg.model.task,
+        seed=cfg.run.seed,
+        total_samples=cfg.train.steps * cfg.train.batch_size,
+    )
+
+
+def sampling_plan(cfg: RunConfig) -> data_lib.SamplingPlan:
+    """The sampling plan of a config (``langtune plan``), without loading a model."""
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
+    return _pipeline(cfg, tokenizer).plan
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any]:
+    """Per-language metrics of the current state on a data split (all rows, padding excluded)."""
+    cfg = session.cfg
+    if eval_step is None:
+        eval_step = make_eval_step(
+            session.split,
+            task=cfg.model.task,
+            mesh=session.mesh,
+            param_shardings=session.shardings,
+            accepts_language_id=session.language_ids,
+        )
+    acc = eval_lib.PerLanguageAccumulator(
+        cfg.model.task, session.dataset.languages, label_names=session.label_names
+    )
+    from jax.experimental import multihost_utils
+
+    for local in session.dataset.eval_batches(split_name, batch_size=cfg.eval.batch_size):
+        batch = mesh_lib.put_batch(local, session.mesh)
+        out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
+        host = multihost_utils.process_allgather({**out, **batch}, tiled=True)
+        host = {k: np.asarray(v) for k, v in host.items()}
+        acc.update(host)
+    return acc.compute(source_language=cfg.eval.source_language)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread: no handler
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        log.warning("SIGTERM received: saving a checkpoint, then exiting")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
+    """Train (or resume) the run that ``cfg`` describes; returns the run folder.
+
+    Raises:
+      ConfigError: the run folder holds a run with a different config.
+      TrainingDiverged: the loss became NaN/inf (the last good checkpoint is kept).
+    """
+    run_dir = resolve_run_dir(cfg, run_dir)
+    _check_resume_config(run_dir, cfg)
+    primary = jax.process_index() == 0
+    session = build_session(cfg, run_dir)
+    tcfg = cfg.train
+    plan = session.dataset.plan
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+        (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2), encoding="utf-8")
+        print(plan.table())
+        print(peft_lib.trainable_summary(session.model, session.split.trainable_filter))
+
+    tx = make_optimizer(tcfg)
+    split = session.split
+    opt_state = tx.init(split.trainable)
+    session.shardings["opt_state"] = mesh_lib.opt_state_shardings(
+        tx, opt_state, session.shardings["trainable"], session.mesh
+    )
+    opt_state = jax.device_put(opt_state, session.shardings["opt_state"])
+
+    best_metric = tcfg.best_metric
+    lower_better = best_metric is not None and any(
+        k in best_metric for k in ("loss", "perplexity", "gap")
+    )
+    ckpt = Checkpointer(
+        run_dir / "checkpoints",
+        keep=tcfg.keep_checkpoints,
+        best_metric=best_metric,
+        best_mode="min" if lower_better else "max",
+    )
+    start = 0
+    restored = ckpt.restore_latest((split.trainable, opt_state, split.mutable))
+    if restored is not None:
+        start, (split.trainable, opt_state, split.mutable), _ = restored
+        log.info("resumed from %s at step %d", ckpt.directory, start)
+
+    train_step = make_train_step(
+        split,
+        tx,
+        task=cfg.model.task,
+        mesh=session.mesh,
+        param_shardings=session.shardings,
+        grad_accum_steps=tcfg.grad_accum_steps,
+        accepts_language_id=session.language_ids,
+    )
+    eval_step = make_eval_step(
+        split,
+        task=cfg.model.task,
+        mesh=session.mesh,
+        param_shardings=session.shardings,
+        accepts_language_id=session.language_ids,
+    )
+    logger = MetricsLogger(run_dir)
+    history: list[dict[str, Any]] = []
+    batches = session.dataset.train_batches(tcfg.batch_size, start_step=start)
+    progress = Progress(start, tcfg.steps)
+    step = start
+    all_finite = jnp.bool_(True)
+    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+
+    def save(step_now: int, metrics: dict[str, float] | None = None) -> None:
+        if not bool(all_finite):
+            raise TrainingDiverged(
+                f"loss became NaN/inf before step {step_now}; not saving. Lower "
+                "train.learning_rate or set train.max_grad_norm; the last good checkpoint in "
+                f"{ckpt.directory} is intact"
+            )
+        record = {"step": step_now, "config_hash": cfg.hash(), "data_position": step_now}
+        ckpt.save(step_now, (split.trainable, opt_state, split.mutable), record, metrics)
+
+    try:
+        with _Preemption() as preemption:
+            while step < tcfg.steps:
+                local = next(batches)
+                window_tokens += int(np.sum(local["attention_mask"])) * jax.process_count()
+                batch = mesh_lib.put_batch(local, session.mesh)
+                split.trainable, opt_state, split.mutable, metrics = train_step(
+                    split.trainable, opt_state, split.mutable, split.frozen, batch
+                )
+                step += 1
+                all_finite = all_finite & jnp.isfinite(metrics["loss"])
+                window_loss.append(metrics["loss"])
+                if step % tcfg.log_every == 0 or step == tcfg.steps:
+                    losses = np.asarray(jax.device_get(window_loss))
+                    if not np.all(np.isfinite(losses)):
+                        raise TrainingDiverged(
+                            f"loss is {losses[~np.isfinite(losses)][0]} at or before step {step}; "
+                            "lower train.learning_rate or set train.max_grad_norm. The last good "
+                            f"checkpoint in {ckpt.directory} is intact"
+                        )
+                    elapsed = time.perf_counter() - window_start
+                    rec = {
+                        "loss": float(losses.mean()),
+                        "grad_norm": float(metrics["grad_norm"]),
+                        "learning_rate": float(_lr(tcfg, step)),
+                        "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                    }
+                    logger.log(step, "train", rec)
+                    progress.update(
+                        len(losses), loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}"
+                    )
+                    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+                eval_metrics = None
+                if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.steps:
+                    result = evaluate(session, cfg.eval.split, eval_step)
+                    eval_metrics = _headline(result)
+                    history.append(eval_lib.history_entry(result, step))
+                    logger.log(step, "eval", {"split": cfg.eval.split, **eval_metrics})
+                    progress.write(f"step {step}: " + _one_line(eval_metrics))
+                if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
+                    save(step, eval_metrics)
+                if preemption.requested:
+                    save(step, eval_metrics)
+                    ckpt.wait()
+                    progress.write(f"preempted: saved step {step} to {ckpt.directory}")
+                    break
+            else:
+                if not ckpt.all_steps() or ckpt.all_steps()[-1] != step:
+                    save(step)
+    finally:
+        progress.close()
+        ckpt.close()
+
+    if step >= tcfg.steps:
+        _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step)
+    logger.close()
+    return run_dir
+
+
+def _lr(tcfg, step: int) -> float:
+    from langtune_jax.train.optim import make_schedule
+
+    return float(make_schedule(tcfg)(step))
+
+
+def _headline(result: dict[str, Any]) -> dict[str, float]:
+    """Flat scalar metrics of an eval result for logs and best-checkpoint selection."""
+    out = {}
+    for key, value in result.get("overall", {}).items():
+        if isinstance(value, (int, float)):
+            out[key] = float(value)
+    for metric, stats in result.get("gaps", {}).items():
+        for key in ("mean", "gap", "worst"):
+            value = stats.get(key) if isinstance(stats, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{metric}_{key}"] = float(value)
+    return out
+
+
+def _one_line(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if math.isfinite(v))
+
+
+def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step) -> None:
+    splits = [cfg.eval.split] + [s for s in cfg.eval.final_splits if s != cfg.eval.split]
+    for split_name in splits:
+        if not session.dataset.has_split(split_name):
+            log.warning("no %r split in the data: skipped in the final report", split_name)
+            continue
+        result = evaluate(session, split_name, eval_step)
+        logger.log(step, "eval", {"split": split_name, **_headline(result)})
+        if jax.process_index() == 0:
+            out = run_dir / "eval" / split_name
+            eval_lib.write_report(
+                out,
+                result,
+                config_hash=cfg.hash(),
+                step=step,
+                plan=plan.to_dict(),
+                history=history if split_name == cfg.eval.split else None,
+                run_name=cfg.run.name,
+                metric=cfg.eval.metric,
+            )
+            print(f"[{cfg.run.name}] {split_name}:\n{eval_lib.markdown_table(result)}")
+    if jax.process_index() == 0 and cfg.peft.method != "none":
+        export_adapter(session, run_dir / "adapter")
+
+
+def export_adapter(session: Session, folder: Path) -> None:
+    """Write the trained PEFT weights beside the checkpoints (PEFT format for LoRA)."""
+    model = session.split.merge()
+    method = session.cfg.peft.method
+    if "lora" in method:
+        peft_lib.export_peft(model, folder, base_model_name_or_path=session.cfg.model.name_or_path)
+    if "adapters" in method:
+        peft_lib.save_adapters(model, folder / "bottleneck" if "lora" in method else folder)
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, Session]:
+    """Rebuild a trained run from its folder: config, model, and the newest checkpoint."""
+    import yaml
+
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.yaml")
+    cfg = from_dict(RunConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")))
+    session = build_session(cfg, run_dir)
+    tx = make_optimizer(cfg.train)
+    opt_state = tx.init(session.split.trainable)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest((session.split.trainable, opt_state, session.split.mutable))
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"{run_dir}/checkpoints holds no readable checkpoint")
+    _, (session.split.trainable, _, session.split.mutable), _ = restored
+    return cfg, session
+
+
+def evaluate_run(run_dir: Path, split: str | None = None) -> dict[str, Any]:
+    """``langtune eval``: per-language report of a trained run on a split, written to
+    ``eval/<split>/``."""
+    cfg, session = load_run(run_dir)
+    split = split or cfg.eval.split
+    if not session.dataset.has_split(split):
+        raise ValueError(f"the data of {run_dir} has no split {split!r}")
+    result = evaluate(session, split)
+    if jax.process_index() == 0:
+        eval_lib.write_report(
+            run_dir / "eval" / split,
+            result,
+            config_hash=cfg.hash(),
+            step=None,
+            plan=_read_json(run_dir / "plan.json"),
+            run_name=cfg.run.name,
+            metric=cfg.eval.metric,
+        )
+        print(eval_lib.markdown_table(result))
+    return result
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def export_run(run_dir: Path, fmt: str, out: Path) -> Path:
+    """``langtune export``: the run's LoRA as a PEFT adapter folder, or a merged HF checkpoint."""
+    cfg, session = load_run(run_dir)
+    model = session.split.merge()
+    if fmt == "peft":
+        if "lora" not in cfg.peft.method:
+            raise ValueError(f"{run_dir} was trained with peft.method={cfg.peft.method}; "
+                             "PEFT export needs LoRA (use --format merged)")
+        peft_lib.export_peft(model, out, base_model_name_or_path=cfg.model.name_or_path)
+    else:
+        peft_lib.merge_and_save(model, out)
+        session.tokenizer.save_pretrained(out)
+    print(f"exported {run_dir} as {fmt} to {out}")
+    return out

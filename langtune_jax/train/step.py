@@ -1,0 +1,219 @@
+"""The one train step and the eval step, as pure functions over the split NNX state, jitted with
+named shardings.
+
+The model is split once into four parts::
+
+    graphdef          static structure (two of them: train mode and eval mode, for dropout)
+    trainable  State  what the PEFT filter selects (LoRA / adapter variables, modules_to_save)
+    frozen     State  the remaining parameters: inputs to the step, never differentiated, never
+                      donated, no optimizer state
+    mutable    State  everything else (dropout RNG counters, ...): threaded through the step
+
+``train_step(trainable, opt_state, mutable, frozen, batch) -> (trainable, opt_state, mutable,
+metrics)`` donates its first three arguments. Gradient accumulation is a ``lax.scan`` over
+micro-batches inside the same step, so there is a single step function for every setting.
+
+Loss per task (float32, padding rows and ``-100`` labels never count):
+
+* sequence-classification: cross-entropy of ``logits [B, C]`` against ``labels [B]``;
+* token-classification: cross-entropy of ``logits [B, T, C]`` against ``labels [B, T]``;
+* causal-lm: next-token cross-entropy; ``labels [B, T]`` are aligned with ``input_ids`` (HF
+  convention) and shifted here; with packing, a position whose next token starts another segment
+  (``segment_ids`` change) is not a target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from langtune_jax.train import mesh as mesh_lib
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")
+ROUTING_INPUTS = ("language_id",)
+
+
+@dataclasses.dataclass
+class SplitModel:
+    """A model split into the parts a jitted step consumes (see module docstring)."""
+
+    train_graph: Any
+    eval_graph: Any
+    trainable: nnx.State
+    frozen: nnx.State
+    mutable: nnx.State
+    trainable_filter: Any
+
+    def merge(self, *, train: bool = False) -> nnx.Module:
+        """Rebuild the module (e.g. to save or export it)."""
+        graph = self.train_graph if train else self.eval_graph
+        return nnx.merge(graph, self.trainable, self.frozen, self.mutable)
+
+
+def split_model(model: nnx.Module, trainable_filter: Any) -> SplitModel:
+    """Split ``model`` into trainable / frozen / mutable states and both graph definitions."""
+    model.eval()
+    eval_graph, *_ = nnx.split(model, trainable_filter, nnx.Param, ...)
+    model.train()
+    train_graph, trainable, frozen, mutable = nnx.split(model, trainable_filter, nnx.Param, ...)
+    return SplitModel(train_graph, eval_graph, trainable, frozen, mutable, trainable_filter)
+
+
+def _model_inputs(batch: dict[str, jax.Array], accepts_language_id: bool) -> dict[str, jax.Array]:
+    names = MODEL_INPUTS + (ROUTING_INPUTS if accepts_language_id else ())
+    return {k: batch[k] for k in names if k in batch}
+
+
+def task_loss(logits: jax.Array, batch: dict[str, jax.Array], task: str):
+    """Summed loss and number of counted targets for one (micro-)batch.
+
+    Returns:
+      ``(loss_sum, count)``: float32 scalars; the mean loss is ``loss_sum / count``.
+    """
+    logits = logits.astype(jnp.float32)
+    labels = batch["labels"]
+    if task == "sequence-classification":
+        weights = batch.get("example_mask", jnp.ones(labels.shape, jnp.int32))
+        weights = (weights > 0) & (labels >= 0)
+    elif task == "token-classification":
+        weights = labels >= 0
+        if "example_mask" in batch:
+            weights &= batch["example_mask"][:, None] > 0
+    elif task == "causal-lm":
+        logits, labels = logits[:, :-1], labels[:, 1:]  # [B, T-1, V], [B, T-1]
+        weights = labels >= 0
+        if "segment_ids" in batch:
+            seg = batch["segment_ids"]
+            weights &= seg[:, 1:] == seg[:, :-1]
+        if "example_mask" in batch:
+            weights &= batch["example_mask"][:, None] > 0
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    safe = jnp.where(weights, labels, 0)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    weights = weights.astype(jnp.float32)
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def make_train_step(
+    split: SplitModel,
+    tx: optax.GradientTransformation,
+    *,
+    task: str,
+    mesh: Mesh,
+    param_shardings: dict[str, Any],
+    grad_accum_steps: int = 1,
+    accepts_language_id: bool = False,
+) -> Callable:
+    """Build the jitted train step.
+
+    Args:
+      split: the split model (its graph definitions are closed over).
+      tx: the optax transformation over the trainable state.
+      task: one of the tasks in :func:`task_loss`.
+      mesh: device mesh.
+      param_shardings: ``{"trainable", "frozen", "mutable", "opt_state"}`` sharding trees.
+      grad_accum_steps: micro-batches per step (the global batch is split on its first axis).
+      accepts_language_id: pass ``language_id`` to the model (per-language adapter routing).
+
+    Returns:
+      ``step(trainable, opt_state, mutable, frozen, batch) -> (trainable, opt_state, mutable,
+      metrics)`` with ``metrics = {"loss", "grad_norm", "count"}`` (float32 scalars).
+    """
+    graph = split.train_graph
+
+    def micro_loss(trainable, mutable, frozen, batch):
+        model = nnx.merge(graph, trainable, frozen, mutable)
+        out = model(**_model_inputs(batch, accepts_language_id))
+        loss_sum, count = task_loss(out.logits, batch, task)
+        *_, new_mutable = nnx.state(model, split.trainable_filter, nnx.Param, ...)
+        return loss_sum, (count, new_mutable)
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def step(trainable, opt_state, mutable, frozen, batch):
+        if grad_accum_steps == 1:
+            (loss_sum, (count, mutable)), grads = grad_fn(trainable, mutable, frozen, batch)
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
+                batch,
+            )
+
+            def body(carry, mb):
+                grads_acc, loss_acc, count_acc, mut = carry
+                (loss_sum, (count, mut)), grads = grad_fn(trainable, mut, frozen, mb)
+                grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+                return (grads_acc, loss_acc + loss_sum, count_acc + count, mut), None
+
+            zeros = jax.tree.map(jnp.zeros_like, trainable)
+            init = (zeros, jnp.float32(0), jnp.float32(0), mutable)
+            (grads, loss_sum, count, mutable), _ = jax.lax.scan(body, init, micro)
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), "count": count}
+        return trainable, opt_state, mutable, metrics
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    sh = param_shardings
+    return jax.jit(
+        step,
+        in_shardings=(sh["trainable"], sh["opt_state"], sh["mutable"], sh["frozen"], None),
+        out_shardings=(sh["trainable"], sh["opt_state"], sh["mutable"], replicated),
+        donate_argnums=(0, 1, 2),
+    )
+
+
+def make_eval_step(
+    split: SplitModel,
+    *,
+    task: str,
+    mesh: Mesh,
+    param_shardings: dict[str, Any],
+    accepts_language_id: bool = False,
+) -> Callable:
+    """Build the jitted eval step: ``eval(trainable, mutable, frozen, batch) -> outputs``.
+
+    Outputs per task (batch-sharded arrays):
+      * classification: ``predictions`` (argmax class ids, ``[B]`` or ``[B, T]``);
+      * causal-lm: per-example ``nll_sum [B]``, ``token_count [B]`` and ``correct [B]`` (argmax
+        hits), from which perplexity and token accuracy are accumulated.
+    """
+    graph = split.eval_graph
+
+    def evaluate(trainable, mutable, frozen, batch):
+        model = nnx.merge(graph, trainable, frozen, mutable)
+        logits = model(**_model_inputs(batch, accepts_language_id)).logits
+        if task != "causal-lm":
+            return {"predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
+        logits = logits[:, :-1].astype(jnp.float32)
+        labels = batch["labels"][:, 1:]
+        weights = labels >= 0
+        if "segment_ids" in batch:
+            seg = batch["segment_ids"]
+            weights &= seg[:, 1:] == seg[:, :-1]
+        safe = jnp.where(weights, labels, 0)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe) * weights
+        correct = (jnp.argmax(logits, axis=-1) == safe) & weights
+        return {
+            "nll_sum": nll.sum(axis=1),
+            "token_count": weights.sum(axis=1).astype(jnp.float32),
+            "correct": correct.sum(axis=1).astype(jnp.float32),
+        }
+
+    sh = param_shardings
+    batch_out = NamedSharding(mesh, PartitionSpec(mesh_lib.BATCH_AXES))
+    return jax.jit(
+        evaluate,
+        in_shardings=(sh["trainable"], sh["mutable"], sh["frozen"], None),
+        out_shardings=batch_out,
+    )
