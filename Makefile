@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test test-slow lint install clean
 
@@ -10,22 +11,31 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# The demo needs only the runtime dependencies; the tests add torch (CPU), peft and the metric
+# references (extra `test`).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
+install: $(TEST_STAMP)
+
+# Natural vs balanced (uniform) language sampling on the shipped demo data, then the comparison.
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/langtune train configs/demo.yaml --set run.name=demo-natural --set sampling.strategy=natural
+	$(BIN)/langtune train configs/demo.yaml --set run.name=demo-balanced --set sampling.strategy=uniform
+	$(BIN)/langtune compare runs/demo-natural runs/demo-balanced --split test --out runs/demo-comparison
 
-test: $(STAMP) lint
+test: $(TEST_STAMP) lint
 	$(BIN)/python -m pytest tests
 
-test-slow: $(STAMP)
+test-slow: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests -m slow
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check langtune_jax tests scripts
 
 clean:

@@ -29,7 +29,8 @@ from typing import Any, Literal
 import yaml
 
 from langtune_jax.data import DataConfig, SamplingConfig
-from langtune_jax.peft import AdapterConfig, LoraConfig
+from langtune_jax.peft.adapters import AdapterConfig
+from langtune_jax.peft.lora import LoraConfig
 
 TASKS = ("sequence-classification", "token-classification", "causal-lm")
 

@@ -332,7 +332,11 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
     all_finite = jnp.bool_(True)
     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
 
+    saved = [ckpt.all_steps()[-1] if ckpt.all_steps() else -1]
+
     def save(step_now: int, metrics: dict[str, float] | None = None) -> None:
+        if saved[0] == step_now:
+            return
         if not bool(all_finite):
             raise TrainingDiverged(
                 f"loss became NaN/inf before step {step_now}; not saving. Lower "
@@ -341,6 +345,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
             )
         record = {"step": step_now, "config_hash": cfg.hash(), "data_position": step_now}
         ckpt.save(step_now, (split.trainable, opt_state, split.mutable), record, metrics)
+        saved[0] = step_now
 
     try:
         with _Preemption() as preemption:
@@ -389,8 +394,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
                     progress.write(f"preempted: saved step {step} to {ckpt.directory}")
                     break
             else:
-                if not ckpt.all_steps() or ckpt.all_steps()[-1] != step:
-                    save(step)
+                save(step)
     finally:
         progress.close()
         ckpt.close()

@@ -128,15 +128,22 @@ def make_train_step(
       metrics)`` with ``metrics = {"loss", "grad_norm", "count"}`` (float32 scalars).
     """
     graph = split.train_graph
+    diff = nnx.DiffState(0, split.trainable_filter)
 
-    def micro_loss(trainable, mutable, frozen, batch):
-        model = nnx.merge(graph, trainable, frozen, mutable)
+    def loss_fn(model, batch):
         out = model(**_model_inputs(batch, accepts_language_id))
         loss_sum, count = task_loss(out.logits, batch, task)
-        *_, new_mutable = nnx.state(model, split.trainable_filter, nnx.Param, ...)
-        return loss_sum, (count, new_mutable)
+        return loss_sum, count
 
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    def grad_fn(trainable, mutable, frozen, batch):
+        # Merge in the current trace and let NNX's value_and_grad differentiate only the trainable
+        # variables; dropout RNG counters advance on the module and are read back afterwards.
+        model = nnx.merge(graph, trainable, frozen, mutable)
+        (loss_sum, count), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(
+            model, batch
+        )
+        *_, mutable = nnx.state(model, split.trainable_filter, nnx.Param, ...)
+        return (loss_sum, (count, mutable)), grads
 
     def step(trainable, opt_state, mutable, frozen, batch):
         if grad_accum_steps == 1:
@@ -147,15 +154,16 @@ def make_train_step(
                 batch,
             )
 
+            # Parameters travel in the carry (unchanged) so NNX sees them at the loop's trace level.
             def body(carry, mb):
-                grads_acc, loss_acc, count_acc, mut = carry
-                (loss_sum, (count, mut)), grads = grad_fn(trainable, mut, frozen, mb)
+                params, grads_acc, loss_acc, count_acc, mut = carry
+                (loss_sum, (count, mut)), grads = grad_fn(params[0], mut, params[1], mb)
                 grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-                return (grads_acc, loss_acc + loss_sum, count_acc + count, mut), None
+                return (params, grads_acc, loss_acc + loss_sum, count_acc + count, mut), None
 
             zeros = jax.tree.map(jnp.zeros_like, trainable)
-            init = (zeros, jnp.float32(0), jnp.float32(0), mutable)
-            (grads, loss_sum, count, mutable), _ = jax.lax.scan(body, init, micro)
+            init = ((trainable, frozen), zeros, jnp.float32(0), jnp.float32(0), mutable)
+            (_, grads, loss_sum, count, mutable), _ = jax.lax.scan(body, init, micro)
         denom = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, opt_state, trainable)

@@ -1,0 +1,172 @@
+"""End to end on a tiny random BERT: a run folder with everything DESIGN.md lists, exact resume,
+SIGTERM handling and the NaN guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from langtune_jax.config import RunConfig, from_dict
+from langtune_jax.train import train
+from langtune_jax.train.loop import TrainingDiverged, load_run
+from tests.data.conftest import make_tokenizer
+
+LANGS = {"en": 40, "es": 24, "sw": 6}
+WORDS = {
+    "en": (["good", "great", "happy", "nice"], ["bad", "sad", "awful", "poor"]),
+    "es": (["bueno", "feliz", "bonito", "genial"], ["malo", "triste", "feo", "pobre"]),
+    "sw": (["nzuri", "furaha", "safi", "bora"], ["mbaya", "huzuni", "chafu", "duni"]),
+}
+
+
+def _write_data(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, scale in (("train", 1.0), ("validation", 0.25)):
+        (root / split).mkdir(parents=True)
+        for lang, n in LANGS.items():
+            lines = []
+            for _ in range(max(4, int(n * scale))):
+                label = int(rng.integers(2))
+                words = rng.choice(WORDS[lang][label], size=3)
+                lines.append(json.dumps({"text": " ".join(words), "label": ["neg", "pos"][1 - label], "language": lang}))
+            (root / split / f"{lang}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    import torch
+    import transformers
+
+    root = tmp_path_factory.mktemp("loop")
+    corpus = [" ".join(w) for pair in WORDS.values() for w in pair]
+    tok = make_tokenizer(corpus + ["the a el la"], vocab_size=80)
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    transformers.BertForMaskedLM(cfg).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    _write_data(root / "data")
+    return root
+
+
+def _config(assets: Path, **train):
+    data = {
+        "run": {"name": "t", "seed": 0},
+        "model": {"name_or_path": str(assets / "model")},
+        "peft": {"method": "lora", "lora": {"r": 4, "lora_alpha": 8, "task_type": "SEQ_CLS"}},
+        "data": {"sources": [{"path": str(assets / "data" / "{split}")}], "max_length": 16},
+        "sampling": {"strategy": "uniform"},
+        "train": {"steps": 6, "batch_size": 8, "learning_rate": 1e-2, "log_every": 2,
+                  "checkpoint_every": 3, **train},
+        "eval": {"split": "validation", "final_splits": [], "batch_size": 16},
+        "mesh": {"data": 2, "fsdp": 2, "tensor": 2},
+    }
+    return from_dict(RunConfig, data)
+
+
+def _trainable(run_dir):
+    _, session = load_run(run_dir)
+    return [np.asarray(x) for x in jax.tree.leaves(session.split.trainable)]
+
+
+def test_run_folder_and_exact_resume(assets, tmp_path):
+    full = train(_config(assets), run_dir=tmp_path / "full")
+    for name in ("config.yaml", "plan.json", "metrics.jsonl", "eval/validation/report.json",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+        assert (full / name).exists(), name
+    report = json.loads((full / "eval/validation/report.json").read_text())
+    assert set(report["per_language"]) == set(LANGS)
+    records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6]
+    assert all(np.isfinite(r["loss"]) for r in records if r["kind"] == "train")
+
+    # Resume from the step-3 checkpoint of the same run: identical parameters at step 6.
+    import shutil
+
+    shutil.copytree(full, tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed/checkpoints/6")
+    train(_config(assets), run_dir=tmp_path / "resumed")
+    for a, b in zip(_trainable(full), _trainable(tmp_path / "resumed")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_resume_with_a_changed_config_is_refused(assets, tmp_path):
+    train(_config(assets, steps=3), run_dir=tmp_path / "r")
+    changed = _config(assets, steps=3, learning_rate=5e-3)
+    with pytest.raises(ValueError, match="train.learning_rate"):
+        train(changed, run_dir=tmp_path / "r")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path):
+    cfg = _config(assets, learning_rate=1e30, max_grad_norm=None, log_every=1, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match="inf|nan|NaN"):
+        train(cfg, run_dir=tmp_path / "n")
+    steps = sorted(int(p.name) for p in (tmp_path / "n/checkpoints").iterdir() if p.name.isdigit())
+    assert steps and steps[-1] < 6
+    # The newest checkpoint left behind restores and holds finite values.
+    assert all(np.all(np.isfinite(x)) for x in _trainable(tmp_path / "n"))
+
+
+def _wait_for_checkpoint(ckpt_dir, step, proc=None, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (ckpt_dir / str(step)).is_dir():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_kill_9_then_restart_equals_unbroken_run(assets, tmp_path):
+    from langtune_jax.config import dump_config
+
+    cfg = _config(assets, steps=12, checkpoint_every=2, log_every=2)
+    unbroken = train(cfg, run_dir=tmp_path / "unbroken")
+
+    path = tmp_path / "cfg.yaml"
+    dump_config(cfg, path)
+    cmd = [sys.executable, "-m", "langtune_jax.cli", "train", str(path), "--run-dir",
+           str(tmp_path / "killed")]
+    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(tmp_path / "killed/checkpoints", 4, proc)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = sorted(int(p.name) for p in (tmp_path / "killed/checkpoints").iterdir() if p.name.isdigit())
+    assert done and done[-1] < 12
+
+    train(cfg, run_dir=tmp_path / "killed")  # the same run folder resumes by itself
+    for a, b in zip(_trainable(unbroken), _trainable(tmp_path / "killed")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sigterm_saves_and_returns_cleanly(assets, tmp_path):
+    import threading
+
+    cfg = _config(assets, steps=400, checkpoint_every=2, log_every=2)
+    run_dir = tmp_path / "term"
+
+    def preempt():
+        _wait_for_checkpoint(run_dir / "checkpoints", 4)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=preempt, daemon=True)
+    thread.start()
+    train(cfg, run_dir=run_dir)
+    thread.join(timeout=5)
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert 4 <= steps[-1] < 400
+    assert records[-1]["step"] <= steps[-1]
+    assert not (run_dir / "eval").exists()  # stopped early: no final report
