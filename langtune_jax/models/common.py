@@ -58,3 +58,49 @@ jax.tree_util.register_dataclass(
     data_fields=["logits", "last_hidden_state", "hidden_states", "cache"],
     meta_fields=[],
 )
+
+
+# Logical axis name -> mesh axis (or axes, or None = replicated). Mesh axes a mesh does not have are
+# dropped, so one table serves a ("data",) mesh and a ("data", "fsdp", "tensor") mesh alike.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    (BATCH, ("data", "fsdp")),
+    (LENGTH, None),
+    (EMBED, "fsdp"),
+    (MLP, "tensor"),
+    (HEADS, "tensor"),
+    (KV_HEADS, "tensor"),
+    (VOCAB, "tensor"),
+)
+
+
+def logical_to_spec(
+    names: tuple[str | None, ...] | None,
+    shape: tuple[int, ...],
+    mesh: jax.sharding.Mesh,
+    rules=DEFAULT_RULES,
+) -> jax.sharding.PartitionSpec:
+    """Map logical axis ``names`` of an array of ``shape`` to a ``PartitionSpec`` on ``mesh``.
+
+    A dimension stays replicated when its name has no rule, the rule's mesh axes are absent from
+    the mesh or already used by an earlier dimension, or the dimension is not divisible by the mesh
+    axes' total size (e.g. 3 labels on a tensor axis of 4) — so every model loads on every mesh.
+    """
+    P = jax.sharding.PartitionSpec
+    if not names:
+        return P()
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(names, shape, strict=True):
+        target = table.get(name) if name is not None else None
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        axes = tuple(a for a in axes if a in mesh.shape and a not in used)
+        size = 1
+        for a in axes:
+            size *= mesh.shape[a]
+        if not axes or dim % size:
+            spec.append(None)
+            continue
+        used.update(axes)
+        spec.append(axes[0] if len(axes) == 1 else axes)
+    return P(*spec)

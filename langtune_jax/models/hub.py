@@ -1,0 +1,447 @@
+"""Hugging Face checkpoints <-> NNX models: resolve, build from config.json, load, save.
+
+Our module attribute paths mirror the HF PyTorch state-dict keys (the model contract), so the
+conversion is generic: an NNX parameter path maps to an HF key by joining with ``.`` and renaming
+the leaf (``kernel``/``scale``/``embedding`` -> ``weight``; Linear kernels are transposed between
+HF ``[out, in]`` and our ``[in, out]``). No per-architecture key tables::
+
+    ('bert', 'encoder', 'layer', 0, 'attention', 'self', 'query', 'kernel')
+        <-> 'bert.encoder.layer.0.attention.self.query.weight'   (transposed)
+
+Loading builds the model *abstractly* first (``nnx.eval_shape``: shapes only), checks every key and
+shape against the checkpoint, and only then materialises arrays: each parameter is read straight
+from the safetensors file into its final (optionally sharded) array with
+``jax.make_array_from_callback``, so a device only ever reads its own slice. Weights the checkpoint
+lacks but the task head needs (a classifier on top of a pretrained encoder) are initialised by a
+jitted build of the model whose unused outputs XLA prunes away.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from langtune_jax.models.common import DEFAULT_RULES, logical_to_spec
+
+logger = logging.getLogger(__name__)
+
+#: ``model_type`` (config.json) -> module implementing it (``from_hf_config``, ``TASKS``).
+MODEL_TYPES: dict[str, str] = {
+    "bert": "langtune_jax.models.bert",
+    "roberta": "langtune_jax.models.bert",
+    "xlm-roberta": "langtune_jax.models.bert",
+    "llama": "langtune_jax.models.llama",
+    "mistral": "langtune_jax.models.llama",
+    "qwen2": "langtune_jax.models.llama",
+    "qwen3": "langtune_jax.models.llama",
+}
+
+_LEAF_TO_HF = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
+# Buffers some older checkpoints carry; never parameters.
+_BUFFER_SUFFIXES = ("position_ids", "inv_freq", "masked_bias", "attn.bias")
+# config.json keys transformers understands for any model even when the file omits them.
+_GENERIC_OVERRIDES = ("id2label", "label2id", "num_labels", "classifier_dropout", "problem_type")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*", "*.tiktoken"]
+
+
+# ----------------------------------------------------------------------------------- naming
+
+
+def hf_key(path: tuple[Any, ...]) -> str:
+    """HF state-dict key of an NNX parameter path, e.g. ``(..., 'query', 'kernel')`` ->
+    ``'....query.weight'``."""
+    *parents, leaf = (str(p) for p in path)
+    return ".".join([*parents, _LEAF_TO_HF.get(leaf, leaf)])
+
+
+def module_at(model: nnx.Module, key: str) -> Any:
+    """The submodule at an HF module path (``'bert.encoder.layer.0.attention.self.query'``).
+
+    A parameter key (``'....query.weight'``) gives the module that owns the parameter.
+
+    Raises:
+      KeyError: naming the first path component that does not exist.
+    """
+    node: Any = model
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        try:
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        except (AttributeError, IndexError, TypeError):
+            if i == len(parts) - 1 and isinstance(node, nnx.Module):
+                return node  # the leaf named an HF parameter ("weight", "bias", "gamma", ...)
+            done = ".".join(parts[:i]) or "<root>"
+            raise KeyError(
+                f"{type(model).__name__} has no module '{key}': '{done}' has no '{part}'"
+            ) from None
+    return node
+
+
+# ----------------------------------------------------------------------------------- resolve
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A local folder as is; otherwise a Hub repo id downloaded with ``huggingface_hub``.
+
+    Raises:
+      FileNotFoundError: the folder does not exist and the Hub cannot provide ``name_or_path``.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{path} is a file; pass the folder that holds config.json")
+    name = str(name_or_path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=name, allow_patterns=_HUB_PATTERNS))
+    except Exception as err:  # offline, unknown repo, gated repo: one message for people
+        raise FileNotFoundError(
+            f"'{name}' is not a local folder and could not be fetched from the Hugging Face Hub "
+            f"({type(err).__name__}: {err}); pass a local folder holding config.json and "
+            "model.safetensors, or check the repo id and HF_HUB_OFFLINE"
+        ) from err
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no config.json; point at a Hugging Face model folder "
+            "(config.json + model.safetensors), e.g. one written by save_pretrained"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
+
+
+def _model_module(hf_config: dict[str, Any], folder: Path):
+    model_type = hf_config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"{folder / 'config.json'}: model_type={model_type!r} is not supported; "
+            f"supported: {', '.join(sorted(MODEL_TYPES))}"
+        )
+    return importlib.import_module(MODEL_TYPES[model_type])
+
+
+# ----------------------------------------------------------------------------------- files
+
+
+class _Checkpoint:
+    """Read access to ``model.safetensors`` or a sharded ``model.safetensors.index.json``."""
+
+    def __init__(self, folder: Path):
+        from safetensors import safe_open
+
+        index = folder / "model.safetensors.index.json"
+        single = folder / "model.safetensors"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif single.is_file():
+            files, weight_map = [single.name], None
+        else:
+            raise FileNotFoundError(
+                f"{folder} has neither model.safetensors nor model.safetensors.index.json "
+                "(other formats such as pytorch_model.bin are not read: re-save the model with "
+                "transformers' save_pretrained(..., safe_serialization=True))"
+            )
+        for name in files:
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{index}: lists shard {name}, missing from {folder}")
+        self.handles = {name: safe_open(folder / name, framework="np") for name in files}
+        if weight_map is None:
+            weight_map = {k: files[0] for k in self.handles[files[0]].keys()}
+        self.weight_map: dict[str, str] = weight_map
+        self.folder = folder
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.handles[self.weight_map[key]].get_slice(key).get_shape())
+
+    def read(self, key: str, index: tuple[slice, ...] | None, transpose: bool, dtype) -> np.ndarray:
+        """The ``index`` slice (over *our* layout) of tensor ``key`` as ``dtype``."""
+        sl = self.handles[self.weight_map[key]].get_slice(key)
+        if index is None:
+            index = tuple(slice(None) for _ in sl.get_shape())
+        if transpose:  # HF [out, in] on disk, ours [in, out]: read the mirrored slice
+            arr = sl[tuple(reversed(index))].T
+        else:
+            arr = sl[index] if index else sl[:]
+        return np.ascontiguousarray(arr).astype(dtype)
+
+
+# ----------------------------------------------------------------------------------- load
+
+
+def _apply_overrides(hf_config, overrides, folder):
+    for key in overrides:
+        if key not in hf_config and key not in _GENERIC_OVERRIDES:
+            raise ValueError(
+                f"unknown config override {key!r}: {folder / 'config.json'} has no such key "
+                f"(keys: {', '.join(sorted(hf_config))})"
+            )
+    return {**hf_config, **overrides}
+
+
+def _norm_paths(model: nnx.Module) -> set[tuple]:
+    norms = (nnx.LayerNorm, nnx.RMSNorm)
+    return {tuple(p) for p, node in nnx.iter_graph(model) if isinstance(node, norms)}
+
+
+def _match(model, params: dict[str, tuple], ckpt: _Checkpoint):
+    """Pair each model parameter with a checkpoint key.
+
+    Returns ``(found: {model_key: ckpt_key}, fresh: [model_key])``; raises on missing base weights,
+    unexpected base keys and shape mismatches.
+    """
+    prefix = getattr(model, "base_model_prefix", None)
+    ckpt_keys = set(ckpt.weight_map)
+    model_prefixed = bool(prefix) and any(k.startswith(prefix + ".") for k in params)
+    ckpt_prefixed = bool(prefix) and any(k.startswith(prefix + ".") for k in ckpt_keys)
+
+    def to_model(k: str) -> str | None:  # checkpoint key -> model namespace (None: outside base)
+        if model_prefixed and not ckpt_prefixed:
+            return f"{prefix}.{k}"
+        if ckpt_prefixed and not model_prefixed:
+            return k[len(prefix) + 1 :] if k.startswith(prefix + ".") else None
+        return k
+
+    by_model = {}
+    for k in ckpt_keys:
+        m = to_model(k)
+        if m is not None:
+            by_model[m] = k
+    norms = _norm_paths(model)
+    optional = tuple(getattr(model, "init_if_missing", getattr(model, "head_modules", ())))
+
+    def is_optional(key: str) -> bool:
+        return any(key == o or key.startswith(o + ".") for o in optional)
+
+    found, fresh, missing, bad_shapes = {}, [], [], []
+    for key, (path, shape, transpose) in params.items():
+        candidates = [key]
+        if tuple(path[:-1]) in norms:  # legacy TF-era LayerNorm names
+            candidates.append(
+                key.rsplit(".", 1)[0] + (".gamma" if path[-1] == "scale" else ".beta")
+            )
+        hit = next((by_model[c] for c in candidates if c in by_model), None)
+        if hit is None:
+            (fresh if is_optional(key) else missing).append(key)
+            continue
+        expected = tuple(reversed(shape)) if transpose else tuple(shape)
+        got = ckpt.shape(hit)
+        if got != expected:
+            bad_shapes.append(f"{hit}: expected {list(expected)}, got {list(got)}")
+        found[key] = hit
+    name = type(model).__name__
+    if bad_shapes:
+        raise ValueError(
+            f"{ckpt.folder}: {len(bad_shapes)} weight(s) do not fit {name} built from its "
+            f"config.json: " + "; ".join(bad_shapes[:10])
+        )
+    if missing:
+        raise ValueError(
+            f"{ckpt.folder}: checkpoint lacks {len(missing)} weight(s) of {name}: "
+            + ", ".join(missing[:10])
+            + (" ..." if len(missing) > 10 else "")
+            + " (is config.json the one these weights were saved with?)"
+        )
+    used = set(found.values())
+    ignored, unexpected = [], []
+    for k in sorted(ckpt_keys - used):
+        m = to_model(k)
+        in_base = m is not None and (not model_prefixed or m.startswith(prefix + "."))
+        if not in_base or is_optional(m) or k.endswith(_BUFFER_SUFFIXES):
+            ignored.append(k)
+        else:
+            unexpected.append(k)
+    if unexpected:
+        raise ValueError(
+            f"{ckpt.folder}: {len(unexpected)} checkpoint weight(s) have no place in {name}: "
+            + ", ".join(unexpected[:10])
+            + " (does config.json, e.g. num_hidden_layers, match the weights?)"
+        )
+    if ignored:
+        logger.info("%s: ignored %d checkpoint weights not used by %s: %s", ckpt.folder,
+                    len(ignored), name, ", ".join(ignored[:20]))  # fmt: skip
+    if fresh:
+        logger.warning("%s: newly initialised (absent from the checkpoint): %s", name,
+                       ", ".join(fresh))  # fmt: skip
+    return found, fresh
+
+
+def _sharding(var, mesh, rules):
+    names = var.get_metadata().get("out_sharding") if hasattr(var, "get_metadata") else None
+    shape = var.get_value().shape
+    return jax.sharding.NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
+
+
+def from_pretrained(
+    name_or_path: str | Path,
+    task: str | None = None,
+    *,
+    dtype=None,
+    param_dtype=jnp.float32,
+    num_labels: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    rules=None,
+    seed: int = 0,
+    **config_overrides: Any,
+) -> nnx.Module:
+    """Build the model a Hugging Face folder (or Hub id) describes and load its weights.
+
+    Args:
+      name_or_path: local folder with config.json + model.safetensors (or a sharded index), or a
+        Hub repo id (downloaded unless ``HF_HUB_OFFLINE``).
+      task: ``"sequence-classification"``, ``"token-classification"``, ``"masked-lm"``,
+        ``"causal-lm"`` or ``None`` (bare model returning hidden states).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``; ``None`` = ``param_dtype``).
+      param_dtype: dtype the weights are stored in.
+      num_labels: classes of a classification head (default: config.json's ``id2label``).
+      mesh: place weights as sharded arrays on this mesh (read slice by slice from disk).
+      rules: logical-axis -> mesh-axis rules (default ``common.DEFAULT_RULES``).
+      seed: seed of freshly initialised weights (task heads absent from the checkpoint).
+      **config_overrides: config.json keys to replace, e.g. ``hidden_dropout_prob=0.0``.
+
+    Returns:
+      The model in eval mode (dropout off; call ``model.train()`` to train), like transformers.
+
+    Raises:
+      FileNotFoundError: no such folder/repo, no config.json, no safetensors weights.
+      ValueError: unsupported model_type or task, missing base weights, unexpected weights,
+        shape mismatches, unknown override keys. Nothing is allocated before these checks pass.
+    """
+    folder = resolve(name_or_path)
+    hf_config = _apply_overrides(_read_config(folder), config_overrides, folder)
+    module = _model_module(hf_config, folder)
+    tasks = getattr(module, "TASKS", None)
+    if tasks is not None and task not in tasks:
+        raise ValueError(
+            f"task={task!r} is not available for model_type={hf_config['model_type']!r}; "
+            f"choose one of {list(tasks)}"
+        )
+    ckpt = _Checkpoint(folder)
+    rules = DEFAULT_RULES if rules is None else rules
+
+    def build():
+        return module.from_hf_config(
+            hf_config, task, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed),
+            num_labels=num_labels,
+        )  # fmt: skip
+
+    abstract = nnx.eval_shape(build)
+    graphdef, abs_state = nnx.split(abstract)
+    flat = list(nnx.to_flat_state(abs_state))
+    params = {
+        hf_key(p): (tuple(p), v.get_value().shape, p[-1] == "kernel")
+        for p, v in flat
+        if type(v) is nnx.Param
+    }
+    found, _ = _match(abstract, params, ckpt)
+    shardings = {tuple(p): _sharding(v, mesh, rules) for p, v in flat} if mesh is not None else {}
+
+    # Dropout RNG streams get distinct keys folded from the seed (no model build needed). Other
+    # variables not read from disk (fresh task heads) come from one jitted build of the model
+    # whose remaining outputs are dead code, so nothing else is initialised.
+    loaded_paths = {params[k][0]: k for k in found}
+    rng_values, fresh_paths = {}, []
+    for i, (p, v) in enumerate(flat):
+        p = tuple(p)
+        if p in loaded_paths:
+            continue
+        if isinstance(v, nnx.RngKey) and v.get_value().shape == ():
+            rng_values[p] = jax.random.fold_in(jax.random.key(seed), i)
+        elif isinstance(v, nnx.RngCount):
+            rng_values[p] = jnp.zeros(v.get_value().shape, v.get_value().dtype)
+        else:
+            fresh_paths.append(p)
+    if mesh is not None:
+        rng_values = {p: jax.device_put(x, shardings[p]) for p, x in rng_values.items()}
+
+    def build_fresh():
+        state = dict(nnx.to_flat_state(nnx.state(build())))
+        return [state[p].get_value() for p in fresh_paths]
+
+    fresh_values = dict(rng_values)
+    if fresh_paths:
+        out_sh = [shardings[p] for p in fresh_paths] if mesh is not None else None
+        built = jax.jit(build_fresh, out_shardings=out_sh)()
+        fresh_values.update(zip(fresh_paths, built, strict=True))
+
+    for path, var in flat:
+        path = tuple(path)
+        if path in fresh_values:
+            var.set_value(fresh_values[path])
+            continue
+        key, (_, shape, transpose) = loaded_paths[path], params[loaded_paths[path]]
+        ck, dt = found[key], var.get_value().dtype
+        if mesh is None:
+            var.set_value(jnp.asarray(ckpt.read(ck, None, transpose, dt)))
+        else:
+            var.set_value(jax.make_array_from_callback(
+                shape, shardings[path], lambda idx, ck=ck, t=transpose, dt=dt: ckpt.read(ck, idx, t, dt)
+            ))  # fmt: skip
+    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------------- save
+
+
+def _host_array(x: jax.Array) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def save_pretrained(model: nnx.Module, folder: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` that transformers' ``from_pretrained`` loads.
+
+    Only plain ``nnx.Param`` leaves are written (PEFT variables are not: merge or export them with
+    ``langtune_jax.peft``). With several JAX processes every process must call this (arrays are
+    gathered); process 0 writes.
+    """
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    tensors: dict[str, np.ndarray] = {}
+    dtypes = set()
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+        if type(var) is not nnx.Param:
+            continue
+        arr = _host_array(var.get_value())
+        dtypes.add(arr.dtype)
+        if path[-1] == "kernel":
+            arr = arr.T
+        tensors[hf_key(tuple(path))] = np.ascontiguousarray(arr)
+    config = model.config.to_hf()
+    config["architectures"] = [model.hf_architecture]
+    config["dtype"] = "bfloat16" if any(d == jnp.bfloat16 for d in dtypes) else "float32"
+    if jax.process_index() == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def load_tokenizer(name_or_path: str | Path):
+    """The transformers ``AutoTokenizer`` of a local folder (first) or Hub repo id."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolve(name_or_path)))
