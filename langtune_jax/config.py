@@ -307,6 +307,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise wrong
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; accept what Python reads as a number.
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong
         return float(value)

@@ -178,6 +178,7 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
         dtype=dtype,
         param_dtype=param_dtype,
         num_labels=num_labels,
+        mesh=mesh,
         seed=cfg.run.seed,
     )
     rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=cfg.run.seed + 2)
