@@ -1,1 +1,85 @@
-"""(public names are re-exported here as the package grows)."""
+"""Parameter-efficient fine-tuning: LoRA (PEFT-compatible) and its target matching."""
+
+from langtune_jax.peft.lora import (
+    DEFAULT_TARGET_MODULES,
+    LoraConfig,
+    LoRALinear,
+    LoRAParam,
+    active_adapters,
+    adapter_names_of,
+    adapter_routing,
+    apply_lora,
+    delete_adapter,
+    get_lora_config,
+    lora_layers,
+    merge_and_unload,
+    merge_lora,
+    merged_view,
+    set_adapter,
+    trainable_filter,
+    trainable_summary,
+    unmerge_lora,
+)
+from langtune_jax.peft.peft_format import export_peft, import_peft, merge_and_save
+from langtune_jax.peft.targets import find_targets, named_modules
+
+__all__ = [
+    "DEFAULT_TARGET_MODULES",
+    "LoRALinear",
+    "LoRAParam",
+    "LoraConfig",
+    "active_adapters",
+    "adapter_names_of",
+    "adapter_routing",
+    "apply_lora",
+    "delete_adapter",
+    "export_peft",
+    "find_targets",
+    "get_lora_config",
+    "import_peft",
+    "lora_layers",
+    "merge_and_save",
+    "merge_and_unload",
+    "merge_lora",
+    "merged_view",
+    "named_modules",
+    "set_adapter",
+    "trainable_filter",
+    "trainable_summary",
+    "unmerge_lora",
+]
+
+# Bottleneck and per-language adapters (peft/adapters.py).
+from langtune_jax.peft.adapters import (  # noqa: E402
+    AdapterConfig,
+    AdapterParam,
+    AdapterWrapper,
+    adapter_summary,
+    adapter_trainable_filter,
+    apply_adapters,
+    count_adapter_params,
+    get_adapter_config,
+    has_language_adapters,
+    language_rows,
+    load_adapters,
+    remove_adapters,
+    save_adapters,
+    with_routing,
+)
+
+__all__ += [
+    "AdapterConfig",
+    "AdapterParam",
+    "AdapterWrapper",
+    "adapter_summary",
+    "adapter_trainable_filter",
+    "apply_adapters",
+    "count_adapter_params",
+    "get_adapter_config",
+    "has_language_adapters",
+    "language_rows",
+    "load_adapters",
+    "remove_adapters",
+    "save_adapters",
+    "with_routing",
+]
