@@ -104,6 +104,9 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     # Cadence, step count and evaluation may change on resume; the rest may not.
     free = {("train", k) for k in ("steps", "log_every", "eval_every", "checkpoint_every")}
     free |= {("eval", k) for k in new["eval"]} | {("run", "output_dir"), ("run", "name")}
+    # How processes meet is per launch (config.yaml holds process 0's process_id and port).
+    free |= {("mesh", k) for k in ("distributed", "coordinator_address", "num_processes",
+                                   "process_id")}
     diffs = [
         f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
         for section, values in new.items()
@@ -132,13 +135,12 @@ def apply_peft(model: nnx.Module, cfg: RunConfig, rngs: nnx.Rngs) -> tuple[nnx.M
     return model, filters[0] if len(filters) == 1 else nnx.Any(*filters)
 
 
-def _accepts_language_id(model: nnx.Module) -> bool:
-    import inspect
-
-    try:
-        return "language_id" in inspect.signature(model.__call__).parameters
-    except (TypeError, ValueError):
-        return False
+def _routing(model: nnx.Module, languages: list[str]):
+    """Per-language adapter routing for the step, or None when the model has no such adapters."""
+    if not peft_lib.has_language_adapters(model):
+        return None
+    table = jnp.asarray(peft_lib.language_rows(model, languages))
+    return lambda m, batch: peft_lib.with_routing(m, batch["language_id"], table=table)
 
 
 # ----------------------------------------------------------------------------- the session
@@ -156,7 +158,7 @@ class Session:
     model: nnx.Module
     split: Any
     shardings: dict[str, Any]
-    language_ids: bool
+    routing: Any
 
     @property
     def label_names(self) -> list[str] | None:
@@ -192,7 +194,8 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     split.frozen = jax.device_put(split.frozen, shardings["frozen"])
     split.mutable = jax.device_put(split.mutable, shardings["mutable"])
     return Session(
-        cfg, run_dir, mesh, tokenizer, dataset, model, split, shardings, _accepts_language_id(model)
+        cfg, run_dir, mesh, tokenizer, dataset, model, split, shardings,
+        _routing(model, dataset.languages),
     )
 
 
@@ -225,7 +228,7 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
             task=cfg.model.task,
             mesh=session.mesh,
             param_shardings=session.shardings,
-            accepts_language_id=session.language_ids,
+            routing=session.routing,
         )
     acc = eval_lib.PerLanguageAccumulator(
         cfg.model.task, session.dataset.languages, label_names=session.label_names
@@ -274,6 +277,9 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
     """
     run_dir = resolve_run_dir(cfg, run_dir)
     _check_resume_config(run_dir, cfg)
+    # Before any JAX call: jax.process_index() would start the backend, and
+    # jax.distributed.initialize refuses to run after that.
+    maybe_initialize_distributed(cfg.mesh)
     primary = jax.process_index() == 0
     session = build_session(cfg, run_dir)
     tcfg = cfg.train
@@ -316,14 +322,14 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
         mesh=session.mesh,
         param_shardings=session.shardings,
         grad_accum_steps=tcfg.grad_accum_steps,
-        accepts_language_id=session.language_ids,
+        routing=session.routing,
     )
     eval_step = make_eval_step(
         split,
         task=cfg.model.task,
         mesh=session.mesh,
         param_shardings=session.shardings,
-        accepts_language_id=session.language_ids,
+        routing=session.routing,
     )
     logger = MetricsLogger(run_dir)
     history: list[dict[str, Any]] = []
@@ -451,7 +457,9 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
                 metric=cfg.eval.metric,
             )
             print(f"[{cfg.run.name}] {split_name}:\n{eval_lib.markdown_table(result)}")
-    if jax.process_index() == 0 and cfg.peft.method != "none":
+    if cfg.peft.method != "none":
+        # Every process: the export gathers arrays sharded across hosts (a collective), then
+        # process 0 writes.
         export_adapter(session, run_dir / "adapter")
 
 

@@ -24,6 +24,7 @@ Loss per task (float32, padding rows and ``-100`` labels never count):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from langtune_jax.train import mesh as mesh_lib
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")
-ROUTING_INPUTS = ("language_id",)
+
+# routing(model, batch) -> context manager active around the forward pass, inside the jitted
+# function; e.g. per-language adapters choosing each example's adapter from batch["language_id"].
+Routing = Callable[[nnx.Module, dict[str, jax.Array]], contextlib.AbstractContextManager]
 
 
 @dataclasses.dataclass
@@ -66,9 +70,10 @@ def split_model(model: nnx.Module, trainable_filter: Any) -> SplitModel:
     return SplitModel(train_graph, eval_graph, trainable, frozen, mutable, trainable_filter)
 
 
-def _model_inputs(batch: dict[str, jax.Array], accepts_language_id: bool) -> dict[str, jax.Array]:
-    names = MODEL_INPUTS + (ROUTING_INPUTS if accepts_language_id else ())
-    return {k: batch[k] for k in names if k in batch}
+def _forward(model: nnx.Module, batch: dict[str, jax.Array], routing: Routing | None):
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    with routing(model, batch) if routing is not None else contextlib.nullcontext():
+        return model(**inputs)
 
 
 def task_loss(logits: jax.Array, batch: dict[str, jax.Array], task: str):
@@ -110,7 +115,7 @@ def make_train_step(
     mesh: Mesh,
     param_shardings: dict[str, Any],
     grad_accum_steps: int = 1,
-    accepts_language_id: bool = False,
+    routing: Routing | None = None,
 ) -> Callable:
     """Build the jitted train step.
 
@@ -121,7 +126,7 @@ def make_train_step(
       mesh: device mesh.
       param_shardings: ``{"trainable", "frozen", "mutable", "opt_state"}`` sharding trees.
       grad_accum_steps: micro-batches per step (the global batch is split on its first axis).
-      accepts_language_id: pass ``language_id`` to the model (per-language adapter routing).
+      routing: optional context around the forward pass (per-language adapter routing).
 
     Returns:
       ``step(trainable, opt_state, mutable, frozen, batch) -> (trainable, opt_state, mutable,
@@ -131,7 +136,7 @@ def make_train_step(
     diff = nnx.DiffState(0, split.trainable_filter)
 
     def loss_fn(model, batch):
-        out = model(**_model_inputs(batch, accepts_language_id))
+        out = _forward(model, batch, routing)
         loss_sum, count = task_loss(out.logits, batch, task)
         return loss_sum, count
 
@@ -187,7 +192,7 @@ def make_eval_step(
     task: str,
     mesh: Mesh,
     param_shardings: dict[str, Any],
-    accepts_language_id: bool = False,
+    routing: Routing | None = None,
 ) -> Callable:
     """Build the jitted eval step: ``eval(trainable, mutable, frozen, batch) -> outputs``.
 
@@ -200,7 +205,7 @@ def make_eval_step(
 
     def evaluate(trainable, mutable, frozen, batch):
         model = nnx.merge(graph, trainable, frozen, mutable)
-        logits = model(**_model_inputs(batch, accepts_language_id)).logits
+        logits = _forward(model, batch, routing).logits
         if task != "causal-lm":
             return {"predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
         logits = logits[:, :-1].astype(jnp.float32)
