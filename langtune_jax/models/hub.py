@@ -357,19 +357,26 @@ def from_pretrained(
     # variables not read from disk (fresh task heads) come from one jitted build of the model
     # whose remaining outputs are dead code, so nothing else is initialised.
     loaded_paths = {params[k][0]: k for k in found}
-    rng_values, fresh_paths = {}, []
+    rng_makers, fresh_paths = {}, []
     for i, (p, v) in enumerate(flat):
         p = tuple(p)
         if p in loaded_paths:
             continue
         if isinstance(v, nnx.RngKey) and v.get_value().shape == ():
-            rng_values[p] = jax.random.fold_in(jax.random.key(seed), i)
+            rng_makers[p] = lambda i=i: jax.random.fold_in(jax.random.key(seed), i)
         elif isinstance(v, nnx.RngCount):
-            rng_values[p] = jnp.zeros(v.get_value().shape, v.get_value().dtype)
+            value = v.get_value()
+            rng_makers[p] = lambda s=value.shape, d=value.dtype: jnp.zeros(s, d)
         else:
             fresh_paths.append(p)
-    if mesh is not None:
-        rng_values = {p: jax.device_put(x, shardings[p]) for p, x in rng_values.items()}
+    rng_paths = list(rng_makers)
+    # Made inside a jit with the mesh's out_shardings: device_put of a process-local array onto a
+    # mesh that spans several processes (multi-host) is refused.
+    rng_list = jax.jit(
+        lambda: [rng_makers[p]() for p in rng_paths],
+        out_shardings=[shardings[p] for p in rng_paths] if mesh is not None else None,
+    )()
+    rng_values = dict(zip(rng_paths, rng_list, strict=True))
 
     def build_fresh():
         state = dict(nnx.to_flat_state(nnx.state(build())))
