@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-slow lint install clean
+.PHONY: demo demo-causal test test-slow lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ demo: $(STAMP)
 	$(BIN)/langtune train configs/demo.yaml --set run.name=demo-balanced --set sampling.strategy=uniform
 	$(BIN)/langtune compare runs/demo-natural runs/demo-balanced --split test --out runs/demo-comparison
 
+# The causal-LM demo: LoRA instruction tuning of the shipped tiny Llama (demo/causal), natural vs
+# balanced (uniform, counted in tokens) language sampling, then per-language perplexity side by side.
+demo-causal: $(STAMP)
+	$(BIN)/langtune train configs/demo_causal.yaml --set run.name=demo-causal-natural --set sampling.strategy=natural
+	$(BIN)/langtune train configs/demo_causal.yaml --set run.name=demo-causal-balanced --set sampling.strategy=uniform
+	$(BIN)/langtune compare runs/demo-causal-natural runs/demo-causal-balanced --split test --out runs/demo-causal-comparison
+
 test: $(TEST_STAMP) lint
 	$(BIN)/python -m pytest tests
 
@@ -37,6 +44,7 @@ test-slow: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check langtune_jax tests scripts
+	$(BIN)/ruff format --check langtune_jax tests scripts
 
 clean:
 	rm -rf runs .pytest_cache

@@ -353,7 +353,9 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         )
         if required and name not in data:
             raise ConfigError(f"missing required config key '{_join(prefix, name)}' in {where}")
-    kwargs = {name: _convert(value, hints[name], _join(prefix, name)) for name, value in data.items()}
+    kwargs = {
+        name: _convert(value, hints[name], _join(prefix, name)) for name, value in data.items()
+    }
     try:
         return cls(**kwargs)
     except ConfigError:

@@ -105,8 +105,9 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     free = {("train", k) for k in ("steps", "log_every", "eval_every", "checkpoint_every")}
     free |= {("eval", k) for k in new["eval"]} | {("run", "output_dir"), ("run", "name")}
     # How processes meet is per launch (config.yaml holds process 0's process_id and port).
-    free |= {("mesh", k) for k in ("distributed", "coordinator_address", "num_processes",
-                                   "process_id")}
+    free |= {
+        ("mesh", k) for k in ("distributed", "coordinator_address", "num_processes", "process_id")
+    }
     diffs = [
         f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
         for section, values in new.items()
@@ -194,7 +195,14 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     split.frozen = jax.device_put(split.frozen, shardings["frozen"])
     split.mutable = jax.device_put(split.mutable, shardings["mutable"])
     return Session(
-        cfg, run_dir, mesh, tokenizer, dataset, model, split, shardings,
+        cfg,
+        run_dir,
+        mesh,
+        tokenizer,
+        dataset,
+        model,
+        split,
+        shardings,
         _routing(model, dataset.languages),
     )
 
@@ -484,6 +492,11 @@ def load_run(run_dir: Path) -> tuple[RunConfig, Session]:
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.yaml")
     cfg = from_dict(RunConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")))
+    # The saved config holds the training job's process id and coordinator; evaluating or
+    # exporting later is a new job, multi-host only if its own environment says so.
+    cfg.mesh = dataclasses.replace(
+        cfg.mesh, distributed=None, coordinator_address=None, num_processes=None, process_id=None
+    )
     session = build_session(cfg, run_dir)
     tx = make_optimizer(cfg.train)
     opt_state = tx.init(session.split.trainable)
@@ -528,8 +541,10 @@ def export_run(run_dir: Path, fmt: str, out: Path) -> Path:
     model = session.split.merge()
     if fmt == "peft":
         if "lora" not in cfg.peft.method:
-            raise ValueError(f"{run_dir} was trained with peft.method={cfg.peft.method}; "
-                             "PEFT export needs LoRA (use --format merged)")
+            raise ValueError(
+                f"{run_dir} was trained with peft.method={cfg.peft.method}; "
+                "PEFT export needs LoRA (use --format merged)"
+            )
         peft_lib.export_peft(model, out, base_model_name_or_path=cfg.model.name_or_path)
     else:
         peft_lib.merge_and_save(model, out)

@@ -35,7 +35,15 @@ def _write_data(root: Path) -> None:
             for _ in range(max(4, int(n * scale))):
                 label = int(rng.integers(2))
                 words = rng.choice(WORDS[lang][label], size=3)
-                lines.append(json.dumps({"text": " ".join(words), "label": ["neg", "pos"][1 - label], "language": lang}))
+                lines.append(
+                    json.dumps(
+                        {
+                            "text": " ".join(words),
+                            "label": ["neg", "pos"][1 - label],
+                            "language": lang,
+                        }
+                    )
+                )
             (root / split / f"{lang}.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -49,8 +57,12 @@ def assets(tmp_path_factory):
     tok = make_tokenizer(corpus + ["the a el la"], vocab_size=80)
     torch.manual_seed(0)
     cfg = transformers.BertConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     transformers.BertForMaskedLM(cfg).save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
@@ -65,8 +77,14 @@ def _config(assets: Path, **train):
         "peft": {"method": "lora", "lora": {"r": 4, "lora_alpha": 8, "task_type": "SEQ_CLS"}},
         "data": {"sources": [{"path": str(assets / "data" / "{split}")}], "max_length": 16},
         "sampling": {"strategy": "uniform"},
-        "train": {"steps": 6, "batch_size": 8, "learning_rate": 1e-2, "log_every": 2,
-                  "checkpoint_every": 3, **train},
+        "train": {
+            "steps": 6,
+            "batch_size": 8,
+            "learning_rate": 1e-2,
+            "log_every": 2,
+            "checkpoint_every": 3,
+            **train,
+        },
         "eval": {"split": "validation", "final_splits": [], "batch_size": 16},
         "mesh": {"data": 2, "fsdp": 2, "tensor": 2},
     }
@@ -80,8 +98,14 @@ def _trainable(run_dir):
 
 def test_run_folder_and_exact_resume(assets, tmp_path):
     full = train(_config(assets), run_dir=tmp_path / "full")
-    for name in ("config.yaml", "plan.json", "metrics.jsonl", "eval/validation/report.json",
-                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+    for name in (
+        "config.yaml",
+        "plan.json",
+        "metrics.jsonl",
+        "eval/validation/report.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ):
         assert (full / name).exists(), name
     report = json.loads((full / "eval/validation/report.json").read_text())
     assert set(report["per_language"]) == set(LANGS)
@@ -135,15 +159,25 @@ def test_kill_9_then_restart_equals_unbroken_run(assets, tmp_path):
 
     path = tmp_path / "cfg.yaml"
     dump_config(cfg, path)
-    cmd = [sys.executable, "-m", "langtune_jax.cli", "train", str(path), "--run-dir",
-           str(tmp_path / "killed")]
-    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "langtune_jax.cli",
+        "train",
+        str(path),
+        "--run-dir",
+        str(tmp_path / "killed"),
+    ]
+    proc = subprocess.Popen(
+        cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     _wait_for_checkpoint(tmp_path / "killed/checkpoints", 4, proc)
     proc.kill()  # SIGKILL: no chance to clean up
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    done = sorted(int(p.name) for p in (tmp_path / "killed/checkpoints").iterdir() if p.name.isdigit())
+    done = sorted(
+        int(p.name) for p in (tmp_path / "killed/checkpoints").iterdir() if p.name.isdigit()
+    )
     assert done and done[-1] < 12
 
     train(cfg, run_dir=tmp_path / "killed")  # the same run folder resumes by itself

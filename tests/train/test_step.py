@@ -20,7 +20,9 @@ class ToyClassifier(nnx.Module):
 
     def __init__(self, *, rngs: nnx.Rngs):
         init = nnx.initializers.normal(0.2)
-        self.embed = nnx.Embed(VOCAB_SIZE, D, embedding_init=with_axes(init, VOCAB, EMBED), rngs=rngs)
+        self.embed = nnx.Embed(
+            VOCAB_SIZE, D, embedding_init=with_axes(init, VOCAB, EMBED), rngs=rngs
+        )
         self.hidden = nnx.Linear(D, H, kernel_init=with_axes(init, EMBED, MLP), rngs=rngs)
         self.dropout = nnx.Dropout(0.1, rngs=rngs)
         self.classifier = nnx.Linear(H, CLASSES, kernel_init=with_axes(init, MLP, None), rngs=rngs)
@@ -62,7 +64,11 @@ def _run(mesh, steps=3, accum=1, trainable=nnx.Param):
     frozen = jax.device_put(split.frozen, shard["frozen"])
     mutable = jax.device_put(split.mutable, shard["mutable"])
     step = make_train_step(
-        split, tx, task="sequence-classification", mesh=mesh, param_shardings=shard,
+        split,
+        tx,
+        task="sequence-classification",
+        mesh=mesh,
+        param_shardings=shard,
         grad_accum_steps=accum,
     )
     losses = []
@@ -85,21 +91,27 @@ def test_sharded_step_matches_one_device(reference, shape):
     ref_losses, ref_params, _ = reference
     losses, params, _ = _run(mesh_lib.make_mesh(*shape))
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params
+    )
 
 
 def test_grad_accumulation_equals_full_batch(reference):
     ref_losses, ref_params, _ = reference
     losses, params, _ = _run(mesh_lib.make_mesh(devices=jax.devices()[:1]), accum=4)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params
+    )
 
 
 def test_frozen_parameters_do_not_change():
     only_classifier = nnx.All(nnx.Param, nnx.PathContains("classifier"))
     model = ToyClassifier(rngs=nnx.Rngs(0))
     before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
-    _, trained, frozen = _run(mesh_lib.make_mesh(devices=jax.devices()[:1]), trainable=only_classifier)
+    _, trained, frozen = _run(
+        mesh_lib.make_mesh(devices=jax.devices()[:1]), trainable=only_classifier
+    )
     assert {path for path, _ in trained.flat_state()} == {
         ("classifier", "bias"),
         ("classifier", "kernel"),
@@ -107,7 +119,9 @@ def test_frozen_parameters_do_not_change():
     before_flat = dict(before.flat_state())
     for path, var in frozen.flat_state():
         np.testing.assert_array_equal(var.get_value(), before_flat[path].get_value())
-    assert not np.allclose(trained["classifier"]["kernel"].get_value(), before["classifier"]["kernel"].get_value())
+    assert not np.allclose(
+        trained["classifier"]["kernel"].get_value(), before["classifier"]["kernel"].get_value()
+    )
 
 
 def test_loss_ignores_padding_rows_and_ignored_labels():
@@ -142,10 +156,19 @@ def test_eval_step_predictions_match_eager_forward():
     mesh = mesh_lib.make_mesh(2, 2, 2)
     model = ToyClassifier(rngs=nnx.Rngs(1))
     split = split_model(model, nnx.Param)
-    shard = {k: mesh_lib.state_shardings(getattr(split, k), mesh) for k in ("trainable", "frozen", "mutable")}
-    evaluate = make_eval_step(split, task="sequence-classification", mesh=mesh, param_shardings=shard)
+    shard = {
+        k: mesh_lib.state_shardings(getattr(split, k), mesh)
+        for k in ("trainable", "frozen", "mutable")
+    }
+    evaluate = make_eval_step(
+        split, task="sequence-classification", mesh=mesh, param_shardings=shard
+    )
     host = _batch(seed=5)
     out = evaluate(split.trainable, split.mutable, split.frozen, mesh_lib.put_batch(host, mesh))
     model.eval()
-    eager = model(input_ids=jnp.asarray(host["input_ids"]), attention_mask=jnp.asarray(host["attention_mask"]))
-    np.testing.assert_array_equal(np.asarray(out["predictions"]), np.argmax(np.asarray(eager.logits), -1))
+    eager = model(
+        input_ids=jnp.asarray(host["input_ids"]), attention_mask=jnp.asarray(host["attention_mask"])
+    )
+    np.testing.assert_array_equal(
+        np.asarray(out["predictions"]), np.argmax(np.asarray(eager.logits), -1)
+    )
