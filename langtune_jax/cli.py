@@ -23,8 +23,14 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a run; resumes when the run folder has checkpoints")
     t.add_argument("config", help="YAML run config")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.steps=100 (repeatable)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.steps=100 (repeatable)",
+    )
     t.add_argument("--run-dir", help="run folder (default: <run.output_dir>/<run.name>)")
 
     e = sub.add_parser("eval", help="per-language evaluation of a trained run")
@@ -42,9 +48,27 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="side-by-side per-language table and plot of runs")
     c.add_argument("run_dirs", nargs="+")
-    c.add_argument("--metric", default=None, help="metric to compare (default: each run's headline)")
+    c.add_argument(
+        "--metric", default=None, help="metric to compare (default: each run's headline)"
+    )
     c.add_argument("--out", default=None, help="folder for the comparison plot and table")
-    c.add_argument("--split", default=None, help="report split (default: test when the runs have several)")
+    c.add_argument(
+        "--split", default=None, help="report split (default: test when the runs have several)"
+    )
+
+    g = sub.add_parser("generate", help="complete prompts with a trained causal-LM run")
+    g.add_argument("run_dir")
+    g.add_argument(
+        "--prompt",
+        dest="prompts",
+        action="append",
+        required=True,
+        help="prompt text (repeatable: the prompts run as one batch)",
+    )
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
     return p
 
 
@@ -102,6 +126,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
             plot_comparison(data, out / "comparison.png")
             print(f"wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
+    elif args.command == "generate":
+        from langtune_jax.train.generate import generate_run
+
+        generate_run(
+            Path(args.run_dir),
+            args.prompts,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
     return 0
 
 

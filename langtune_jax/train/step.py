@@ -72,6 +72,10 @@ def split_model(model: nnx.Module, trainable_filter: Any) -> SplitModel:
 
 def _forward(model: nnx.Module, batch: dict[str, jax.Array], routing: Routing | None):
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    if "segment_ids" in inputs:
+        # Packed rows: the models take segments as attention_mask values (1, 2, ... per example,
+        # 0 = padding; attention stays causal within equal ids), not as a separate argument.
+        inputs["attention_mask"] = inputs.pop("segment_ids")
     with routing(model, batch) if routing is not None else contextlib.nullcontext():
         return model(**inputs)
 

@@ -1,0 +1,172 @@
+"""Text generation from a trained causal-LM run: ``langtune generate RUN_DIR --prompt ...``.
+
+Prompts are encoded the way the data pipeline encodes training prompts (``langtune_jax.data``
+features: ``<s>`` + prompt tokens, no other special tokens; a chat template when the run trains on
+``messages``), left-padded into one batch, and decoded by ``langtune_jax.models.llama.generate``
+(KV cache, one compiled loop): greedy by default, temperature + nucleus (top-p) sampling when
+``temperature > 0``. The trained adapter is used as trained (un-merged LoRA, bottleneck adapters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass
+class Completion:
+    """One generated continuation.
+
+    Attributes:
+      prompt: the prompt text as given.
+      text: the decoded new tokens (special tokens skipped, stopped at end-of-sequence).
+      token_ids: the new token ids, up to (not including) the first end-of-sequence id.
+    """
+
+    prompt: str
+    text: str
+    token_ids: list[int]
+
+
+def encode_prompts(
+    tokenizer, prompts: Sequence[str], *, chat: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize ``prompts`` as the causal-LM pipeline does and left-pad them into one batch.
+
+    Args:
+      tokenizer: the run's Hugging Face fast tokenizer.
+      prompts: prompt texts.
+      chat: wrap each prompt as one user message through the tokenizer's chat template (with the
+        generation prompt), as training on ``messages`` does; otherwise ``<s>`` + prompt tokens.
+
+    Returns:
+      ``(input_ids, attention_mask)``, both ``[B, T]`` int32; padding (mask 0) on the left.
+    """
+    if not prompts:
+        raise ValueError("no prompts given: pass at least one --prompt")
+    rows = []
+    for prompt in prompts:
+        if chat and getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+            rows.append(bos + tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    t = max(len(r) for r in rows)
+    ids = np.full((len(rows), t), pad, np.int32)  # [B, T]
+    mask = np.zeros((len(rows), t), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, t - len(r) :] = r
+        mask[i, t - len(r) :] = 1
+    return ids, mask
+
+
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    chat: bool = False,
+) -> list[Completion]:
+    """Complete a batch of prompts with a causal LM (ours, optionally PEFT-wrapped).
+
+    Args:
+      model: a ``langtune_jax.models.llama.LlamaForCausalLM`` (LoRA / adapters may wrap layers).
+      tokenizer: its Hugging Face fast tokenizer.
+      prompts: prompt texts (one batch).
+      max_new_tokens: most tokens generated per prompt.
+      temperature: 0 = greedy; > 0 samples from ``softmax(logits / temperature)``.
+      top_p: nucleus sampling mass (only with ``temperature > 0``).
+      seed: ``jax.random`` seed for sampling.
+      chat: encode prompts through the tokenizer's chat template (see :func:`encode_prompts`).
+
+    Returns:
+      One :class:`Completion` per prompt, in order.
+    """
+    from langtune_jax.models import llama
+
+    if not isinstance(model, llama.LlamaForCausalLM):
+        raise ValueError(
+            f"generation needs a causal LM (model.task: causal-lm); this run's model is "
+            f"{type(model).__name__}"
+        )
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    ids, mask = encode_prompts(tokenizer, prompts, chat=chat)
+    eos = model.config.eos_token_id
+    if not eos and tokenizer.eos_token_id is not None:
+        eos = [tokenizer.eos_token_id]
+    model.eval()
+    out = llama.generate(
+        model,
+        ids,
+        mask,
+        max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        rng=jax.random.key(seed),
+        eos_token_id=list(eos or []),
+    )
+    new = np.asarray(jax.device_get(out))[:, ids.shape[1] :]  # [B, max_new_tokens]
+    completions = []
+    for prompt, row in zip(prompts, new.tolist()):
+        stop = next((i for i, tok in enumerate(row) if tok in (eos or [])), len(row))
+        tokens = row[:stop]
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        completions.append(Completion(prompt, text, tokens))
+    return completions
+
+
+def generate_run(
+    run_dir: str | Path,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    verbose: bool = True,
+) -> list[Completion]:
+    """``langtune generate``: complete prompts with a trained causal-LM run (newest checkpoint).
+
+    Args:
+      run_dir: the run folder (``config.yaml`` + ``checkpoints/``).
+      prompts, max_new_tokens, temperature, top_p, seed: see :func:`generate_completions`.
+      verbose: print each prompt and its completion.
+
+    Returns:
+      One :class:`Completion` per prompt.
+    """
+    from langtune_jax.train.loop import load_run
+
+    cfg, session = load_run(Path(run_dir))
+    if cfg.model.task != "causal-lm":
+        raise ValueError(
+            f"{run_dir} was trained with model.task={cfg.model.task}; generation needs causal-lm"
+        )
+    chat = any(s.messages_column for s in cfg.data.sources)
+    completions = generate_completions(
+        session.split.merge(),
+        session.tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        chat=chat,
+    )
+    if verbose and jax.process_index() == 0:
+        for c in completions:
+            print(f">>> {c.prompt}\n{c.text}\n")
+    return completions
