@@ -107,20 +107,26 @@ class Checkpointer:
             jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
             for x in leaves
         ]
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
-            ),
+        mismatch = (
+            f"checkpoint {self.directory}/{step} does not match this run's state (different "
+            "model, PEFT method or optimizer?)"
         )
+        try:
+            out = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), record=ocp.args.JsonRestore()
+                ),
+            )
+        except ValueError as err:
+            if "shape" in str(err) or "structure" in str(err):
+                raise ValueError(f"{mismatch}: {str(err).splitlines()[0]}") from None
+            raise
         restored = list(out["state"])
         if len(restored) != len(target) or any(
             r.shape != t.shape for r, t in zip(restored, target)
         ):
-            raise ValueError(
-                f"checkpoint {self.directory}/{step} does not match this run's state "
-                "(different model, PEFT method or optimizer?)"
-            )
+            raise ValueError(mismatch)
         return jax.tree.unflatten(treedef, restored), dict(out["record"])
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
