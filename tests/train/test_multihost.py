@@ -142,8 +142,10 @@ def _assert_same_trainable(out: Path, expected: list[np.ndarray], lora_b: list[i
     assert len(got) == len(expected)
     for i, (a, b) in enumerate(zip(got, expected)):
         assert a.shape == b.shape, i
-        # float32 reduction noise only: the meshes differ (4 devices over 2 hosts vs 8 local).
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"trainable leaf {i}")
+        # float32 reduction noise only: the meshes differ (4 devices over 2 hosts vs 8 local), and
+        # Adam turns a last-bit difference in a near-zero gradient into up to ~1e-5 of parameter
+        # (one update is lr = 1e-2). A wrong shard or batch would differ by ~1e-2.
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5, err_msg=f"trainable leaf {i}")
     # Training moved every LoRA B matrix away from its zero init (the comparison is not vacuous).
     assert lora_b and all(np.abs(got[i]).max() > 1e-4 for i in lora_b)
 
