@@ -22,35 +22,10 @@ import pytest
 from langtune_jax.config import RunConfig, dump_config, from_dict
 from langtune_jax.train import train
 from langtune_jax.train.loop import load_run
-from tests.data.conftest import make_tokenizer
-from tests.train.test_loop import WORDS, _write_data
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_PROCESSES = 2
 TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    import torch
-    import transformers
-
-    root = tmp_path_factory.mktemp("multihost")
-    corpus = [" ".join(w) for pair in WORDS.values() for w in pair]
-    tok = make_tokenizer(corpus + ["the a el la"], vocab_size=80)
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    transformers.BertForMaskedLM(cfg).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    _write_data(root / "data")
-    return root
 
 
 def _config(assets: Path, **train) -> RunConfig:

@@ -1,0 +1,61 @@
+"""Shared fixtures of the training tests: a tiny random BERT, its tokenizer and JSONL data in three
+languages (built once per session, no downloads)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.data.conftest import make_tokenizer
+
+LANGS = {"en": 40, "es": 24, "sw": 6}
+WORDS = {
+    "en": (["good", "great", "happy", "nice"], ["bad", "sad", "awful", "poor"]),
+    "es": (["bueno", "feliz", "bonito", "genial"], ["malo", "triste", "feo", "pobre"]),
+    "sw": (["nzuri", "furaha", "safi", "bora"], ["mbaya", "huzuni", "chafu", "duni"]),
+}
+
+
+def _write_data(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, scale in (("train", 1.0), ("validation", 0.25)):
+        (root / split).mkdir(parents=True)
+        for lang, n in LANGS.items():
+            lines = []
+            for _ in range(max(4, int(n * scale))):
+                label = int(rng.integers(2))
+                words = rng.choice(WORDS[lang][label], size=3)
+                lines.append(
+                    json.dumps(
+                        {
+                            "text": " ".join(words),
+                            "label": ["neg", "pos"][1 - label],
+                            "language": lang,
+                        }
+                    )
+                )
+            (root / split / f"{lang}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory):
+    import torch
+    import transformers
+
+    root = tmp_path_factory.mktemp("loop")
+    corpus = [" ".join(w) for pair in WORDS.values() for w in pair]
+    tok = make_tokenizer(corpus + ["the a el la"], vocab_size=80)
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    transformers.BertForMaskedLM(cfg).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    _write_data(root / "data")
+    return root
