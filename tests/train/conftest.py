@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from langtune_jax.config import RunConfig, from_dict
 from tests.data.conftest import make_tokenizer
 
 LANGS = {"en": 40, "es": 24, "sw": 6}
@@ -59,3 +60,18 @@ def assets(tmp_path_factory):
     tok.save_pretrained(root / "model")
     _write_data(root / "data")
     return root
+
+
+def tiny_run_config(assets: Path, *, name: str, mesh: dict, **train) -> RunConfig:
+    """LoRA on the tiny BERT of ``assets`` with uniform sampling; ``train`` keys override."""
+    data = {
+        "run": {"name": name, "seed": 0},
+        "model": {"name_or_path": str(assets / "model")},
+        "peft": {"method": "lora", "lora": {"r": 4, "lora_alpha": 8, "task_type": "SEQ_CLS"}},
+        "data": {"sources": [{"path": str(assets / "data" / "{split}")}], "max_length": 16},
+        "sampling": {"strategy": "uniform"},
+        "train": {"batch_size": 8, "learning_rate": 1e-2, "log_every": 2, **train},
+        "eval": {"split": "validation", "final_splits": [], "batch_size": 16},
+        "mesh": mesh,
+    }
+    return from_dict(RunConfig, data)

@@ -13,31 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from langtune_jax.config import RunConfig, from_dict
 from langtune_jax.train import train
 from langtune_jax.train.loop import TrainingDiverged, load_run
-from tests.train.conftest import LANGS
+from tests.train.conftest import LANGS, tiny_run_config
 
 
 def _config(assets: Path, **train):
-    data = {
-        "run": {"name": "t", "seed": 0},
-        "model": {"name_or_path": str(assets / "model")},
-        "peft": {"method": "lora", "lora": {"r": 4, "lora_alpha": 8, "task_type": "SEQ_CLS"}},
-        "data": {"sources": [{"path": str(assets / "data" / "{split}")}], "max_length": 16},
-        "sampling": {"strategy": "uniform"},
-        "train": {
-            "steps": 6,
-            "batch_size": 8,
-            "learning_rate": 1e-2,
-            "log_every": 2,
-            "checkpoint_every": 3,
-            **train,
-        },
-        "eval": {"split": "validation", "final_splits": [], "batch_size": 16},
-        "mesh": {"data": 2, "fsdp": 2, "tensor": 2},
-    }
-    return from_dict(RunConfig, data)
+    train = {"steps": 6, "checkpoint_every": 3, **train}
+    return tiny_run_config(assets, name="t", mesh={"data": 2, "fsdp": 2, "tensor": 2}, **train)
 
 
 def _trainable(run_dir):

@@ -19,9 +19,10 @@ import jax
 import numpy as np
 import pytest
 
-from langtune_jax.config import RunConfig, dump_config, from_dict
+from langtune_jax.config import RunConfig, dump_config
 from langtune_jax.train import train
 from langtune_jax.train.loop import load_run
+from tests.train.conftest import tiny_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_PROCESSES = 2
@@ -32,26 +33,9 @@ def _config(assets: Path, **train) -> RunConfig:
     # fsdp=-1: on 2 processes x 2 devices the fsdp axis spans both processes, so trainable
     # parameters and Adam moments are sharded across hosts (the hard case); with 8 devices in
     # this test process it is an 8-way fsdp mesh. Same global batch either way.
-    return from_dict(
-        RunConfig,
-        {
-            "run": {"name": "mh", "seed": 0},
-            "model": {"name_or_path": str(assets / "model")},
-            "peft": {"method": "lora", "lora": {"r": 4, "lora_alpha": 8, "task_type": "SEQ_CLS"}},
-            "data": {"sources": [{"path": str(assets / "data" / "{split}")}], "max_length": 16},
-            "sampling": {"strategy": "uniform"},
-            "train": {
-                "steps": 4,
-                "batch_size": 8,
-                "learning_rate": 1e-2,
-                "log_every": 2,
-                "checkpoint_every": 2,
-                **train,
-            },
-            "eval": {"split": "validation", "final_splits": [], "batch_size": 16},
-            "mesh": {"data": 1, "fsdp": -1, "tensor": 1},
-        },
-    )
+    train = {"steps": 4, "checkpoint_every": 2, **train}
+    mesh = {"data": 1, "fsdp": -1, "tensor": 1}
+    return tiny_run_config(assets, name="mh", mesh=mesh, **train)
 
 
 def _free_port() -> int:
