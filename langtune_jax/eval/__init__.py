@@ -16,6 +16,8 @@ or, for predictions already in memory, ``per_language_report(predictions, labels
 task)``. ``compare_runs([run_a, run_b])`` and ``plot_comparison`` put runs side by side.
 """
 
+from langtune_jax.eval.accumulator import PerLanguageAccumulator, per_language_report
+from langtune_jax.eval.compare import compare_runs
 from langtune_jax.eval.metrics import (
     IGNORE_INDEX,
     LOWER_IS_BETTER,
@@ -24,25 +26,24 @@ from langtune_jax.eval.metrics import (
     SCHEMA_VERSION,
     TASKS,
     EntityScheme,
-    PerLanguageAccumulator,
     classification_metrics,
     entity_scores,
     f1_per_class,
     gap_statistics,
     lm_metrics,
     lm_token_stats,
-    per_language_report,
 )
-from langtune_jax.eval.report import (
-    compare_runs,
-    find_report,
-    history_entry,
-    load_report,
-    markdown_table,
+from langtune_jax.eval.plots import (
     plot_comparison,
     plot_eval_curves,
     plot_metric_by_language,
     plot_sampling_vs_data,
+)
+from langtune_jax.eval.report import (
+    find_report,
+    history_entry,
+    load_report,
+    markdown_table,
     write_report,
 )
 

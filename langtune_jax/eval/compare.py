@@ -1,0 +1,111 @@
+"""Comparison of runs: a side-by-side per-language table of several runs' reports.
+
+:func:`compare_runs` reads the report of each run (found by
+:func:`~langtune_jax.eval.report.find_report`) and builds the table (languages, then mean and gap
+rows; one column per run, then the change against the first run);
+:func:`~langtune_jax.eval.plots.plot_comparison` draws it as grouped bars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from langtune_jax.eval.formatting import _NOT_FRACTIONS, _fmt, _md
+from langtune_jax.eval.metrics import LOWER_IS_BETTER, gap_statistics
+from langtune_jax.eval.report import REPORT_FILE, load_report
+
+
+def _run_folder(path: Path) -> Path:
+    """The run folder of a path given as run folder, eval folder, split folder or report file."""
+    path = path.parent if path.name == REPORT_FILE else path
+    if path.parent.name == "eval":  # RUN_DIR/eval/<split>
+        return path.parent.parent
+    return path.parent if path.name == "eval" else path
+
+
+def _run_names(paths: Sequence[Path], reports: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The runs' ``run_name`` when all differ, else folder names made unique."""
+    given = [r.get("run_name") for r in reports]
+    if all(given) and len(set(given)) == len(given):
+        return [str(n) for n in given]
+    names = [_run_folder(p).name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{_run_folder(p).parent.name}/{n}" for p, n in zip(paths, names)]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
+def compare_runs(
+    run_dirs: Sequence[str | Path], *, metric: str | None = None, split: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Side-by-side per-language table of several runs, with the change against the first run.
+
+    Args:
+      run_dirs: run folders (or report files); the first is the baseline. The report of each
+        is found by :func:`find_report`.
+      metric: the metric to compare; default the first run's primary metric.
+      split: which split's reports to compare (``RUN_DIR/eval/<split>/report.json``); default:
+        the only split evaluated, or ``test`` when there are several.
+
+    Returns:
+      ``(table, data)``. ``table`` is markdown: rows = languages (union, first run's order),
+      then ``mean`` (over languages) and ``gap`` (max - min); columns = run names (the reports'
+      ``run_name`` when they differ, else folder names), then ``delta`` (second minus first;
+      with more runs, ``delta <run>`` = that run minus the first). Fractions are shown x 100. ``data`` = ``{"metric", "higher_is_better",
+      "runs" [names], "languages", "values" {run: {language: score | None}}, "mean" {run: score},
+      "gap" {run: score}, "delta" {run: {language | "mean" | "gap": score | None}}}`` (raw
+      scores, not x 100; ``delta`` has an entry for every run after the first).
+    """
+    if len(run_dirs) < 1:
+        raise ValueError("compare_runs needs at least one run folder")
+    paths = [Path(p) for p in run_dirs]
+    reports = [load_report(p, split) for p in paths]
+    names = _run_names(paths, reports)
+    metric = metric or reports[0]["primary_metric"]
+    for name, rep in zip(names, reports):
+        if metric not in rep["metrics"]:
+            raise ValueError(
+                f"run {name} ({rep['task']}) has no metric {metric!r}; it has "
+                f"{', '.join(rep['metrics'])}: pass --metric with one all runs share"
+            )
+    languages = list(dict.fromkeys(lang for rep in reports for lang in rep["languages"]))
+    values = {
+        n: {lang: rep["per_language"].get(lang, {}).get(metric) for lang in languages}
+        for n, rep in zip(names, reports)
+    }
+    higher = metric not in LOWER_IS_BETTER
+    stats = {
+        n: gap_statistics(values[n], higher_is_better=higher) for n in names
+    }  # recomputed, so languages missing from a run are visibly left out of its mean / gap
+    data: dict[str, Any] = {
+        "metric": metric,
+        "higher_is_better": higher,
+        "runs": names,
+        "languages": languages,
+        "values": values,
+        "mean": {n: stats[n]["mean"] for n in names},
+        "gap": {n: stats[n]["gap"] for n in names},
+        "delta": {},
+    }
+    base = names[0]
+
+    def diff(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    for n in names[1:]:
+        d = {lang: diff(values[n][lang], values[base][lang]) for lang in languages}
+        d["mean"] = diff(data["mean"][n], data["mean"][base])
+        d["gap"] = diff(data["gap"][n], data["gap"][base])
+        data["delta"][n] = d
+    delta_cols = ["delta"] if len(names) == 2 else [f"delta {n}" for n in names[1:]]
+    rows = [
+        [f"{metric}" + (" (x100)" if metric not in _NOT_FRACTIONS else "")] + names + delta_cols
+    ]
+    for key in [*languages, "mean", "gap"]:
+        row = [key]
+        for n in names:
+            row.append(_fmt(data[key][n] if key in ("mean", "gap") else values[n][key], metric))
+        row += [_fmt(data["delta"][n][key], metric, signed=True) for n in names[1:]]
+        rows.append(row)
+    return _md(rows), data
