@@ -115,6 +115,12 @@ class TrainConfig:
       checkpoint_every: steps between checkpoints; 0 saves only at the end.
       keep_checkpoints: how many recent checkpoints to keep.
       best_metric: eval metric (e.g. ``mean_f1``) whose best checkpoint is also kept.
+      rng_impl: JAX PRNG implementation of the dropout keys (``jax.random.key(seed, impl=...)``).
+        ``threefry4x32`` draws dropout masks about 4x faster than JAX's default ``threefry2x32``
+        on CPU (``docs/benchmarks.md``) and is, like it, counter-based and splittable; ``rbg`` /
+        ``unsafe_rbg`` are JAX's experimental XLA-RBG generators. (JAX's ``philox*`` keys are left
+        out: their ``fold_in`` fails to compile with sharded outputs in jax 0.10.2.) Changing it
+        changes the dropout masks, so a resumed run must keep the value it started with.
     """
 
     steps: int = 1000
@@ -131,6 +137,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     best_metric: str | None = None
+    rng_impl: Literal["threefry4x32", "threefry2x32", "rbg", "unsafe_rbg"] = "threefry4x32"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum_steps", "log_every", "keep_checkpoints"):

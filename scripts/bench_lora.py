@@ -77,11 +77,13 @@ def run_jax(a, full: bool) -> dict:
     from langtune_jax.models import bert
     from langtune_jax.peft import LoraConfig, apply_lora, trainable_filter, trainable_summary
 
-    model = bert.from_hf_config(_hf_config(a), "sequence-classification", rngs=nnx.Rngs(0))
+    # Dropout keys as the trainer makes them (train.rng_impl, default threefry4x32).
+    rngs = nnx.Rngs(params=0, dropout=jax.random.key(1, impl=a.rng_impl))
+    model = bert.from_hf_config(_hf_config(a), "sequence-classification", rngs=rngs)
     if full:
         filt = nnx.Param
     else:
-        apply_lora(model, LoraConfig(**_lora_kwargs(a)), rngs=nnx.Rngs(1))
+        apply_lora(model, LoraConfig(**_lora_kwargs(a)), rngs=rngs)
         filt = trainable_filter(model)
     model.train()
     summary = trainable_summary(model, filt) if not full else "all parameters"
@@ -165,6 +167,9 @@ def main() -> None:
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=0.1, help="BERT hidden/attention dropout")
+    p.add_argument(
+        "--rng-impl", default="threefry4x32", help="JAX PRNG of the dropout keys (train.rng_impl)"
+    )
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument(
         "--warmup", type=int, default=2, help="untimed steps (JAX compiles in the first)"
@@ -183,7 +188,7 @@ def main() -> None:
     results = {}
     for mode in a.modes.split(","):
         sizes = ("layers", "hidden", "heads", "vocab", "batch", "seq", "r", "lora_dropout", "dropout",
-                 "steps", "warmup")  # fmt: skip
+                 "rng_impl", "steps", "warmup")  # fmt: skip
         args = [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in sizes]
         cmd = [sys.executable, os.path.abspath(__file__), *args, "--worker", mode]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -196,7 +201,7 @@ def main() -> None:
 
     load = os.getloadavg()[0]
     print(f"\nBERT {a.layers} layers, hidden {a.hidden}, vocab {a.vocab:,}; batch {a.batch} x "
-          f"{a.seq}; LoRA r={a.r} on query/value, dropout {a.lora_dropout}; {a.steps} timed steps after {a.warmup}; "
+          f"{a.seq}; LoRA r={a.r} on query/value, dropout {a.lora_dropout}; JAX dropout keys {a.rng_impl}; {a.steps} timed steps after {a.warmup}; "
           f"CPU cores {os.cpu_count()}, load average {load:.1f}\n")  # fmt: skip
     header = "| mode | tokens/s | s/step | warm-up s | peak RSS MB | RSS growth MB | trainable |"
     print(header)

@@ -299,6 +299,7 @@ def from_pretrained(
     mesh: jax.sharding.Mesh | None = None,
     rules=None,
     seed: int = 0,
+    rng_impl: str | None = None,
     **config_overrides: Any,
 ) -> nnx.Module:
     """Build the model a Hugging Face folder (or Hub id) describes and load its weights.
@@ -313,7 +314,10 @@ def from_pretrained(
       num_labels: classes of a classification head (default: config.json's ``id2label``).
       mesh: place weights as sharded arrays on this mesh (read slice by slice from disk).
       rules: logical-axis -> mesh-axis rules (default ``common.DEFAULT_RULES``).
-      seed: seed of freshly initialised weights (task heads absent from the checkpoint).
+      seed: seed of freshly initialised weights (task heads absent from the checkpoint) and of
+        the dropout keys.
+      rng_impl: JAX PRNG implementation of the dropout keys (``jax.random.key``'s ``impl``, e.g.
+        ``"threefry4x32"``); ``None`` = JAX's default (``jax_default_prng_impl``).
       **config_overrides: config.json keys to replace, e.g. ``hidden_dropout_prob=0.0``.
 
     Returns:
@@ -363,7 +367,7 @@ def from_pretrained(
         if p in loaded_paths:
             continue
         if isinstance(v, nnx.RngKey) and v.get_value().shape == ():
-            rng_makers[p] = lambda i=i: jax.random.fold_in(jax.random.key(seed), i)
+            rng_makers[p] = lambda i=i: jax.random.fold_in(jax.random.key(seed, impl=rng_impl), i)
         elif isinstance(v, nnx.RngCount):
             value = v.get_value()
             rng_makers[p] = lambda s=value.shape, d=value.dtype: jnp.zeros(s, d)

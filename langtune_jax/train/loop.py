@@ -183,8 +183,10 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
         num_labels=num_labels,
         mesh=mesh,
         seed=cfg.run.seed,
+        rng_impl=cfg.train.rng_impl,
     )
-    rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=cfg.run.seed + 2)
+    dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
+    rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
     model, trainable = apply_peft(model, cfg, rngs)
     split = split_model(model, trainable)
     shardings = {
@@ -215,6 +217,7 @@ def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
         task=cfg.model.task,
         seed=cfg.run.seed,
         total_samples=cfg.train.steps * cfg.train.batch_size,
+        batch_size=cfg.train.batch_size,
     )
 
 

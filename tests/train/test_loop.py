@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from langtune_jax.config import TrainConfig
 from langtune_jax.train import train
 from langtune_jax.train.loop import TrainingDiverged, load_run
 from tests.train.conftest import LANGS, tiny_run_config
@@ -136,3 +138,17 @@ def test_sigterm_saves_and_returns_cleanly(assets, tmp_path):
     assert 4 <= steps[-1] < 400
     assert records[-1]["step"] <= steps[-1]
     assert not (run_dir / "eval").exists()  # stopped early: no final report
+
+
+@pytest.mark.parametrize("impl", typing.get_args(typing.get_type_hints(TrainConfig)["rng_impl"]))
+def test_rng_impl_sets_every_dropout_key(assets, tmp_path, impl):
+    from langtune_jax.train.loop import build_session
+
+    cfg = tiny_run_config(assets, name="rng", mesh={"data": -1}, steps=1, rng_impl=impl)
+    cfg.peft.lora.lora_dropout = 0.1
+    session = build_session(cfg, tmp_path / "rng")
+    leaves = jax.tree.leaves(session.split.mutable)
+    keys = [x for x in leaves if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    # 2 layers x 3 BERT dropouts + embeddings + head + LoRA on query/value per layer.
+    assert len(keys) >= 10
+    assert {str(jax.random.key_impl(k)) for k in keys} == {impl}
