@@ -84,6 +84,9 @@ class DataPipeline:
       seed: the run seed (mixture order).
       total_samples: examples the run draws (steps x global batch size); used for the plan and as
         UniMax's budget when `sampling.budget` is unset.
+      batch_size: the run's global batch size. With packing a step draws
+        `examples_per_step(batch_size)` examples, not `batch_size`, so the plan (expected samples
+        and epochs, UniMax's budget) counts `total_samples / batch_size` steps of that many.
 
     Attributes:
       languages: sorted training languages (`language_id` indexes this list).
@@ -101,6 +104,7 @@ class DataPipeline:
         task: str,
         seed: int = 0,
         total_samples: int | None = None,
+        batch_size: int | None = None,
     ):
         self.data_cfg, self.sampling_cfg, self.tokenizer = data_cfg, sampling_cfg, tokenizer
         self.task, self.seed = task, int(seed)
@@ -118,6 +122,12 @@ class DataPipeline:
         self.tokens = {lang: int(s.offsets[-1]) for lang, s in self.stores.items()}
         self.plan = self.make_plan(total_samples or 0)
         self.probabilities = self.plan.probabilities
+        if self.packing and total_samples and batch_size:
+            # Packed steps draw more examples than rows; the draws per step depend on the mixture
+            # (mean example length), so plan once more with the real count of draws.
+            steps = total_samples // batch_size
+            self.plan = self.make_plan(steps * self.examples_per_step(batch_size))
+            self.probabilities = self.plan.probabilities
         for w in self.plan.warnings:
             log.warning(w)
         self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}

@@ -180,6 +180,18 @@ def test_causal_packing_pipeline(tmp_path, tokenizer):
     assert np.array_equal(np.concatenate([p["input_ids"] for p in parts]), b["input_ids"])
     ev = next(pipe.eval_batches("validation", 4, process_index=0, process_count=1))
     assert "segment_ids" not in ev and ev["labels"].shape == ev["input_ids"].shape
+    # The plan counts the examples a packed run really draws: steps x examples_per_step.
+    planned = DataPipeline(
+        cfg,
+        SamplingConfig(strategy="uniform", unit="tokens"),
+        tokenizer,
+        task="causal-lm",
+        seed=1,
+        total_samples=10 * 4,
+        batch_size=4,
+    ).plan
+    assert planned.total_samples == 10 * m
+    assert sum(r.expected_samples for r in planned.rows) == pytest.approx(10 * m)
 
 
 def test_token_classification_pipeline(tmp_path, tokenizer):
