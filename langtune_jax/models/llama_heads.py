@@ -1,0 +1,158 @@
+"""Llama-family task models over :class:`LlamaModel`: causal LM, sequence / token classification.
+
+Each holds the decoder as ``model`` (checkpoint keys ``model.*``) and a head named as in Hugging
+Face checkpoints (``lm_head``, absent when tied, or ``score``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from langtune_jax.models.common import EMBED, VOCAB, ModelOutput
+from langtune_jax.models.llama_config import _ARCH, LlamaConfig
+from langtune_jax.models.llama_decoder import LlamaModel, _linear
+
+Array = jax.Array
+
+
+class LlamaForCausalLM(nnx.Module):
+    """Decoder + LM head (``lm_head``, or the transposed ``embed_tokens`` when tied).
+
+    ``logits`` are ``[B, T, vocab]`` in the compute dtype. ``head_modules`` is empty: the LM head
+    is pretrained, never a newly initialised task head.
+    """
+
+    head_modules: tuple[str, ...] = ()
+    base_model_prefix = "model"  # checkpoint keys of the bare decoder start with "model."
+
+    @property
+    def hf_architecture(self) -> str:
+        """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
+        return _ARCH[self.config.model_type] + "ForCausalLM"
+
+    def __init__(self, cfg: LlamaConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.model = LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _linear(
+                cfg,
+                cfg.hidden_size,
+                cfg.vocab_size,
+                (EMBED, VOCAB),
+                False,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 *, cache=None, output_hidden_states=False) -> ModelOutput:  # fmt: skip
+        out = self.model(
+            input_ids,
+            attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            output_hidden_states=output_hidden_states,
+        )
+        return dataclasses.replace(out, logits=self.lm_logits(out.last_hidden_state))
+
+    def lm_logits(self, hidden: Array) -> Array:
+        """``[..., D]`` final hidden states -> ``[..., vocab]`` logits (tied or untied head)."""
+        if self.config.tie_word_embeddings:
+            return self.model.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)
+
+
+class LlamaForSequenceClassification(nnx.Module):
+    """Decoder + ``score`` (no bias) read at the last non-padding token of each row.
+
+    ``logits`` are ``[B, num_labels]``. The last token is the rightmost non-zero position of
+    ``attention_mask`` (``transformers`` looks for the rightmost non-``pad_token_id`` id, the same
+    position whenever the mask marks the pad tokens); without a mask it is the last position.
+    """
+
+    head_modules: tuple[str, ...] = ("score",)
+    base_model_prefix = "model"  # checkpoint keys of the bare decoder start with "model."
+
+    @property
+    def hf_architecture(self) -> str:
+        """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
+        return _ARCH[self.config.model_type] + "ForSequenceClassification"
+
+    def __init__(self, cfg: LlamaConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.model = LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.score = _linear(
+            cfg,
+            cfg.hidden_size,
+            cfg.num_labels,
+            (EMBED, None),
+            False,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 *, cache=None, output_hidden_states=False) -> ModelOutput:  # fmt: skip
+        out = self.model(
+            input_ids,
+            attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            output_hidden_states=output_hidden_states,
+        )
+        b, t = input_ids.shape
+        if attention_mask is None:
+            last = jnp.full((b,), t - 1)
+        else:
+            last = jnp.argmax(jnp.where(attention_mask != 0, jnp.arange(t), -1), axis=1)
+        pooled = out.last_hidden_state[jnp.arange(b), last]  # [B, D]
+        return dataclasses.replace(out, logits=self.score(pooled))
+
+
+class LlamaForTokenClassification(nnx.Module):
+    """Decoder + dropout + ``score`` (with bias): ``logits [B, T, num_labels]`` for every token.
+
+    Mirrors ``transformers``' ``LlamaForTokenClassification``; the dropout rate is
+    ``classifier_dropout`` and is active only after ``model.train()``.
+    """
+
+    head_modules: tuple[str, ...] = ("score",)
+    base_model_prefix = "model"  # checkpoint keys of the bare decoder start with "model."
+
+    @property
+    def hf_architecture(self) -> str:
+        """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
+        return _ARCH[self.config.model_type] + "ForTokenClassification"
+
+    def __init__(self, cfg: LlamaConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.model = LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(cfg.classifier_dropout, rngs=rngs)
+        self.score = _linear(
+            cfg,
+            cfg.hidden_size,
+            cfg.num_labels,
+            (EMBED, None),
+            True,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 *, cache=None, output_hidden_states=False) -> ModelOutput:  # fmt: skip
+        out = self.model(
+            input_ids,
+            attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.score(self.dropout(out.last_hidden_state))  # [B, T, num_labels]
+        return dataclasses.replace(out, logits=logits)
