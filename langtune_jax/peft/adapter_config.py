@@ -1,0 +1,215 @@
+"""``AdapterConfig`` (bottleneck and per-language adapters) and the config recorded on a model.
+
+``apply_adapters`` (:mod:`langtune_jax.peft.adapters`) keeps the resolved config on the model as
+``model._adapter_config_json``; :func:`get_adapter_config` and :func:`has_language_adapters` read it
+back. :func:`count_adapter_params` is the closed-form size of a config's adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Literal
+
+import jax
+from flax import nnx
+
+#: Bottleneck reduction when neither ``adapter_size`` nor ``reduction_factor`` is set.
+DEFAULT_REDUCTION_FACTOR = 16.0
+
+_ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "swish": jax.nn.silu,
+}
+_LAYERS_RE = re.compile(r"^(all|last:(\d+)|every:(\d+))$")
+
+# The sites (``adapters._SITES``) each placement adapts in every adapted layer.
+_PLACEMENT_SITES = {
+    "pfeiffer": ("ffn",),
+    "houlsby": ("attention", "ffn"),
+    "parallel": ("ffn_parallel",),
+}
+
+
+@dataclasses.dataclass
+class AdapterConfig:
+    """Bottleneck adapters: where, how big, which layers, and per-language options.
+
+    Attributes:
+      placement: ``pfeiffer`` (after the feed-forward block), ``houlsby`` (after attention and
+        after the feed-forward block) or ``parallel`` (beside the feed-forward block).
+      adapter_size: bottleneck width ``m`` (e.g. 64). Give this or ``reduction_factor``.
+      reduction_factor: ``m = hidden_size // reduction_factor``. If neither is given:
+        ``DEFAULT_REDUCTION_FACTOR`` (16, the adapters library's Pfeiffer default).
+      non_linearity: ``relu`` (Pfeiffer), ``gelu`` (exact) or ``swish`` (Houlsby's adapters lib.).
+      dropout: dropout on the adapter branch during training.
+      scaling: ``s`` in ``y + s * up(f(down(y)))`` (He et al. use 4 for parallel adapters).
+      layers: which layers carry adapters: a list of indices (``[10, 11]``), ``"all"``,
+        ``"last:N"`` (the top N layers) or ``"every:K"`` (layers ``K-1, 2K-1, ...``: every K-th
+        layer counting from 1, so the top layer is included when K divides the depth).
+      init: ``identity`` (down: uniform +-1/sqrt(D) as torch's ``nn.Linear``, up and biases zero:
+        the adapted model equals the base model exactly at init) or ``bert`` (down and up
+        ~ N(0, 0.02), biases zero: the adapters library's ``init_weights="bert"``, near identity).
+      languages: per-language adapters, one stacked row per language in this order; ``None``: one
+        adapter per site.
+      shared_task_adapter: with ``languages``, also a shared task adapter applied after the
+        language adapter (MAD-X). Without ``languages`` there is always exactly one adapter.
+      fallback: ``{language: adapter_language}`` for languages without their own adapter
+        (zero-shot), e.g. ``{"sw": "en"}``; read by :func:`language_rows`.
+      default_fallback: for languages neither in ``languages`` nor in ``fallback``: ``"shared"``
+        (no language adapter: the shared task adapter only) or a language of ``languages``.
+      modules_to_save: modules trained fully and saved with the adapters (matched by path suffix,
+        as in PEFT); ``None``: the model's task heads (``model.head_modules``, e.g. the new
+        classifier); ``[]``: none.
+    """
+
+    placement: Literal["pfeiffer", "houlsby", "parallel"] = "pfeiffer"
+    adapter_size: int | None = None
+    reduction_factor: float | None = None
+    non_linearity: Literal["relu", "gelu", "swish"] = "relu"
+    dropout: float = 0.0
+    scaling: float = 1.0
+    layers: list[int] | str = "all"
+    init: Literal["identity", "bert"] = "identity"
+    languages: list[str] | None = None
+    shared_task_adapter: bool = True
+    fallback: dict[str, str] = dataclasses.field(default_factory=dict)
+    default_fallback: str = "shared"
+    modules_to_save: list[str] | None = None
+
+    def __post_init__(self):
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"AdapterConfig.{field}={getattr(self, field)!r}: {why}")
+
+        if self.placement not in _PLACEMENT_SITES:
+            raise bad("placement", f"expected one of {sorted(_PLACEMENT_SITES)}")
+        if self.non_linearity not in _ACTIVATIONS:
+            raise bad("non_linearity", f"expected one of {sorted(_ACTIVATIONS)}")
+        if self.init not in ("identity", "bert"):
+            raise bad("init", "expected 'identity' or 'bert'")
+        if self.adapter_size is not None and self.reduction_factor is not None:
+            raise bad("adapter_size", "set adapter_size or reduction_factor, not both")
+        if self.adapter_size is not None and (
+            isinstance(self.adapter_size, bool) or self.adapter_size < 1
+        ):
+            raise bad("adapter_size", "must be a positive integer (e.g. 64)")
+        if self.reduction_factor is not None and self.reduction_factor <= 0:
+            raise bad("reduction_factor", "must be positive (e.g. 16)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", "must be in [0, 1)")
+        if isinstance(self.layers, str):
+            m = _LAYERS_RE.match(self.layers)
+            if not m or (m.group(2) or m.group(3) or "1") == "0":
+                raise bad(
+                    "layers", "expected a list of layer indices, 'all', 'last:N' or 'every:K'"
+                )
+        else:
+            self.layers = list(self.layers)
+            if not self.layers or any(
+                isinstance(i, bool) or not isinstance(i, int) for i in self.layers
+            ):
+                raise bad("layers", "a list must hold at least one integer layer index")
+            if len(set(self.layers)) != len(self.layers):
+                raise bad("layers", "contains a layer twice")
+        if self.languages is not None:
+            self.languages = list(self.languages)
+            if not self.languages or len(set(self.languages)) != len(self.languages):
+                raise bad("languages", "must be a non-empty list of distinct language names")
+            for lang, target in self.fallback.items():
+                if lang in self.languages:
+                    raise ValueError(
+                        f"AdapterConfig.fallback[{lang!r}]: {lang!r} has its own adapter; remove it "
+                        "from fallback"
+                    )
+                if target not in self.languages:
+                    raise ValueError(
+                        f"AdapterConfig.fallback[{lang!r}]={target!r} is not one of languages "
+                        f"{self.languages}"
+                    )
+            if self.default_fallback != "shared" and self.default_fallback not in self.languages:
+                raise bad("default_fallback", f"expected 'shared' or one of {self.languages}")
+        else:
+            if self.fallback:
+                raise bad("fallback", "needs per-language adapters: set languages too")
+            if self.default_fallback != "shared":
+                raise bad("default_fallback", "needs per-language adapters: set languages too")
+
+    def bottleneck_size(self, hidden_size: int) -> int:
+        """The bottleneck width ``m`` for a model of width ``hidden_size``."""
+        if self.adapter_size is not None:
+            return self.adapter_size
+        factor = self.reduction_factor or DEFAULT_REDUCTION_FACTOR
+        return max(1, int(hidden_size // factor))
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """The adapted layer indices of a ``num_layers``-layer model, ascending."""
+        if not isinstance(self.layers, str):
+            wrong = [i for i in self.layers if not -num_layers <= i < num_layers]
+            if wrong:
+                raise ValueError(
+                    f"AdapterConfig.layers={self.layers}: {wrong} out of range for a model with "
+                    f"{num_layers} layers (valid 0..{num_layers - 1})"
+                )
+            return sorted(i % num_layers for i in self.layers)
+        kind, _, n = self.layers.partition(":")
+        if kind == "all":
+            return list(range(num_layers))
+        if kind == "last":
+            return list(range(max(0, num_layers - int(n)), num_layers))
+        return list(range(int(n) - 1, num_layers, int(n)))
+
+    @property
+    def adapters_per_site(self) -> int:
+        """Adapters at each site: language rows plus the shared one (1 without languages)."""
+        if self.languages is None:
+            return 1
+        return len(self.languages) + int(self.shared_task_adapter)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> AdapterConfig:
+        return cls(**json.loads(text))
+
+
+# --------------------------------------------------------------------------------------------------
+# Adapters recorded on a model
+
+
+def get_adapter_config(model: nnx.Module) -> AdapterConfig:
+    """The resolved ``AdapterConfig`` the model's adapters were built with."""
+    text = getattr(model, "_adapter_config_json", None)
+    if not text:
+        raise ValueError(
+            f"{type(model).__name__} has no bottleneck adapters; call apply_adapters(model, config)"
+        )
+    return AdapterConfig.from_json(text)
+
+
+def has_language_adapters(model: nnx.Module) -> bool:
+    """Whether ``model`` carries per-language adapters (and so needs :func:`with_routing`)."""
+    text = getattr(model, "_adapter_config_json", None)
+    return bool(text) and AdapterConfig.from_json(text).languages is not None
+
+
+def _config_of(model_or_config: nnx.Module | AdapterConfig) -> AdapterConfig:
+    if isinstance(model_or_config, AdapterConfig):
+        return model_or_config
+    return get_adapter_config(model_or_config)
+
+
+def count_adapter_params(config: AdapterConfig, hidden_size: int, num_layers: int) -> int:
+    """Closed-form number of adapter weights (``modules_to_save`` not included).
+
+    Each adapter has ``2 D m + m + D`` weights (down kernel and bias, up kernel and bias); there
+    are ``len(layers) * sites(placement) * adapters_per_site`` adapters, with sites 1 (pfeiffer,
+    parallel) or 2 (houlsby) and ``adapters_per_site = len(languages) + shared`` (1 without
+    languages).
+    """
+    d, m = hidden_size, config.bottleneck_size(hidden_size)
+    per_adapter = 2 * d * m + m + d
+    sites = len(config.layer_indices(num_layers)) * len(_PLACEMENT_SITES[config.placement])
+    return sites * config.adapters_per_site * per_adapter

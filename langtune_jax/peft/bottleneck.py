@@ -1,0 +1,232 @@
+"""The bottleneck adapter modules (``BottleneckAdapter``, ``AdapterWrapper``) and what trains.
+
+The design (placements, tree surgery, per-language stacks) is described in
+:mod:`langtune_jax.peft.adapters`; ``apply_adapters`` there puts these wrappers into a model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from langtune_jax.models.common import EMBED, with_axes
+from langtune_jax.peft import targets as _targets
+from langtune_jax.peft.adapter_config import _ACTIVATIONS, AdapterConfig, _config_of
+from langtune_jax.peft.lora_linear import LoRAParam
+from langtune_jax.peft.routing import _LANGUAGE_ROUTING
+
+Array = jax.Array
+
+
+class AdapterParam(nnx.Variable):
+    """A bottleneck adapter weight: the variable type that trains."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules
+
+
+class BottleneckAdapter(nnx.Module):
+    """``up(f(down(h)))`` — the adapter branch (the wrapper adds the residual and the scale).
+
+    With ``num`` set it is a stack of ``num`` adapters (``down_kernel [num, D, m]`` ...) and the
+    call takes ``rows [B]`` choosing one per example (``-1``: a zero branch for that example).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        bottleneck: int,
+        *,
+        non_linearity: str,
+        init: str,
+        num: int | None = None,
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        d, m = hidden_size, bottleneck
+        lead, lead_axes = ((), ()) if num is None else ((num,), (None,))
+        batch_axis = () if num is None else (0,)
+        if init == "identity":
+            # torch nn.Linear's default (kaiming_uniform(a=sqrt(5))): U(+-1/sqrt(fan_in)).
+            down = nnx.initializers.variance_scaling(
+                1 / 3, "fan_in", "uniform", batch_axis=batch_axis
+            )
+            up = nnx.initializers.zeros_init()
+        else:
+            down = up = nnx.initializers.normal(0.02)
+        zeros = nnx.initializers.zeros_init()
+
+        def param(init_fn, shape, *axes):
+            value = with_axes(init_fn, *lead_axes, *axes)(rngs.params(), lead + shape, param_dtype)
+            return AdapterParam(value)
+
+        self.down_kernel = param(down, (d, m), EMBED, None)
+        self.down_bias = param(zeros, (m,), None)
+        self.up_kernel = param(up, (m, d), None, EMBED)
+        self.up_bias = param(zeros, (d,), EMBED)
+        self.non_linearity = non_linearity
+        self.num = num
+
+    def __call__(self, h: Array, rows: Array | None = None) -> Array:
+        dtype = h.dtype
+        act = _ACTIVATIONS[self.non_linearity]
+        wd, bd = self.down_kernel[...].astype(dtype), self.down_bias[...].astype(dtype)
+        wu, bu = self.up_kernel[...].astype(dtype), self.up_bias[...].astype(dtype)
+        if self.num is None:
+            z = act(h @ wd + bd)  # [..., m]
+            return z @ wu + bu  # [..., D]
+        b = h.shape[0]
+        safe = jnp.clip(rows, 0, self.num - 1)  # [B]
+        expand = (b,) + (1,) * (h.ndim - 2)
+        z = jnp.einsum("b...d,bdm->b...m", h, jnp.take(wd, safe, axis=0))  # [B, ..., m]
+        z = act(z + jnp.take(bd, safe, axis=0).reshape(expand + (-1,)))
+        out = jnp.einsum("b...m,bmd->b...d", z, jnp.take(wu, safe, axis=0))  # [B, ..., D]
+        out = out + jnp.take(bu, safe, axis=0).reshape(expand + (-1,))
+        keep = (rows >= 0).astype(dtype).reshape(expand + (1,))  # row -1: no language adapter
+        return out * keep
+
+
+class AdapterWrapper(nnx.Module):
+    """Holds an adapted sub-module and runs it together with its adapter(s).
+
+    Attributes:
+      base_layer: the original sub-module (a ``Linear``, a ``LoRALinear``, an MLP block ...).
+      adapter: the single (or shared task) ``BottleneckAdapter``, or ``None``.
+      language_adapters: the stacked per-language ``BottleneckAdapter``, or ``None``.
+      dropout: ``nnx.Dropout`` on the adapter branch, or ``None``.
+      mode: ``serial``, ``parallel`` or ``parallel_residual`` (see the module docstring).
+      scaling: the branch scale ``s``.
+    """
+
+    def __init__(
+        self,
+        base_layer: nnx.Module,
+        *,
+        mode: str,
+        adapter: BottleneckAdapter | None,
+        language_adapters: BottleneckAdapter | None,
+        dropout: float,
+        scaling: float,
+        deterministic: bool,
+        rngs: nnx.Rngs,
+    ):
+        self.base_layer = base_layer
+        self.adapter = adapter
+        self.language_adapters = language_adapters
+        self.dropout = (
+            nnx.Dropout(dropout, deterministic=deterministic, rngs=rngs) if dropout > 0 else None
+        )
+        self.mode = mode
+        self.scaling = scaling
+
+    def _branch(self, adapter: BottleneckAdapter, h: Array, rows: Array | None) -> Array:
+        delta = adapter(h, rows)
+        if self.dropout is not None:
+            delta = self.dropout(delta)
+        return delta * jnp.asarray(self.scaling, delta.dtype)
+
+    def _rows(self, h: Array) -> Array | None:
+        if self.language_adapters is None:
+            return None
+        rows = _LANGUAGE_ROUTING.get()
+        if rows is None:
+            raise ValueError(
+                "this model has per-language adapters: call it inside `with with_routing(model, "
+                "language_id):` (language_id [B] = adapter rows, see language_rows)"
+            )
+        if isinstance(h, jax.core.Tracer) and not isinstance(rows, jax.core.Tracer):
+            raise ValueError(
+                "with_routing was opened outside the traced (jitted) function, so its language_id "
+                "would be baked into the compiled program as a constant. Open `with "
+                "with_routing(model, language_id):` inside the jitted function and pass "
+                "language_id as an argument."
+            )
+        if rows.shape[0] != h.shape[0]:
+            raise ValueError(
+                f"with_routing: language_id has {rows.shape[0]} entries but the batch has "
+                f"{h.shape[0]} examples"
+            )
+        return rows
+
+    def _parallel(self, x: Array) -> Array:
+        # Parallel branches read the same input, so language and task deltas add up.
+        rows = self._rows(x)
+        delta = jnp.zeros_like(x)
+        if self.language_adapters is not None:
+            delta = delta + self._branch(self.language_adapters, x, rows)
+        if self.adapter is not None:
+            delta = delta + self._branch(self.adapter, x, None)
+        return delta
+
+    def __call__(self, *args, **kwargs):
+        if self.mode == "parallel":
+            return self.base_layer(*args, **kwargs) + self._parallel(args[0])  # [B, T, D]
+        if self.mode == "parallel_residual":
+            h, residual, *rest = args
+            return self.base_layer(h, residual + self._parallel(residual), *rest, **kwargs)
+        y = self.base_layer(*args, **kwargs)  # [B, T, D]
+        rows = self._rows(y)
+        if self.language_adapters is not None:  # MAD-X: language adapter, then task adapter
+            y = y + self._branch(self.language_adapters, y, rows)
+        if self.adapter is not None:
+            y = y + self._branch(self.adapter, y, None)
+        return y
+
+
+# --------------------------------------------------------------------------------------------------
+# What trains
+
+
+def adapter_trainable_filter(
+    model_or_config: nnx.Module | AdapterConfig,
+) -> nnx.filterlib.Filter:
+    """The NNX filter of what trains: ``AdapterParam`` plus the params of ``modules_to_save``.
+
+    Args:
+      model_or_config: an adapted model (uses its resolved ``modules_to_save``, task heads
+        included) or an ``AdapterConfig`` (``modules_to_save=None`` then means none).
+
+    Returns:
+      A filter for ``nnx.Optimizer(model, tx, wrt=...)``, ``nnx.DiffState(0, ...)``, ``nnx.state``.
+      Combine with LoRA's as ``nnx.Any(lora_filter, adapter_filter)``.
+    """
+    saves = _config_of(model_or_config).modules_to_save or []
+    save_re = [re.compile(rf"(^|.*\.){re.escape(s)}($|\..*)") for s in saves]
+
+    def saved(path: tuple, value: Any) -> bool:
+        return isinstance(value, nnx.Param) and any(
+            r.match(_targets.path_str(path)) for r in save_re
+        )
+
+    return nnx.Any(AdapterParam, saved)
+
+
+def _trainable_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
+    keep = nnx.filterlib.to_predicate(adapter_trainable_filter(model))
+    return {
+        _targets.path_str(path): var
+        for path, var in nnx.iter_graph(model)
+        if isinstance(var, nnx.Variable) and keep(path, var)
+    }
+
+
+def adapter_summary(model: nnx.Module) -> str:
+    """``"adapter params: 1,234 || trainable: 2,000 || all params: 5,678 || trainable%: 35.2"``."""
+    trainable = _trainable_variables(model)
+    n_adapter = sum(v.size for v in trainable.values() if isinstance(v, AdapterParam))
+    n_train = sum(v.size for v in trainable.values())
+    n_all = sum(
+        v.size
+        for _, v in nnx.iter_graph(model)
+        if isinstance(v, nnx.Param | AdapterParam | LoRAParam)
+    )
+    pct = 100.0 * n_train / n_all if n_all else 0.0
+    return (
+        f"adapter params: {n_adapter:,d} || trainable params: {n_train:,d} || "
+        f"all params: {n_all:,d} || trainable%: {pct:.4f}"
+    )
