@@ -148,7 +148,7 @@ def generate_run(
     Returns:
       One :class:`Completion` per prompt.
     """
-    from langtune_jax.train.loop import load_run
+    from langtune_jax.train.runs import load_run
 
     cfg, session = load_run(Path(run_dir))
     if cfg.model.task != "causal-lm":

@@ -7,7 +7,8 @@ of the run folder if there is one (exact resume: the data position is the step n
 jitted step with a progress bar, ``metrics.jsonl`` + TensorBoard logging, per-language evaluation on
 cadence, checkpoints, a SIGTERM handler (save, then exit 0: preemptible Cloud TPU VMs) and a NaN
 guard (stop with a clear message; the last good checkpoint stays). At the end it writes the
-per-language reports and exports the adapter.
+per-language reports and exports the adapter. Set-up is :mod:`langtune_jax.train.session`;
+reopening a finished run (eval, export) is :mod:`langtune_jax.train.runs`.
 
 Run folder::
 
@@ -20,11 +21,9 @@ Run folder::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -33,63 +32,48 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from langtune_jax import data as data_lib
 from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
-from langtune_jax.config import ConfigError, RunConfig, dump_config, from_dict
-from langtune_jax.models import from_pretrained, load_tokenizer
+from langtune_jax.config import ConfigError, RunConfig, dump_config
 from langtune_jax.train import mesh as mesh_lib
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.logging_utils import MetricsLogger, Progress
 from langtune_jax.train.optim import make_optimizer
-from langtune_jax.train.step import make_eval_step, make_train_step, split_model
+from langtune_jax.train.runs import evaluate_run, export_adapter, export_run, load_run
+from langtune_jax.train.session import (
+    Session,
+    apply_peft,
+    build_session,
+    evaluate,
+    maybe_initialize_distributed,
+    resolve_run_dir,
+    sampling_plan,
+)
+from langtune_jax.train.step import make_eval_step, make_train_step
+
+# Set-up and run-folder functions live in session.py / runs.py; importable from here as before.
+__all__ = [
+    "Session",
+    "TrainingDiverged",
+    "apply_peft",
+    "build_session",
+    "evaluate",
+    "evaluate_run",
+    "export_adapter",
+    "export_run",
+    "load_run",
+    "maybe_initialize_distributed",
+    "resolve_run_dir",
+    "sampling_plan",
+    "train",
+]
 
 log = logging.getLogger("langtune_jax")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
-
-
-# ----------------------------------------------------------------------------- set-up pieces
-
-
-def maybe_initialize_distributed(cfg) -> None:
-    """Call ``jax.distributed.initialize`` when the mesh config or the environment asks for it.
-
-    ``mesh.distributed: true`` with ``coordinator_address``/``num_processes``/``process_id`` set
-    explicitly, or left null so JAX reads them from the environment (Cloud TPU, SLURM, Open MPI).
-    ``mesh.distributed: null`` initializes only when ``JAX_COORDINATOR_ADDRESS`` is set.
-    """
-    wanted = cfg.distributed
-    if wanted is None:
-        wanted = bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
-    if not wanted or jax.distributed.is_initialized():
-        return
-    kwargs = {
-        k: v
-        for k, v in (
-            ("coordinator_address", cfg.coordinator_address),
-            ("num_processes", cfg.num_processes),
-            ("process_id", cfg.process_id),
-        )
-        if v is not None
-    }
-    jax.distributed.initialize(**kwargs)
-    log.info(
-        "jax.distributed: process %d of %d, %d local / %d global devices",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-    )
-
-
-def resolve_run_dir(cfg: RunConfig, run_dir: str | Path | None) -> Path:
-    """``--run-dir`` or ``<run.output_dir>/<run.name>``."""
-    return Path(run_dir) if run_dir else Path(cfg.run.output_dir) / cfg.run.name
 
 
 def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
@@ -119,140 +103,6 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
             f"{run_dir} holds checkpoints of a run with a different config ({'; '.join(diffs)}); "
             "use another --run-dir or restore the original settings"
         )
-
-
-def apply_peft(model: nnx.Module, cfg: RunConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, Any]:
-    """Wrap ``model`` with the configured PEFT method; returns the model and its trainable filter."""
-    method = cfg.peft.method
-    filters = []
-    if "lora" in method:
-        model = peft_lib.apply_lora(model, cfg.peft.lora, rngs=rngs)
-        filters.append(peft_lib.trainable_filter(model))
-    if "adapters" in method:
-        model = peft_lib.apply_adapters(model, cfg.peft.adapters, rngs=rngs)
-        filters.append(peft_lib.adapter_trainable_filter(model))
-    if method == "none":
-        filters.append(nnx.Param)
-    return model, filters[0] if len(filters) == 1 else nnx.Any(*filters)
-
-
-def _routing(model: nnx.Module, languages: list[str]):
-    """Per-language adapter routing for the step, or None when the model has no such adapters."""
-    if not peft_lib.has_language_adapters(model):
-        return None
-    table = jnp.asarray(peft_lib.language_rows(model, languages))
-    return lambda m, batch: peft_lib.with_routing(m, batch["language_id"], table=table)
-
-
-# ----------------------------------------------------------------------------- the session
-
-
-@dataclasses.dataclass
-class Session:
-    """Everything a run needs after set-up; shared by training, evaluation and export."""
-
-    cfg: RunConfig
-    run_dir: Path
-    mesh: Any
-    tokenizer: Any
-    dataset: Any
-    model: nnx.Module
-    split: Any
-    shardings: dict[str, Any]
-    routing: Any
-
-    @property
-    def label_names(self) -> list[str] | None:
-        return self.dataset.labels or None
-
-
-def build_session(cfg: RunConfig, run_dir: Path) -> Session:
-    """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh."""
-    maybe_initialize_distributed(cfg.mesh)
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
-    dataset = _pipeline(cfg, tokenizer)
-    num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
-    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
-    param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
-    model = from_pretrained(
-        cfg.model.name_or_path,
-        task=cfg.model.task,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        num_labels=num_labels,
-        mesh=mesh,
-        seed=cfg.run.seed,
-        rng_impl=cfg.train.rng_impl,
-    )
-    dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
-    rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
-    model, trainable = apply_peft(model, cfg, rngs)
-    split = split_model(model, trainable)
-    shardings = {
-        name: mesh_lib.state_shardings(getattr(split, name), mesh)
-        for name in ("trainable", "frozen", "mutable")
-    }
-    split.trainable = jax.device_put(split.trainable, shardings["trainable"])
-    split.frozen = jax.device_put(split.frozen, shardings["frozen"])
-    split.mutable = jax.device_put(split.mutable, shardings["mutable"])
-    return Session(
-        cfg,
-        run_dir,
-        mesh,
-        tokenizer,
-        dataset,
-        model,
-        split,
-        shardings,
-        _routing(model, dataset.languages),
-    )
-
-
-def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
-    return data_lib.DataPipeline(
-        cfg.data,
-        cfg.sampling,
-        tokenizer,
-        task=cfg.model.task,
-        seed=cfg.run.seed,
-        total_samples=cfg.train.steps * cfg.train.batch_size,
-        batch_size=cfg.train.batch_size,
-    )
-
-
-def sampling_plan(cfg: RunConfig) -> data_lib.SamplingPlan:
-    """The sampling plan of a config (``langtune plan``), without loading a model."""
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
-    return _pipeline(cfg, tokenizer).plan
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any]:
-    """Per-language metrics of the current state on a data split (all rows, padding excluded)."""
-    cfg = session.cfg
-    if eval_step is None:
-        eval_step = make_eval_step(
-            session.split,
-            task=cfg.model.task,
-            mesh=session.mesh,
-            param_shardings=session.shardings,
-            routing=session.routing,
-        )
-    acc = eval_lib.PerLanguageAccumulator(
-        cfg.model.task, session.dataset.languages, label_names=session.label_names
-    )
-    from jax.experimental import multihost_utils
-
-    for local in session.dataset.eval_batches(split_name, batch_size=cfg.eval.batch_size):
-        batch = mesh_lib.put_batch(local, session.mesh)
-        out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
-        host = multihost_utils.process_allgather({**out, **batch}, tiled=True)
-        host = {k: np.asarray(v) for k, v in host.items()}
-        acc.update(host)
-    return acc.compute(source_language=cfg.eval.source_language)
 
 
 # ----------------------------------------------------------------------------- training
@@ -472,85 +322,3 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
         # Every process: the export gathers arrays sharded across hosts (a collective), then
         # process 0 writes.
         export_adapter(session, run_dir / "adapter")
-
-
-def export_adapter(session: Session, folder: Path) -> None:
-    """Write the trained PEFT weights beside the checkpoints (PEFT format for LoRA)."""
-    model = session.split.merge()
-    method = session.cfg.peft.method
-    if "lora" in method:
-        peft_lib.export_peft(model, folder, base_model_name_or_path=session.cfg.model.name_or_path)
-    if "adapters" in method:
-        peft_lib.save_adapters(model, folder / "bottleneck" if "lora" in method else folder)
-
-
-# ----------------------------------------------------------------------------- run folders
-
-
-def load_run(run_dir: Path) -> tuple[RunConfig, Session]:
-    """Rebuild a trained run from its folder: config, model, and the newest checkpoint."""
-    import yaml
-
-    config_path = run_dir / "config.yaml"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.yaml")
-    cfg = from_dict(RunConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")))
-    # The saved config holds the training job's process id and coordinator; evaluating or
-    # exporting later is a new job, multi-host only if its own environment says so.
-    cfg.mesh = dataclasses.replace(
-        cfg.mesh, distributed=None, coordinator_address=None, num_processes=None, process_id=None
-    )
-    session = build_session(cfg, run_dir)
-    tx = make_optimizer(cfg.train)
-    opt_state = tx.init(session.split.trainable)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    restored = ckpt.restore_latest((session.split.trainable, opt_state, session.split.mutable))
-    ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"{run_dir}/checkpoints holds no readable checkpoint")
-    _, (session.split.trainable, _, session.split.mutable), _ = restored
-    return cfg, session
-
-
-def evaluate_run(run_dir: Path, split: str | None = None) -> dict[str, Any]:
-    """``langtune eval``: per-language report of a trained run on a split, written to
-    ``eval/<split>/``."""
-    cfg, session = load_run(run_dir)
-    split = split or cfg.eval.split
-    if not session.dataset.has_split(split):
-        raise ValueError(f"the data of {run_dir} has no split {split!r}")
-    result = evaluate(session, split)
-    if jax.process_index() == 0:
-        eval_lib.write_report(
-            run_dir / "eval" / split,
-            result,
-            config_hash=cfg.hash(),
-            step=None,
-            plan=_read_json(run_dir / "plan.json"),
-            run_name=cfg.run.name,
-            metric=cfg.eval.metric,
-        )
-        print(eval_lib.markdown_table(result))
-    return result
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def export_run(run_dir: Path, fmt: str, out: Path) -> Path:
-    """``langtune export``: the run's LoRA as a PEFT adapter folder, or a merged HF checkpoint."""
-    cfg, session = load_run(run_dir)
-    model = session.split.merge()
-    if fmt == "peft":
-        if "lora" not in cfg.peft.method:
-            raise ValueError(
-                f"{run_dir} was trained with peft.method={cfg.peft.method}; "
-                "PEFT export needs LoRA (use --format merged)"
-            )
-        peft_lib.export_peft(model, out, base_model_name_or_path=cfg.model.name_or_path)
-    else:
-        peft_lib.merge_and_save(model, out)
-        session.tokenizer.save_pretrained(out)
-    print(f"exported {run_dir} as {fmt} to {out}")
-    return out

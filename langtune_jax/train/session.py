@@ -1,0 +1,199 @@
+"""Setting up a run: hosts, mesh, data, model + PEFT, and the trainable / frozen / mutable split.
+
+:func:`build_session` is shared by training (:mod:`langtune_jax.train.loop`) and by the commands that
+reopen a finished run (:mod:`langtune_jax.train.runs`: eval, export, generate); :func:`evaluate`
+computes the per-language metrics of a session's current state on one data split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from langtune_jax import data as data_lib
+from langtune_jax import eval as eval_lib
+from langtune_jax import peft as peft_lib
+from langtune_jax.config import RunConfig
+from langtune_jax.models import from_pretrained, load_tokenizer
+from langtune_jax.train import mesh as mesh_lib
+from langtune_jax.train.step import make_eval_step, split_model
+
+log = logging.getLogger("langtune_jax")
+
+
+def maybe_initialize_distributed(cfg) -> None:
+    """Call ``jax.distributed.initialize`` when the mesh config or the environment asks for it.
+
+    ``mesh.distributed: true`` with ``coordinator_address``/``num_processes``/``process_id`` set
+    explicitly, or left null so JAX reads them from the environment (Cloud TPU, SLURM, Open MPI).
+    ``mesh.distributed: null`` initializes only when ``JAX_COORDINATOR_ADDRESS`` is set.
+    """
+    wanted = cfg.distributed
+    if wanted is None:
+        wanted = bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    if not wanted or jax.distributed.is_initialized():
+        return
+    kwargs = {
+        k: v
+        for k, v in (
+            ("coordinator_address", cfg.coordinator_address),
+            ("num_processes", cfg.num_processes),
+            ("process_id", cfg.process_id),
+        )
+        if v is not None
+    }
+    jax.distributed.initialize(**kwargs)
+    log.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+
+
+def resolve_run_dir(cfg: RunConfig, run_dir: str | Path | None) -> Path:
+    """``--run-dir`` or ``<run.output_dir>/<run.name>``."""
+    return Path(run_dir) if run_dir else Path(cfg.run.output_dir) / cfg.run.name
+
+
+def apply_peft(model: nnx.Module, cfg: RunConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, Any]:
+    """Wrap ``model`` with the configured PEFT method; returns the model and its trainable filter."""
+    method = cfg.peft.method
+    filters = []
+    if "lora" in method:
+        model = peft_lib.apply_lora(model, cfg.peft.lora, rngs=rngs)
+        filters.append(peft_lib.trainable_filter(model))
+    if "adapters" in method:
+        model = peft_lib.apply_adapters(model, cfg.peft.adapters, rngs=rngs)
+        filters.append(peft_lib.adapter_trainable_filter(model))
+    if method == "none":
+        filters.append(nnx.Param)
+    return model, filters[0] if len(filters) == 1 else nnx.Any(*filters)
+
+
+def _routing(model: nnx.Module, languages: list[str]):
+    """Per-language adapter routing for the step, or None when the model has no such adapters."""
+    if not peft_lib.has_language_adapters(model):
+        return None
+    table = jnp.asarray(peft_lib.language_rows(model, languages))
+    return lambda m, batch: peft_lib.with_routing(m, batch["language_id"], table=table)
+
+
+# ----------------------------------------------------------------------------- the session
+
+
+@dataclasses.dataclass
+class Session:
+    """Everything a run needs after set-up; shared by training, evaluation and export."""
+
+    cfg: RunConfig
+    run_dir: Path
+    mesh: Any
+    tokenizer: Any
+    dataset: Any
+    model: nnx.Module
+    split: Any
+    shardings: dict[str, Any]
+    routing: Any
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.dataset.labels or None
+
+
+def build_session(cfg: RunConfig, run_dir: Path) -> Session:
+    """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh."""
+    maybe_initialize_distributed(cfg.mesh)
+    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
+    dataset = _pipeline(cfg, tokenizer)
+    num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
+    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+    param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
+    model = from_pretrained(
+        cfg.model.name_or_path,
+        task=cfg.model.task,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        num_labels=num_labels,
+        mesh=mesh,
+        seed=cfg.run.seed,
+        rng_impl=cfg.train.rng_impl,
+    )
+    dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
+    rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
+    model, trainable = apply_peft(model, cfg, rngs)
+    split = split_model(model, trainable)
+    shardings = {
+        name: mesh_lib.state_shardings(getattr(split, name), mesh)
+        for name in ("trainable", "frozen", "mutable")
+    }
+    split.trainable = jax.device_put(split.trainable, shardings["trainable"])
+    split.frozen = jax.device_put(split.frozen, shardings["frozen"])
+    split.mutable = jax.device_put(split.mutable, shardings["mutable"])
+    return Session(
+        cfg,
+        run_dir,
+        mesh,
+        tokenizer,
+        dataset,
+        model,
+        split,
+        shardings,
+        _routing(model, dataset.languages),
+    )
+
+
+def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
+    return data_lib.DataPipeline(
+        cfg.data,
+        cfg.sampling,
+        tokenizer,
+        task=cfg.model.task,
+        seed=cfg.run.seed,
+        total_samples=cfg.train.steps * cfg.train.batch_size,
+        batch_size=cfg.train.batch_size,
+    )
+
+
+def sampling_plan(cfg: RunConfig) -> data_lib.SamplingPlan:
+    """The sampling plan of a config (``langtune plan``), without loading a model."""
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
+    return _pipeline(cfg, tokenizer).plan
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any]:
+    """Per-language metrics of the current state on a data split (all rows, padding excluded)."""
+    cfg = session.cfg
+    if eval_step is None:
+        eval_step = make_eval_step(
+            session.split,
+            task=cfg.model.task,
+            mesh=session.mesh,
+            param_shardings=session.shardings,
+            routing=session.routing,
+        )
+    acc = eval_lib.PerLanguageAccumulator(
+        cfg.model.task, session.dataset.languages, label_names=session.label_names
+    )
+    from jax.experimental import multihost_utils
+
+    for local in session.dataset.eval_batches(split_name, batch_size=cfg.eval.batch_size):
+        batch = mesh_lib.put_batch(local, session.mesh)
+        out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
+        host = multihost_utils.process_allgather({**out, **batch}, tiled=True)
+        host = {k: np.asarray(v) for k, v in host.items()}
+        acc.update(host)
+    return acc.compute(source_language=cfg.eval.source_language)
