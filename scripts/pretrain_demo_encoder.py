@@ -25,7 +25,7 @@ XLM-R, so it needs a base that already knows the five demo languages. This scrip
 Everything is seeded; on CPU the result is deterministic (same seed, same bytes up to XLA's
 CPU determinism). Usage::
 
-    python scripts/pretrain_demo_encoder.py                 # ~10 minutes on 2 CPU cores
+    python scripts/pretrain_demo_encoder.py                 # ~8 minutes on 2 CPU cores
     python scripts/pretrain_demo_encoder.py --steps 50 --out /tmp/enc   # a quick smoke run
 """
 
@@ -75,7 +75,7 @@ class PretrainConfig:
     intermediate_size: int = 512
     max_position_embeddings: int = 128
     vocab_size: int = 3000
-    steps: int = 1200
+    steps: int = 3600
     batch_size: int = 64
     seq_len: int = 32
     learning_rate: float = 2e-3
