@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument(
+        "--language",
+        dest="languages",
+        action="append",
+        help="prompt language, for runs with per-language adapters (once, or once per prompt)",
+    )
     return p
 
 
@@ -136,6 +142,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             top_p=args.top_p,
             seed=args.seed,
+            languages=args.languages,
         )
     return 0
 

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,14 +41,21 @@ def _sample(logits: Array, rng: Array, temperature: Array, top_p: Array, greedy:
     return jax.random.categorical(rng, masked, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
-def _generate(graphdef, state, input_ids, attention_mask, rng, eos, pad, temperature, top_p, *,
-              max_new_tokens, greedy):  # fmt: skip
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "routing"))
+def _generate(graphdef, state, input_ids, attention_mask, rng, eos, pad, temperature, top_p,
+              routing_inputs, *, max_new_tokens, greedy, routing):  # fmt: skip
     model = nnx.merge(graphdef, state)
     b, t = input_ids.shape
     cfg = model.config
+
+    def routed():  # opened around every model call, inside the trace (inputs are traced)
+        if routing is None:
+            return contextlib.nullcontext()
+        return routing(model, routing_inputs)
+
     cache = init_cache(cfg, b, t + max_new_tokens, model.model.compute_dtype)
-    out = model.model(input_ids, attention_mask, cache=cache)  # prefill
+    with routed():
+        out = model.model(input_ids, attention_mask, cache=cache)  # prefill
     last = jnp.argmax(jnp.where(attention_mask != 0, jnp.arange(t), -1), axis=1)  # [B]
     # Only each row's last prompt token needs logits: [B, V], never [B, T, V].
     logits = model.lm_logits(out.last_hidden_state[jnp.arange(b), last])
@@ -57,7 +67,8 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, eos, pad, tempera
         nxt = jnp.where(done, pad, _sample(logits, key, temperature, top_p, greedy))  # [B]
         tokens = tokens.at[:, step].set(nxt)
         done = done | jnp.any(nxt[:, None] == eos[None, :], axis=-1)
-        out = model(nxt[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
+        with routed():
+            out = model(nxt[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
         return step + 1, out.logits[:, -1], out.cache, tokens, done, rng
 
     def cond(carry):
@@ -81,6 +92,8 @@ def generate(
     rng: Array | None = None,
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
+    routing: Callable[[nnx.Module, Any], contextlib.AbstractContextManager] | None = None,
+    routing_inputs: Any = None,
 ) -> Array:
     """Decodes ``max_new_tokens`` tokens after each prompt with the KV cache.
 
@@ -99,6 +112,12 @@ def generate(
       rng: a ``jax.random`` key, required when sampling.
       eos_token_id: id(s) that end a row (default: the config's); later slots get ``pad_token_id``.
       pad_token_id: filler after a row ended (default: config's pad id, else the first eos id, 0).
+      routing: per-example adapter routing, ``routing(model, routing_inputs)`` returning a context
+        manager opened around every model call inside the compiled loop, e.g.
+        ``lambda m, x: peft.with_routing(m, x["language_id"])`` for per-language adapters. It is
+        a static argument: pass the same function object to reuse the compiled loop.
+      routing_inputs: arrays ``routing`` reads (e.g. ``{"language_id": [B] int}``), passed into
+        the compiled loop as traced arguments.
 
     Returns:
       ``[B, T + max_new_tokens]`` int32: the prompts followed by the new tokens, like
@@ -129,6 +148,8 @@ def generate(
         jnp.int32(pad_token_id),
         jnp.float32(temperature),
         jnp.float32(top_p),
+        routing_inputs,
         max_new_tokens=max_new_tokens,
         greedy=temperature == 0,
+        routing=routing,
     )

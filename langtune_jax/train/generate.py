@@ -4,7 +4,8 @@ Prompts are encoded the way the data pipeline encodes training prompts (``langtu
 features: ``<s>`` + prompt tokens, no other special tokens; a chat template when the run trains on
 ``messages``), left-padded into one batch, and decoded by ``langtune_jax.models.llama.generate``
 (KV cache, one compiled loop): greedy by default, temperature + nucleus (top-p) sampling when
-``temperature > 0``. The trained adapter is used as trained (un-merged LoRA, bottleneck adapters).
+``temperature > 0``. The trained adapter is used as trained (un-merged LoRA, bottleneck adapters);
+with per-language adapters each prompt runs through its language's adapter (``--language``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def generate_completions(
     top_p: float = 1.0,
     seed: int = 0,
     chat: bool = False,
+    routing=None,
+    language_id: Sequence[int] | None = None,
 ) -> list[Completion]:
     """Complete a batch of prompts with a causal LM (ours, optionally PEFT-wrapped).
 
@@ -90,6 +93,9 @@ def generate_completions(
       top_p: nucleus sampling mass (only with ``temperature > 0``).
       seed: ``jax.random`` seed for sampling.
       chat: encode prompts through the tokenizer's chat template (see :func:`encode_prompts`).
+      routing: per-language adapter routing, ``routing(model, {"language_id": ids})`` -> context
+        manager (a training session's ``routing``); needs ``language_id``.
+      language_id: one data-pipeline language id per prompt, for ``routing``.
 
     Returns:
       One :class:`Completion` per prompt, in order.
@@ -104,6 +110,11 @@ def generate_completions(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     ids, mask = encode_prompts(tokenizer, prompts, chat=chat)
+    inputs = None
+    if routing is not None:
+        if language_id is None or len(language_id) != len(prompts):
+            raise ValueError("per-language routing needs one language id per prompt")
+        inputs = {"language_id": np.asarray(language_id, np.int32)}  # [B]
     eos = model.config.eos_token_id
     if not eos and tokenizer.eos_token_id is not None:
         eos = [tokenizer.eos_token_id]
@@ -117,6 +128,8 @@ def generate_completions(
         top_p=top_p,
         rng=jax.random.key(seed),
         eos_token_id=list(eos or []),
+        routing=routing,
+        routing_inputs=inputs,
     )
     new = np.asarray(jax.device_get(out))[:, ids.shape[1] :]  # [B, max_new_tokens]
     completions = []
@@ -136,6 +149,7 @@ def generate_run(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
+    languages: Sequence[str] | None = None,
     verbose: bool = True,
 ) -> list[Completion]:
     """``langtune generate``: complete prompts with a trained causal-LM run (newest checkpoint).
@@ -143,6 +157,9 @@ def generate_run(
     Args:
       run_dir: the run folder (``config.yaml`` + ``checkpoints/``).
       prompts, max_new_tokens, temperature, top_p, seed: see :func:`generate_completions`.
+      languages: for runs with per-language adapters, the language of the prompts: one name for
+        all of them or one per prompt; each prompt then runs through its language's adapter
+        (with the run's fallbacks), as in training.
       verbose: print each prompt and its completion.
 
     Returns:
@@ -156,6 +173,7 @@ def generate_run(
             f"{run_dir} was trained with model.task={cfg.model.task}; generation needs causal-lm"
         )
     chat = any(s.messages_column for s in cfg.data.sources)
+    language_id = _language_ids(session, prompts, languages, run_dir)
     completions = generate_completions(
         session.split.merge(),
         session.tokenizer,
@@ -165,8 +183,38 @@ def generate_run(
         top_p=top_p,
         seed=seed,
         chat=chat,
+        routing=session.routing if language_id is not None else None,
+        language_id=language_id,
     )
     if verbose and jax.process_index() == 0:
         for c in completions:
             print(f">>> {c.prompt}\n{c.text}\n")
     return completions
+
+
+def _language_ids(session, prompts, languages, run_dir) -> list[int] | None:
+    """Data-pipeline language ids of the prompts, or None for a run without language adapters."""
+    known = list(session.dataset.languages)
+    if session.routing is None:
+        if languages:
+            raise ValueError(
+                f"{run_dir} has no per-language adapters, so --language has no effect; drop it"
+            )
+        return None
+    if not languages:
+        raise ValueError(
+            f"{run_dir} has per-language adapters: give the prompts' language with --language "
+            f"(once for all prompts or once per prompt; one of {', '.join(known)})"
+        )
+    names = list(languages) * len(prompts) if len(languages) == 1 else list(languages)
+    if len(names) != len(prompts):
+        raise ValueError(
+            f"got {len(languages)} --language values for {len(prompts)} prompts: give one for "
+            "all prompts or one per prompt"
+        )
+    unknown = sorted({n for n in names if n not in known})
+    if unknown:
+        raise ValueError(
+            f"language(s) {', '.join(unknown)} not in the run's data (languages: {', '.join(known)})"
+        )
+    return [known.index(n) for n in names]
