@@ -56,7 +56,9 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
         intermediate_size=4 * args.hidden,
         max_position_embeddings=512,
     )
-    model = bert.from_hf_config(hf, "sequence-classification", rngs=nnx.Rngs(0), num_labels=5)
+    # Dropout keys as the trainer makes them (train.rng_impl's default, threefry4x32).
+    rngs = nnx.Rngs(params=0, dropout=jax.random.key(0, impl="threefry4x32"))
+    model = bert.from_hf_config(hf, "sequence-classification", rngs=rngs, num_labels=5)
     routed = False
     if method == "full":
         filt = nnx.Param

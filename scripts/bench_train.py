@@ -117,6 +117,7 @@ def _demo_labels(cfg) -> int:
 
 def build_case(name: str, a):
     """The run config, the model (LoRA applied or not) and the shape facts for FLOP counting."""
+    import jax
     import jax.numpy as jnp
     from flax import nnx
 
@@ -130,13 +131,20 @@ def build_case(name: str, a):
         folder = ROOT / cfg.model.name_or_path
         hf = json.loads((folder / "config.json").read_text())
         model = from_pretrained(
-            str(folder), task=cfg.model.task, dtype=dtype, num_labels=_demo_labels(cfg)
+            str(folder),
+            task=cfg.model.task,
+            dtype=dtype,
+            num_labels=_demo_labels(cfg),
+            rng_impl=cfg.train.rng_impl,
         )
     else:
         cfg = _minilm_config(a, "lora" if name == "minilm-lora" else "none")
         hf = _minilm_hf_config(a)
-        model = bert.from_hf_config(hf, cfg.model.task, dtype=dtype, rngs=nnx.Rngs(0))
-    model, trainable = apply_peft(model, cfg, nnx.Rngs(params=1, dropout=2))
+        rngs = nnx.Rngs(params=0, dropout=jax.random.key(0, impl=cfg.train.rng_impl))
+        model = bert.from_hf_config(hf, cfg.model.task, dtype=dtype, rngs=rngs)
+    # Dropout keys as the trainer makes them (train.rng_impl).
+    dropout_key = jax.random.key(2, impl=cfg.train.rng_impl)
+    model, trainable = apply_peft(model, cfg, nnx.Rngs(params=1, dropout=dropout_key))
     return cfg, hf, model, trainable
 
 
