@@ -193,14 +193,13 @@ def test_prompt_tokens_do_not_count(assets, model):
     assert max(diffs) > 1e-4
 
 
-@pytest.fixture(scope="module")
-def run(assets, tmp_path_factory):
-    """A short run of the shipped causal config on the tiny assets (LoRA q_proj/v_proj)."""
+def _short_run_config(assets, *overrides: str):
+    """The shipped causal config on the tiny assets, 6 steps; ``overrides`` come last."""
     root, _ = assets
     source = (
         f'[{{path: "{root}/data/{{split}}", prompt_column: prompt, response_column: response}}]'
     )
-    cfg = load_config(
+    return load_config(
         ROOT / "configs" / "demo_causal.yaml",
         [
             f"model.name_or_path={root / 'model'}",
@@ -214,8 +213,15 @@ def run(assets, tmp_path_factory):
             "train.warmup_steps=0",
             "train.learning_rate=0.05",  # large, so the adapter clearly changes the model
             "eval.batch_size=8",
+            *overrides,
         ],
     )
+
+
+@pytest.fixture(scope="module")
+def run(assets, tmp_path_factory):
+    """A short run of the shipped causal config on the tiny assets (LoRA q_proj/v_proj)."""
+    cfg = _short_run_config(assets)
     assert cfg.data.packing and cfg.sampling.unit == "tokens"
     assert cfg.peft.lora.target_modules == ["q_proj", "v_proj"] and cfg.peft.lora.r == 8
     return train(cfg, run_dir=tmp_path_factory.mktemp("run") / "causal")
@@ -295,28 +301,11 @@ def test_cli_generate_prints_completions(run, capsys):
 @pytest.fixture(scope="module")
 def lang_run(assets, tmp_path_factory):
     """A short causal run with per-language bottleneck adapters (aa, bb) plus the shared one."""
-    root, _ = assets
-    source = (
-        f'[{{path: "{root}/data/{{split}}", prompt_column: prompt, response_column: response}}]'
-    )
-    cfg = load_config(
-        ROOT / "configs" / "demo_causal.yaml",
-        [
-            f"model.name_or_path={root / 'model'}",
-            f"data.sources={source}",
-            "data.max_length=32",
-            "data.length_buckets=[32]",
-            "peft.method=adapters",
-            "peft.adapters.adapter_size=8",
-            "peft.adapters.languages=[aa, bb]",
-            "sampling.strategy=uniform",
-            "train.steps=6",
-            "train.batch_size=8",
-            "train.log_every=3",
-            "train.warmup_steps=0",
-            "train.learning_rate=0.05",
-            "eval.batch_size=8",
-        ],
+    cfg = _short_run_config(
+        assets,
+        "peft.method=adapters",
+        "peft.adapters.adapter_size=8",
+        "peft.adapters.languages=[aa, bb]",
     )
     return train(cfg, run_dir=tmp_path_factory.mktemp("langrun") / "causal")
 
