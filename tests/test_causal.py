@@ -28,6 +28,7 @@ from langtune_jax.models import from_pretrained
 from langtune_jax.train import task_loss, train
 from langtune_jax.train.generate import encode_prompts, generate_run
 from langtune_jax.train.step import _forward
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = {
@@ -362,21 +363,9 @@ def test_generate_language_errors(lang_run, run):
 # --- the shipped demo assets (demo/causal) ----------------------------------------------------
 
 
-def _script(name: str):
-    import importlib.util
-    import sys
-
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def test_demo_causal_data_is_reproduced_by_its_script(tmp_path):
-    script = _script("make_demo_causal")
-    script.write_instruction_splits(tmp_path, _script("make_demo_data").SEED)
+    script = load_script("make_demo_causal")
+    script.write_instruction_splits(tmp_path, load_script("make_demo_data").SEED)
     shipped = sorted(p.relative_to(ROOT / "demo/causal/data") for p in
                      (ROOT / "demo/causal/data").rglob("*.jsonl"))  # fmt: skip
     assert shipped == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.jsonl"))

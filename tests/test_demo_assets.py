@@ -6,37 +6,27 @@ script without regenerating the shipped files (or the other way round), a test h
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "demo" / "data"
 ENCODER = ROOT / "demo" / "tiny-mbert"
 
 
-def _script(name: str):
-    """Import ``scripts/<name>.py`` once (``scripts/`` is not a package)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def data_script():
-    return _script("make_demo_data")
+    return load_script("make_demo_data")
 
 
 @pytest.fixture(scope="module")
 def pretrain_script():
-    return _script("pretrain_demo_encoder")
+    return load_script("pretrain_demo_encoder")
 
 
 def _rows(split: str, lang: str) -> list[dict]:
