@@ -37,6 +37,13 @@ def _kernel_update(kernel: Array, a: Array, b: Array, scale: float) -> Array:
     return _merge_fn(kernel.sharding)(kernel, a, b, jnp.float32(scale))
 
 
+def _fold(layer, name: str, sign: float) -> None:
+    """Add (``sign=1``) or subtract (``-1``) adapter ``name``'s ``scale * A @ B`` to its kernel."""
+    kernel = layer.base_layer.kernel
+    a, b = layer.lora_A[name].value, layer.lora_B[name].value
+    kernel.value = _kernel_update(kernel.value, a, b, sign * layer.scaling[name])
+
+
 def merge_lora(model: nnx.Module, adapter_names: Sequence[str] | None = None) -> nnx.Module:
     """Fold ``scale * A @ B`` into each base kernel (default: the active adapters). In place.
 
@@ -47,13 +54,7 @@ def merge_lora(model: nnx.Module, adapter_names: Sequence[str] | None = None) ->
         for name in names:
             if name not in layer.lora_A or name in layer.merged_adapters:
                 continue
-            kernel = layer.base_layer.kernel
-            kernel.value = _kernel_update(
-                kernel.value,
-                layer.lora_A[name].value,
-                layer.lora_B[name].value,
-                layer.scaling[name],
-            )
+            _fold(layer, name, 1.0)
             layer.merged_adapters = layer.merged_adapters + (name,)
     return model
 
@@ -62,13 +63,7 @@ def unmerge_lora(model: nnx.Module) -> nnx.Module:
     """Subtract every merged adapter from its base kernel again (in place)."""
     for layer in lora_layers(model).values():
         for name in layer.merged_adapters:
-            kernel = layer.base_layer.kernel
-            kernel.value = _kernel_update(
-                kernel.value,
-                layer.lora_A[name].value,
-                layer.lora_B[name].value,
-                -layer.scaling[name],
-            )
+            _fold(layer, name, -1.0)
         layer.merged_adapters = ()
     return model
 
@@ -104,11 +99,5 @@ def merged_view(model: nnx.Module) -> Iterator[nnx.Module]:
         for path, layer in layers.items():
             extra = [n for n in layer.merged_adapters if n not in already[path]]
             for name in extra:
-                kernel = layer.base_layer.kernel
-                kernel.value = _kernel_update(
-                    kernel.value,
-                    layer.lora_A[name].value,
-                    layer.lora_B[name].value,
-                    -layer.scaling[name],
-                )
+                _fold(layer, name, -1.0)
             layer.merged_adapters = already[path]
