@@ -11,6 +11,15 @@ from langtune_jax.config import RunConfig, from_dict
 from tests.data.conftest import make_tokenizer
 
 LANGS = {"en": 40, "es": 24, "sw": 6}
+# What a finished LoRA run of tiny_run_config leaves in its folder (DESIGN.md's run folder).
+RUN_FOLDER_FILES = (
+    "config.yaml",
+    "plan.json",
+    "metrics.jsonl",
+    "eval/validation/report.json",
+    "adapter/adapter_config.json",
+    "adapter/adapter_model.safetensors",
+)
 WORDS = {
     "en": (["good", "great", "happy", "nice"], ["bad", "sad", "awful", "poor"]),
     "es": (["bueno", "feliz", "bonito", "genial"], ["malo", "triste", "feo", "pobre"]),

@@ -17,7 +17,7 @@ import pytest
 from langtune_jax.config import TrainConfig
 from langtune_jax.train import train
 from langtune_jax.train.loop import TrainingDiverged, load_run
-from tests.train.conftest import LANGS, tiny_run_config
+from tests.train.conftest import LANGS, RUN_FOLDER_FILES, tiny_run_config
 
 
 def _config(assets: Path, **train):
@@ -32,14 +32,7 @@ def _trainable(run_dir):
 
 def test_run_folder_and_exact_resume(assets, tmp_path):
     full = train(_config(assets), run_dir=tmp_path / "full")
-    for name in (
-        "config.yaml",
-        "plan.json",
-        "metrics.jsonl",
-        "eval/validation/report.json",
-        "adapter/adapter_config.json",
-        "adapter/adapter_model.safetensors",
-    ):
+    for name in RUN_FOLDER_FILES:
         assert (full / name).exists(), name
     report = json.loads((full / "eval/validation/report.json").read_text())
     assert set(report["per_language"]) == set(LANGS)

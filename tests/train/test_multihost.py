@@ -22,7 +22,7 @@ import pytest
 from langtune_jax.config import RunConfig, dump_config
 from langtune_jax.train import train
 from langtune_jax.train.loop import load_run
-from tests.train.conftest import tiny_run_config
+from tests.train.conftest import RUN_FOLDER_FILES, tiny_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_PROCESSES = 2
@@ -125,14 +125,7 @@ def test_two_processes_equal_one_process(assets, tmp_path):
     _assert_same_trainable(out, expected, lora_b)
 
     # One run folder, written once: process 0's files, collective checkpoints at steps 2 and 4.
-    for name in (
-        "config.yaml",
-        "plan.json",
-        "metrics.jsonl",
-        "eval/validation/report.json",
-        "adapter/adapter_config.json",
-        "adapter/adapter_model.safetensors",
-    ):
+    for name in RUN_FOLDER_FILES:
         assert (multi_dir / name).exists(), name
     assert _checkpoint_steps(multi_dir) == [2, 4]
     records = [json.loads(x) for x in (multi_dir / "metrics.jsonl").read_text().splitlines()]
