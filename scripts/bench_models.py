@@ -47,6 +47,20 @@ class Case:
     jax_loss: Callable[[nnx.Module, dict[str, jax.Array]], jax.Array]
     tokens: int  # tokens per batch
 
+    @classmethod
+    def from_numpy(cls, name, torch_model, torch_loss, jax_model, jax_loss, batch) -> Case:
+        """Both frameworks get the same ``batch`` (``ids`` / ``mask`` / ``labels`` numpy arrays)."""
+        return cls(
+            name=name,
+            torch_model=torch_model,
+            torch_batch={k: torch.from_numpy(v) for k, v in batch.items()},
+            torch_loss=torch_loss,
+            jax_model=jax_model,
+            jax_batch={k: jnp.asarray(v) for k, v in batch.items()},
+            jax_loss=jax_loss,
+            tokens=batch["ids"].size,
+        )
+
 
 def build_bert(args) -> Case:
     """A BERT sequence classifier (dropout off so both sides compute the same function)."""
@@ -80,16 +94,9 @@ def build_bert(args) -> Case:
         logits = model(b["ids"], attention_mask=b["mask"]).logits.astype(jnp.float32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, b["labels"]).mean()
 
-    as_torch = {"ids": ids, "mask": mask, "labels": labels}
-    return Case(
-        name=f"BERT L{args.layers} H{args.hidden}",
-        torch_model=ref,
-        torch_batch={k: torch.from_numpy(v) for k, v in as_torch.items()},
-        torch_loss=torch_loss,
-        jax_model=ours,
-        jax_batch={k: jnp.asarray(v) for k, v in as_torch.items()},
-        jax_loss=jax_loss,
-        tokens=args.batch * args.seq,
+    batch = {"ids": ids, "mask": mask, "labels": labels}
+    return Case.from_numpy(
+        f"BERT L{args.layers} H{args.hidden}", ref, torch_loss, ours, jax_loss, batch
     )
 
 
@@ -132,16 +139,9 @@ def build_llama(args) -> Case:
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(targets, 0))
         return jnp.sum(ce * keep) / jnp.sum(keep)
 
-    as_torch = {"ids": ids, "mask": mask, "labels": labels}
-    return Case(
-        name=f"Llama L{args.layers} H{args.hidden} GQA",
-        torch_model=ref,
-        torch_batch={k: torch.from_numpy(v) for k, v in as_torch.items()},
-        torch_loss=torch_loss,
-        jax_model=ours,
-        jax_batch={k: jnp.asarray(v) for k, v in as_torch.items()},
-        jax_loss=jax_loss,
-        tokens=args.batch * args.seq,
+    batch = {"ids": ids, "mask": mask, "labels": labels}
+    return Case.from_numpy(
+        f"Llama L{args.layers} H{args.hidden} GQA", ref, torch_loss, ours, jax_loss, batch
     )
 
 
