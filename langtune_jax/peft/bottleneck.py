@@ -17,7 +17,7 @@ from langtune_jax.models.common import EMBED, with_axes
 from langtune_jax.peft import targets as _targets
 from langtune_jax.peft.adapter_config import _ACTIVATIONS, AdapterConfig, _config_of
 from langtune_jax.peft.lora_linear import LoRAParam
-from langtune_jax.peft.routing import _LANGUAGE_ROUTING
+from langtune_jax.peft.routing import _LANGUAGE_ROUTING, check_traced
 
 Array = jax.Array
 
@@ -139,13 +139,7 @@ class AdapterWrapper(nnx.Module):
                 "this model has per-language adapters: call it inside `with with_routing(model, "
                 "language_id):` (language_id [B] = adapter rows, see language_rows)"
             )
-        if isinstance(h, jax.core.Tracer) and not isinstance(rows, jax.core.Tracer):
-            raise ValueError(
-                "with_routing was opened outside the traced (jitted) function, so its language_id "
-                "would be baked into the compiled program as a constant. Open `with "
-                "with_routing(model, language_id):` inside the jitted function and pass "
-                "language_id as an argument."
-            )
+        check_traced(h, rows, "with_routing", "language_id")
         if rows.shape[0] != h.shape[0]:
             raise ValueError(
                 f"with_routing: language_id has {rows.shape[0]} entries but the batch has "

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from langtune_jax.peft import targets as _targets
-from langtune_jax.peft.routing import _LORA_ROUTING, _Routing
+from langtune_jax.peft.routing import _LORA_ROUTING, _Routing, check_traced
 
 Array = jax.Array
 
@@ -148,13 +148,7 @@ class LoRALinear(nnx.Module):
 
     def _routed(self, x: Array, routing: _Routing) -> Array:
         ids = routing.adapter_ids
-        if isinstance(x, jax.core.Tracer) and not isinstance(ids, jax.core.Tracer):
-            raise ValueError(
-                "adapter_routing was opened outside the traced (jitted) function, so its "
-                "adapter_ids would be baked into the compiled program as a constant. Open "
-                "`with adapter_routing(model, adapter_ids):` inside the jitted function and pass "
-                "adapter_ids as an argument."
-            )
+        check_traced(x, ids, "adapter_routing", "adapter_ids")
         if any(n in self.merged_adapters for n in routing.names):
             raise ValueError(
                 "per-example adapters need un-merged adapters: call unmerge_lora first"
