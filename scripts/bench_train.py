@@ -215,18 +215,22 @@ def run_case(name: str, a) -> dict:
         cost = step.lower(trainable, opt_state, mutable, frozen, batch).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         xla_flops = float(cost.get("flops", float("nan")))
-    t0 = time.perf_counter()
-    for i in range(a.warmup):
-        batch = mesh_lib.put_batch(batches[i % 2], mesh)
-        trainable, opt_state, mutable, metrics = step(trainable, opt_state, mutable, frozen, batch)
-    jax.block_until_ready((trainable, metrics))
-    warmup_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(a.steps):
-        batch = mesh_lib.put_batch(batches[i % 2], mesh)
-        trainable, opt_state, mutable, metrics = step(trainable, opt_state, mutable, frozen, batch)
-    jax.block_until_ready((trainable, metrics))
-    seconds = time.perf_counter() - t0
+
+    def run(n: int) -> float:
+        """Seconds for ``n`` steps, alternating the two batches."""
+        nonlocal trainable, opt_state, mutable, metrics
+        t0 = time.perf_counter()
+        for i in range(n):
+            batch = mesh_lib.put_batch(batches[i % 2], mesh)
+            trainable, opt_state, mutable, metrics = step(
+                trainable, opt_state, mutable, frozen, batch
+            )
+        jax.block_until_ready((trainable, metrics))
+        return time.perf_counter() - t0
+
+    metrics = None
+    warmup_s = run(a.warmup)
+    seconds = run(a.steps)
     loss = float(metrics["loss"])
     if not np.isfinite(loss):
         raise RuntimeError(f"{name}: non-finite loss {loss}")
