@@ -195,5 +195,7 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
         out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
         host = multihost_utils.process_allgather({**out, **batch}, tiled=True)
         host = {k: np.asarray(v) for k, v in host.items()}
+        if "segment_language" in host:  # packed classification: one entry per example again
+            host = data_lib.unpack_segments(host, cfg.model.task)
         acc.update(host)
     return acc.compute(source_language=cfg.eval.source_language)

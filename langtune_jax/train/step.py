@@ -37,7 +37,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from langtune_jax.train import mesh as mesh_lib
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "segment_ids",
+    "segment_starts",
+)
 
 # routing(model, batch) -> context manager active around the forward pass, inside the jitted
 # function; e.g. per-language adapters choosing each example's adapter from batch["language_id"].
@@ -72,9 +79,10 @@ def split_model(model: nnx.Module, trainable_filter: Any) -> SplitModel:
 
 def _forward(model: nnx.Module, batch: dict[str, jax.Array], routing: Routing | None):
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    if "segment_ids" in inputs:
-        # Packed rows: the models take segments as attention_mask values (1, 2, ... per example,
-        # 0 = padding; attention stays causal within equal ids), not as a separate argument.
+    if "segment_ids" in inputs and not getattr(model, "takes_segments", False):
+        # Packed rows: decoders take segments as attention_mask values (1, 2, ... per example,
+        # 0 = padding; attention stays causal within equal ids); encoders take segment_ids (and
+        # segment_starts, the tokens a sequence head pools) as such.
         inputs["attention_mask"] = inputs.pop("segment_ids")
     with routing(model, batch) if routing is not None else contextlib.nullcontext():
         return model(**inputs)
