@@ -66,7 +66,9 @@ class ModelSection:
       name_or_path: a local Hugging Face folder (tried first) or a Hub id.
       tokenizer: tokenizer folder or Hub id; defaults to ``name_or_path``.
       task: the head put on top of the base model.
-      dtype: compute dtype. ``bfloat16`` keeps float32 parameters, softmax, norms and loss.
+      dtype: compute dtype. ``bfloat16`` keeps float32 parameters, softmax, norms and loss;
+        ``auto`` (default) is ``bfloat16`` on GPU/TPU (their matmul units are bfloat16 units) and
+        ``float32`` on CPU (XLA:CPU has no faster bfloat16 GEMM).
       param_dtype: storage dtype of the parameters.
     """
 
@@ -75,12 +77,20 @@ class ModelSection:
     task: Literal["sequence-classification", "token-classification", "causal-lm"] = (
         "sequence-classification"
     )
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
         if not self.name_or_path:
             raise ValueError("name_or_path must name a local model folder or a Hub id")
+
+    def compute_dtype(self, backend: str | None = None) -> str:
+        """The compute dtype on ``backend`` (default: JAX's), with ``auto`` resolved."""
+        if self.dtype != "auto":
+            return self.dtype
+        import jax  # the config module stays importable without initialising a backend
+
+        return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 @dataclasses.dataclass
@@ -115,6 +125,10 @@ class TrainConfig:
       checkpoint_every: steps between checkpoints; 0 saves only at the end.
       keep_checkpoints: how many recent checkpoints to keep.
       best_metric: eval metric (e.g. ``mean_f1``) whose best checkpoint is also kept.
+      remat: activation rematerialisation per layer (a ``jax.checkpoint`` policy): ``none`` keeps
+        every activation for the backward pass, ``dots-saveable`` keeps the matmul outputs and
+        recomputes the element-wise work, ``full`` keeps only each layer's input (least memory,
+        about one more forward pass of compute). For long sequences / big models on accelerators.
       rng_impl: JAX PRNG implementation of the dropout keys (``jax.random.key(seed, impl=...)``).
         ``threefry4x32`` draws dropout masks about 4x faster than JAX's default ``threefry2x32``
         on CPU (``docs/benchmarks.md``) and is, like it, counter-based and splittable; ``rbg`` /
@@ -138,6 +152,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     best_metric: str | None = None
     rng_impl: Literal["threefry4x32", "threefry2x32", "rbg", "unsafe_rbg"] = "threefry4x32"
+    remat: Literal["none", "dots-saveable", "full"] = "none"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum_steps", "log_every", "keep_checkpoints"):

@@ -17,13 +17,17 @@ import numpy as np
 from flax import nnx
 
 from langtune_jax.models.common import (
+    BATCH,
     EMBED,
     HEADS,
     KV_HEADS,
+    LENGTH,
     MLP,
     VOCAB,
     ModelOutput,
+    constrain,
     positions_from_mask,
+    remat_layer,
     with_axes,
 )
 from langtune_jax.models.llama_config import _ARCH, LlamaConfig
@@ -274,6 +278,7 @@ class LlamaModel(nnx.Module):
         )
         # Keys/values of a cache are stored in the compute dtype (or the param dtype without one).
         self.compute_dtype = jnp.dtype(dtype or param_dtype)
+        self.remat = "none"  # per-layer jax.checkpoint policy (models.common.set_remat)
 
     def __call__(
         self,
@@ -310,7 +315,8 @@ class LlamaModel(nnx.Module):
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i], full_mask, cache.index)
             with jax.named_scope(f"layer_{i}"):
-                x, (k, v) = layer(x, cos, sin, slots, seg, kv)
+                x, (k, v) = remat_layer(layer, self.remat)(x, cos, sin, slots, seg, kv)
+                x = constrain(x, BATCH, LENGTH, EMBED)
             new_keys.append(k)
             new_values.append(v)
             if hidden is not None:

@@ -23,6 +23,7 @@ from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
 from langtune_jax.config import RunConfig
 from langtune_jax.models import from_pretrained, load_tokenizer
+from langtune_jax.models.common import set_remat
 from langtune_jax.train import mesh as mesh_lib
 from langtune_jax.train.step import make_eval_step, split_model
 
@@ -117,7 +118,7 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     dataset = _pipeline(cfg, tokenizer)
     num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
-    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+    dtype = jnp.bfloat16 if cfg.model.compute_dtype() == "bfloat16" else jnp.float32
     param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
     model = from_pretrained(
         cfg.model.name_or_path,
@@ -132,6 +133,7 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
     rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
     model, trainable = apply_peft(model, cfg, rngs)
+    set_remat(model, cfg.train.remat)
     split = split_model(model, trainable)
     shardings = {
         name: mesh_lib.state_shardings(getattr(split, name), mesh)

@@ -119,6 +119,17 @@ def task_loss(logits: jax.Array, batch: dict[str, jax.Array], task: str):
     return jnp.sum(nll * weights), jnp.sum(weights)
 
 
+def _under_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """``fn`` traced under ``mesh``'s abstract mesh, so the models' activation constraints
+    (``models.common.constrain``) apply; without it they are no-ops."""
+
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return traced
+
+
 def make_train_step(
     split: SplitModel,
     tx: optax.GradientTransformation,
@@ -191,7 +202,7 @@ def make_train_step(
     replicated = NamedSharding(mesh, PartitionSpec())
     sh = param_shardings
     return jax.jit(
-        step,
+        _under_mesh(step, mesh),
         in_shardings=(sh["trainable"], sh["opt_state"], sh["mutable"], sh["frozen"], None),
         out_shardings=(sh["trainable"], sh["opt_state"], sh["mutable"], replicated),
         donate_argnums=(0, 1, 2),
@@ -238,7 +249,7 @@ def make_eval_step(
     sh = param_shardings
     batch_out = NamedSharding(mesh, PartitionSpec(mesh_lib.BATCH_AXES))
     return jax.jit(
-        evaluate,
+        _under_mesh(evaluate, mesh),
         in_shardings=(sh["trainable"], sh["mutable"], sh["frozen"], None),
         out_shardings=batch_out,
     )
