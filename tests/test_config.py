@@ -102,3 +102,14 @@ def test_cli_bad_config_exits_nonzero_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "unknown config key 'train.stepz'" in err[0]
+
+
+def test_compute_dtype_auto_and_remat(tmp_path):
+    cfg = load_config(_write(tmp_path, BASE), ["train.remat=dots-saveable"])
+    assert cfg.train.remat == "dots-saveable" and cfg.model.dtype == "auto"
+    assert cfg.model.compute_dtype("cpu") == "float32"
+    assert cfg.model.compute_dtype("gpu") == cfg.model.compute_dtype("tpu") == "bfloat16"
+    forced = load_config(_write(tmp_path, BASE), ["model.dtype=float32"])
+    assert forced.model.compute_dtype("gpu") == "float32"
+    with pytest.raises(ConfigError, match="remat"):
+        load_config(_write(tmp_path, BASE), ["train.remat=some"])

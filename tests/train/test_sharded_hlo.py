@@ -6,6 +6,7 @@ leave the step's numbers unchanged."""
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -116,3 +117,36 @@ def test_full_remat_recomputes_the_forward_matmuls():
         hlo = step.lower(*state, batch).compile().as_text()
         dots[policy] = len(re.findall(r" dot\(", hlo))
     assert dots["full"] > dots["none"]  # the policy reached the program: forward dots run twice
+
+
+def _dots(num_layers: int, lora_layer: int) -> int:
+    cfg = bert_lib.BertConfig(**{**TINY, "num_hidden_layers": num_layers})
+    model = bert_lib.BertForSequenceClassification(cfg, rngs=nnx.Rngs(0))
+    lora = LoraConfig(r=4, target_modules=["query", "value"], layers_to_transform=[lora_layer])
+    apply_lora(model, lora, rngs=nnx.Rngs(1))
+    split = split_model(model, trainable_filter(model))
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    shard = {k: mesh_lib.state_shardings(getattr(split, k), mesh)
+             for k in ("trainable", "frozen", "mutable")}  # fmt: skip
+    tx = optax.sgd(1e-2)
+    opt_state = tx.init(split.trainable)
+    shard["opt_state"] = mesh_lib.opt_state_shardings(tx, opt_state, shard["trainable"], mesh)
+    step = make_train_step(
+        split, tx, task="sequence-classification", mesh=mesh, param_shardings=shard
+    )
+    batch = {
+        "input_ids": jnp.ones((2, 8), jnp.int32),
+        "attention_mask": jnp.ones((2, 8), jnp.int32),
+        "labels": jnp.zeros((2,), jnp.int32),
+    }
+    hlo = step.lower(split.trainable, opt_state, split.mutable, split.frozen, batch).as_text()
+    return len(re.findall(r"stablehlo.dot_general", hlo))
+
+
+def test_no_backward_work_below_the_lowest_trained_layer():
+    # Adding a frozen layer *below* the only LoRA layer adds its forward dots only (8: q, k, v,
+    # scores, context, output, up, down) and no gradient dots: JAX differentiates nothing that
+    # does not depend on a trainable variable, embeddings included, without any stop_gradient.
+    assert _dots(3, lora_layer=2) - _dots(2, lora_layer=1) == 8
+    # ...whereas a frozen layer *above* it needs its input gradients (more than its 8 forward dots).
+    assert _dots(3, lora_layer=0) - _dots(2, lora_layer=0) > 8
