@@ -239,6 +239,16 @@ class RunConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
+    def __post_init__(self):
+        adapters = self.peft.method in ("adapters", "lora+adapters")
+        if self.data.packing and adapters and self.peft.adapters.languages is not None:
+            # Routing picks one adapter per row; a packed row mixes languages.
+            raise ValueError(
+                "data.packing with per-language adapters (peft.adapters.languages) would route "
+                "every example of a packed row through its first example's language adapter; "
+                "set data.packing: false"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe)."""
         return dataclasses.asdict(self)

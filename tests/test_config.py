@@ -113,3 +113,10 @@ def test_compute_dtype_auto_and_remat(tmp_path):
     assert forced.model.compute_dtype("gpu") == "float32"
     with pytest.raises(ConfigError, match="remat"):
         load_config(_write(tmp_path, BASE), ["train.remat=some"])
+
+
+def test_packing_with_per_language_adapters_is_refused(tmp_path):
+    sets = ["data.packing=true", "peft.method=adapters", "peft.adapters.languages=[en, sw]"]
+    with pytest.raises((ConfigError, ValueError), match="data.packing with per-language adapters"):
+        load_config(_write(tmp_path, BASE), sets)
+    assert load_config(_write(tmp_path, BASE), sets[:2]).data.packing
