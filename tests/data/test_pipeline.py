@@ -14,6 +14,7 @@ from langtune_jax.data import (
     SourceConfig,
     eval_batches,
     train_batches,
+    unpack_segments,
 )
 
 SIZES = {"en": 60, "es": 30, "qu": 5, "sw": 9}
@@ -307,3 +308,38 @@ def test_sequence_classification_packing_pipeline(tmp_path, tokenizer):
     assert sum(int(e["example_mask"].sum()) for e in ev) == 51
     langs = np.concatenate([e["segment_language"][e["example_mask"] > 0] for e in ev])
     assert np.bincount(langs).tolist() == [int(n * 0.5) for _, n in sorted(SIZES.items())]
+
+
+def test_token_classification_packing_eval_holds_every_example(tmp_path, tokenizer):
+    for split, n in (("train", 12), ("validation", 7)):
+        (tmp_path / split).mkdir()
+        rows = [
+            {"tokens": ["John", "lives", "in", "Paris"][: 1 + i % 4],
+             "tags": ["B-PER", "O", "O", "B-LOC"][: 1 + i % 4], "language": "en"}
+            for i in range(n)
+        ]  # fmt: skip
+        (tmp_path / split / "en.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(
+        sources=[SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")],
+        max_length=16,
+        packing=True,
+    )
+    pipe = DataPipeline(cfg, SamplingConfig(), tokenizer, task="token-classification")
+    b = pipe.batch_at(0, 2, process_index=0, process_count=1)
+    assert b["labels"].shape == b["segment_ids"].shape and b["segment_ids"].max() > 1
+    assert b["segment_language"].shape == (2, 8) and "segment_starts" not in b
+    plain = DataPipeline(
+        DataConfig(sources=cfg.sources, max_length=16), SamplingConfig(), tokenizer,
+        task="token-classification",
+    )  # fmt: skip
+    want = sorted(
+        tuple(row[row != -100])
+        for e in plain.eval_batches("validation", 2, process_index=0, process_count=1)
+        for row, m in zip(e["labels"], e["example_mask"])
+        if m
+    )
+    got = []
+    for e in pipe.eval_batches("validation", 2, process_index=0, process_count=1):
+        out = unpack_segments({**e, "predictions": e["labels"]}, "token-classification")
+        got += [tuple(row[row != -100]) for row in out["labels"]]
+    assert sorted(got) == want and len(got) == 7
