@@ -304,6 +304,10 @@ def run_torch(a, full: bool) -> dict:
 
 def worker(a) -> None:
     full = a.worker.endswith("full")
+    if a.threads and a.worker.startswith("torch"):
+        import torch
+
+        torch.set_num_threads(a.threads)
     if a.worker in REAL_MODES:
         run = run_jax_real if a.worker.startswith("jax") else run_torch_real
         result = run(a, a.worker)
@@ -336,6 +340,9 @@ def main() -> None:
     p.add_argument("--modes", help=f"comma list of {MODES} (or, with --lengths, {REAL_MODES})")
     p.add_argument("--lengths", help="real | a length-histogram JSON: real-length modes")
     p.add_argument("--rounds", type=int, default=1, help="interleaved repeats; median reported")
+    p.add_argument("--threads", type=int, default=0,
+                   help="1 = one compute thread per framework (torch.set_num_threads(1); XLA "
+                        "without its multi-threaded Eigen pool): fairer on an overloaded CPU")  # fmt: skip
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker", choices=MODES + REAL_MODES, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -377,8 +384,10 @@ def _run_modes(a) -> dict:
                JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
                TOKENIZERS_PARALLELISM="false")  # fmt: skip
     env.pop("XLA_FLAGS", None)  # one real device, as a user would run it
+    if a.threads == 1:
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
     sizes = ("layers", "hidden", "heads", "vocab", "batch", "seq", "r", "lora_dropout", "dropout",
-             "rng_impl", "steps", "warmup")  # fmt: skip
+             "rng_impl", "steps", "warmup", "threads")  # fmt: skip
     args = [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in sizes]
     if a.lengths:
         args.append(f"--lengths={a.lengths}")
@@ -410,7 +419,7 @@ def _table(a, results: dict) -> None:
     print(f"\n{_machine()}\nBERT {a.layers} layers, hidden {a.hidden}, vocab {a.vocab:,}; {what}; "
           f"rows of {a.seq}, batch {a.batch}; LoRA r={a.r} on query/value, dropout "
           f"{a.lora_dropout}; {a.steps} timed steps after {a.warmup}; {a.rounds} interleaved "
-          "round(s), median\n")  # fmt: skip
+          f"round(s), median; threads {a.threads or 'default'}\n")  # fmt: skip
     unit = "real tokens/s" if a.lengths else "tokens/s"
     print(
         f"| mode | {unit} | all rounds | padding % | s/step | warm-up s | peak RSS MB | trainable |"
