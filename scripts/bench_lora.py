@@ -380,8 +380,8 @@ def _machine() -> str:
 
 def _run_modes(a) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # JAX runs on the default backend (a GPU when there is one; JAX_PLATFORMS=cpu forces CPU).
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
                TOKENIZERS_PARALLELISM="false")  # fmt: skip
     env.pop("XLA_FLAGS", None)  # one real device, as a user would run it
     if a.threads == 1:

@@ -61,10 +61,13 @@ def _store(task: str, pad: int, n: int = 9, seed: int = 0) -> Tokenized:
     )
 
 
-def _model(family: str, task: str):
-    cfg = bert_lib.BertConfig(model_type=family, pad_token_id=PAD[family], **TINY)
+def _model(family: str, task: str, train: bool):
+    """Dropout off: eval mode, or train mode with every rate 0 (the einsum attention path on
+    CPU; eval takes jax.nn.dot_product_attention), so both attention paths are checked."""
+    zero = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0) if train else {}
+    cfg = bert_lib.BertConfig(model_type=family, pad_token_id=PAD[family], **TINY, **zero)
     model = MODELS[family, task](cfg, rngs=nnx.Rngs(0))
-    model.eval()  # dropout off
+    model.train() if train else model.eval()
     return model
 
 
@@ -87,15 +90,16 @@ def _picks(shape, where) -> list[np.ndarray]:
     return out
 
 
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize(("family", "task"), sorted(MODELS))
-def test_packed_equals_unpacked(family, task):
+def test_packed_equals_unpacked(family, task, train):
     pad = PAD[family]
     store = _store(task, pad)
     rows = [(store, i) for i in range(len(store))]
     packed, placed, dropped = pack(rows, 3, 32, pad_id=pad, task=task, num_segments=8)
     assert dropped == 0 and packed["segment_ids"].max() >= 3  # really several per row
     plain = collate(rows, 12, pad_id=pad, task=task)
-    model = _model(family, task)
+    model = _model(family, task, train)
 
     pj = {k: jnp.asarray(v) for k, v in packed.items() if k != "segment_mask"}
     if task == "sequence-classification":
