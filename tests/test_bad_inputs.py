@@ -451,8 +451,7 @@ CASES: list[Case] = [
     C("model-is-file", "model.name_or_path is a file", "model",
       lambda w: _train(w, {"model.name_or_path": str(w.write("m.bin", "x"))}), ("m.bin", "is a file")),
     C("model-no-tokenizer", "a model folder without its tokenizer", "model",
-      _model_case(without=("tokenizer*",)), ("model", "has no tokenizer", "model.tokenizer"),
-      subprocess=True),
+      _model_case(without=("tokenizer*",)), ("model", "has no tokenizer", "model.tokenizer")),
     C("model-config-json", "a corrupt config.json", "model",
       _model_case(edit=_truncate("config.json", 40)), ("config.json", "invalid JSON")),
     C("model-type", "a model_type langtune does not support", "model",
@@ -636,19 +635,54 @@ def test_metric_short_forms_are_mapped(tmp_path, micro_model):
     assert (cfg.train.best_metric, cfg.eval.metric) == ("macro_f1_mean", "accuracy")
 
 
-def test_debug_shows_the_traceback(tmp_path, micro_model):
+def test_debug_shows_the_traceback(tmp_path, micro_model, monkeypatch):
+    """``--debug`` after the subcommand re-raises in-process; ``LANGTUNE_DEBUG=1`` prints the
+    traceback of a real process."""
+    from langtune_jax import cli
+    from langtune_jax.config import ConfigError
+
     w = World(tmp_path, micro_model)
     cfg = w.config({"eval.metric": "macro_f2"})
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for argv, extra in ((["train", cfg, "--debug"], {}), (["train", cfg], {"LANGTUNE_DEBUG": "1"})):
-        proc = subprocess.run(
-            [sys.executable, "-m", "langtune_jax.cli", *argv],
-            capture_output=True,
-            text=True,
-            env={**env, **extra},
-            timeout=120,
-        )
-        assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+    monkeypatch.delenv("LANGTUNE_DEBUG", raising=False)
+    with pytest.raises(ConfigError, match="eval.metric"):
+        cli.main(["train", cfg, "--debug"])
+    with pytest.raises(ConfigError, match="eval.metric"):
+        cli.main(["--debug", "plan", cfg])
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LANGTUNE_DEBUG="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "langtune_jax.cli", "train", cfg],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+def test_corrupt_newest_checkpoint_falls_back_quietly(tmp_path, caplog):
+    """The fallback to the previous checkpoint says so once; Orbax/absl log nothing."""
+    import logging
+
+    import jax.numpy as jnp
+
+    from langtune_jax.train.checkpoint import Checkpointer
+
+    state = {"a": jnp.ones(3)}
+    ckpt = Checkpointer(tmp_path)
+    for step in (1, 2):
+        ckpt.save(step, state, {"step": step})
+    ckpt.close()
+    for p in (tmp_path / "2").rglob("*"):
+        if p.is_file():
+            p.write_bytes(b"garbage")
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        ckpt = Checkpointer(tmp_path)
+        assert ckpt.restore_latest(state)[0] == 1
+        ckpt.close()
+    noisy = [r for r in caplog.records if r.name.split(".")[0] in ("absl", "orbax")]
+    ours = [r for r in caplog.records if "falling back" in r.getMessage()]
+    assert not noisy and len(ours) == 1
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, micro_model, capsys, monkeypatch):
