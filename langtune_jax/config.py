@@ -244,6 +244,29 @@ class RunConfig:
                 )
             except ValueError as err:
                 raise ConfigError(f"config key '{key}': {err}") from None
+        if self.train.best_metric and not self.train.eval_every:
+            raise ConfigError(
+                "config key 'train.best_metric': the best checkpoint is chosen at evaluations, "
+                "but train.eval_every is 0; set train.eval_every (and train.checkpoint_every to "
+                "the same cadence) or drop train.best_metric"
+            )
+        self._normalize_languages()
+
+    def _normalize_languages(self) -> None:
+        """Languages the config names are read in BCP-47 case, as the data's are."""
+        from langtune_jax.data.readers import normalize_language
+
+        if self.eval.source_language is not None:
+            self.eval.source_language = normalize_language(self.eval.source_language)
+        for name in ("weights", "multipliers"):
+            table = getattr(self.sampling, name)
+            normalized = {normalize_language(k): v for k, v in table.items()}
+            if len(normalized) != len(table):
+                raise ConfigError(
+                    f"config key 'sampling.{name}': {', '.join(map(repr, table))} name the same "
+                    "language twice (codes are case-insensitive: EN = en)"
+                )
+            setattr(self.sampling, name, normalized)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe)."""

@@ -213,18 +213,26 @@ def _mixed_label_types(w: World) -> list[str]:
     return _train(w)
 
 
+def _token_changes(w: World, more: dict | None = None) -> dict:
+    return {
+        "model.task": "token-classification",
+        "data.sources": [{"path": str(w.root / "tok" / "{split}" / "{language}.jsonl")}],
+        "eval.split": "train",
+        "eval.final_splits": [],
+        "peft.lora.task_type": "TOKEN_CLS",
+        **(more or {}),
+    }
+
+
 def _token_world(w: World, rows: list[dict]) -> list[str]:
     w.jsonl("tok/train/en.jsonl", rows)
-    return _train(
-        w,
-        {
-            "model.task": "token-classification",
-            "data.sources": [{"path": str(w.root / "tok" / "{split}" / "{language}.jsonl")}],
-            "eval.split": "train",
-            "eval.final_splits": [],
-            "peft.lora.task_type": "TOKEN_CLS",
-        },
-    )
+    return _train(w, _token_changes(w))
+
+
+def _token_unknown_tag(w: World) -> list[str]:
+    w.jsonl("tok/train/en.jsonl", [{"tokens": ["a", "b"], "tags": ["B-PER", "O"]}] * 2)
+    w.jsonl("tok/validation/en.jsonl", [{"tokens": ["a"], "tags": ["B-XYZ"]}])
+    return _train(w, _token_changes(w, {"eval.split": "validation"}))
 
 
 def _causal_truncated(w: World) -> list[str]:
@@ -337,6 +345,9 @@ CASES: list[Case] = [
       ("delimiter must be one character",)),
     C("config-no-sources", "data.sources is empty", "config",
       lambda w: _train(w, {"data.sources": []}), ("data.sources is empty",)),
+    C("weights-same-language", "sampling.weights names a language twice (`EN`, `en`)", "config",
+      lambda w: _train(w, {"sampling": {"strategy": "manual", "weights": {"EN": 1, "en": 2}}}),
+      ("'sampling.weights'", "same language twice")),
     C("set-no-equals", "`--set` without `=`", "config",
       lambda w: _train(w, None, "--set", "train.steps"), ("train.steps", "section.key=value")),
     C("set-bad-yaml", "`--set` with a value that is not YAML", "config",
@@ -358,6 +369,8 @@ CASES: list[Case] = [
       lambda w: _train(w, {"train.best_metric": "mean_f2"}), ("'train.best_metric'", "macro_f1_mean")),
     C("best-metric-wrong-task", "train.best_metric of another task (`loss`)", "metrics",
       lambda w: _train(w, {"train.best_metric": "loss"}), ("'train.best_metric'", "accuracy_worst")),
+    C("best-metric-no-eval", "train.best_metric without evaluations (eval_every: 0)", "metrics",
+      lambda w: _train(w, {"train.best_metric": "accuracy"}), ("'train.best_metric'", "train.eval_every")),
     C("best-metric-plan", "`langtune plan` refuses a misspelt best_metric too", "metrics",
       lambda w: _plan(w, {"train.best_metric": "f1_avg"}), ("'train.best_metric'",)),
     # --- checks against the model and the mesh (before the model is loaded)
@@ -443,6 +456,8 @@ CASES: list[Case] = [
     C("token-tags-mismatch", "token classification: fewer tags than tokens", "data",
       lambda w: _token_world(w, [{"tokens": ["a", "b"], "tags": ["O"], "language": "en"}]),
       ("tok/train/en.jsonl:1", "2 tokens but 1 tags")),
+    C("token-unknown-tag", "token classification: a validation tag train does not have", "data",
+      _token_unknown_tag, ("tok/validation/en.jsonl:1", "unknown tag 'B-XYZ'")),
     C("causal-no-target", "truncation to data.max_length leaves no response token", "data",
       _causal_truncated, ("split 'train'", "language 'en'", "data.max_length=8")),
     # --- the model folder
@@ -472,6 +487,12 @@ CASES: list[Case] = [
     C("export-out-file", "`export --out` is a file", "runs",
       lambda w: (w.fake_run(), ["export", str(w.run_dir), "--out", str(w.write("out.txt", "x"))])[1],
       ("--out", "out.txt", "is a file")),
+    C("export-not-run", "`langtune export` on a folder that is no run", "runs",
+      lambda w: ["export", str(w.path("empty/x").parent), "--out", str(w.root / "out")],
+      ("not a run folder", "config.yaml")),
+    C("generate-not-run", "`langtune generate` on a folder that is no run", "runs",
+      lambda w: ["generate", str(w.path("empty/x").parent), "--prompt", "hi"],
+      ("not a run folder", "config.yaml")),
     C("compare-truncated", "`compare` on a truncated report.json", "runs",
       _compare_truncated, ("runs/a/eval/test/report.json", "truncated")),
     C("compare-no-report", "`compare` on a folder without reports", "runs",
@@ -629,9 +650,10 @@ def test_metric_short_forms_are_mapped(tmp_path, micro_model):
     from langtune_jax.config import load_config
 
     w = World(tmp_path, micro_model)
-    cfg = load_config(w.config({"train.best_metric": "mean_f1", "eval.metric": "f1"}))
+    every = {"train.eval_every": 2, "train.checkpoint_every": 2}
+    cfg = load_config(w.config({"train.best_metric": "mean_f1", "eval.metric": "f1", **every}))
     assert (cfg.train.best_metric, cfg.eval.metric) == ("macro_f1_mean", "macro_f1")
-    cfg = load_config(w.config({"train.best_metric": "macro_f1_mean", "eval.metric": "acc"}))
+    cfg = load_config(w.config({"train.best_metric": "macro_f1_mean", "eval.metric": "acc", **every}))
     assert (cfg.train.best_metric, cfg.eval.metric) == ("macro_f1_mean", "accuracy")
 
 
