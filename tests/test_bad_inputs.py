@@ -653,7 +653,9 @@ def test_metric_short_forms_are_mapped(tmp_path, micro_model):
     every = {"train.eval_every": 2, "train.checkpoint_every": 2}
     cfg = load_config(w.config({"train.best_metric": "mean_f1", "eval.metric": "f1", **every}))
     assert (cfg.train.best_metric, cfg.eval.metric) == ("macro_f1_mean", "macro_f1")
-    cfg = load_config(w.config({"train.best_metric": "macro_f1_mean", "eval.metric": "acc", **every}))
+    cfg = load_config(
+        w.config({"train.best_metric": "macro_f1_mean", "eval.metric": "acc", **every})
+    )
     assert (cfg.train.best_metric, cfg.eval.metric) == ("macro_f1_mean", "accuracy")
 
 
