@@ -605,16 +605,21 @@ def _plan_text(argv, capsys) -> str:
 
 
 def test_language_codes_normalised_with_a_note(tmp_path, micro_model, capsys):
+    """`EN` and `en` rows are one language (never two), and the plan says what was renamed;
+    file names given by a `{language}` placeholder are normalised the same way."""
     w = World(tmp_path, micro_model)
+    rows = _demo_rows("train", "en", 16)
+    w.jsonl("data/train/en.jsonl", [dict(r, language="EN") for r in rows[:6]] + rows[6:])
+    out = _plan_text(["plan", w.config()], capsys)
+    table = [ln.split()[:2] for ln in out.splitlines()[3:6]]
+    assert table == [["en", "16"], ["es", "16"], ["sw", "16"]], out
+    assert "note: language codes normalised to BCP-47 case: 'EN' -> 'en'" in out
     for split in ROWS:
-        os.rename(w.data / split / "en.jsonl", w.data / split / "EN.jsonl")
-    rows = [dict(r, language="Sw") for r in _demo_rows("train", "sw", 4)]
-    w.jsonl("data/train/sw.jsonl", rows)
-    out = _plan_text(
-        ["plan", w.config({"data.sources": [{"path": str(w.data / "{split}")}]})], capsys
-    )
-    assert "\nen " in out and "EN " not in out.split("note")[0]
-    assert "normalised to BCP-47 case" in out and "'Sw' -> 'sw'" in out
+        os.rename(w.data / split / "sw.jsonl", w.data / split / "SW.jsonl")
+    src = {"path": str(w.data / "{split}" / "{language}.jsonl")}
+    out = _plan_text(["plan", w.config({"data.sources": [src]})], capsys)
+    assert [ln.split()[0] for ln in out.splitlines()[3:6]] == ["en", "es", "sw"], out
+    assert "'SW' -> 'sw'" in out
 
 
 def test_normalize_language_bcp47_case():
