@@ -115,7 +115,7 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     maybe_initialize_distributed(cfg.mesh)
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
-    dataset = _pipeline(cfg, tokenizer)
+    dataset = _pipeline(cfg, tokenizer, cache_dir=run_dir / "data_cache")
     num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
@@ -153,7 +153,7 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     )
 
 
-def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
+def _pipeline(cfg: RunConfig, tokenizer, cache_dir: Path | None = None) -> data_lib.DataPipeline:
     return data_lib.DataPipeline(
         cfg.data,
         cfg.sampling,
@@ -162,6 +162,7 @@ def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
         seed=cfg.run.seed,
         total_samples=cfg.train.steps * cfg.train.batch_size,
         batch_size=cfg.train.batch_size,
+        cache_dir=cache_dir,
     )
 
 
