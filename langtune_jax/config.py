@@ -51,12 +51,17 @@ class RunSection:
     Attributes:
       name: the run folder is ``<output_dir>/<name>`` unless ``--run-dir`` says otherwise.
       seed: seeds parameter init, dropout and data order (the sampler is a pure function of it).
-      output_dir: parent folder of run folders.
+      output_dir: parent folder of run folders (relative to the current directory).
+      trackers: where scalars go besides metrics.jsonl: tensorboard (event files in the run
+        folder), wandb, mlflow (each imported only when named; see train/logging_utils.py).
     """
 
     name: str = "run"
     seed: int = 0
     output_dir: str = "runs"
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = dataclasses.field(
+        default_factory=lambda: ["tensorboard"]
+    )
 
     def __post_init__(self):
         if not self.name or "/" in self.name:

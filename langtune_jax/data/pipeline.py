@@ -40,6 +40,7 @@ from langtune_jax.data.features import (
     Tokenized,
     choose_bucket,
     collate,
+    has_chat_template,
     pack,
     tokenize,
 )
@@ -93,6 +94,8 @@ class DataPipeline:
         and epochs, UniMax's budget) counts `total_samples / batch_size` steps of that many.
       cache_dir: a folder (the run folder's ``data_cache``) where tokenized splits are kept,
         keyed by a data + tokenizer fingerprint (`langtune_jax.data.cache`); None = no cache.
+      warn: log the warnings of reading the data (off when reopening a trained run, whose
+        training already showed them).
 
     Attributes:
       languages: sorted training languages (`language_id` indexes this list).
@@ -113,6 +116,7 @@ class DataPipeline:
         total_samples: int | None = None,
         batch_size: int | None = None,
         cache_dir: str | Path | None = None,
+        warn: bool = True,
     ):
         self.data_cfg, self.sampling_cfg, self.tokenizer = data_cfg, sampling_cfg, tokenizer
         self.task, self.seed = task, int(seed)
@@ -144,8 +148,16 @@ class DataPipeline:
             steps = total_samples // batch_size
             self.plan = self.make_plan(steps * self.examples_per_step(batch_size))
             self.probabilities = self.plan.probabilities
-        for w in self.plan.warnings:
-            log.warning(w)
+        # The plan's own warnings print with its table (`plan.table()`), once.
+        if warn and self._chat_fallback():
+            log.warning(
+                "the tokenizer has no chat template: chat messages are formatted as "
+                "'role: content' lines, then 'assistant: ' (langtune generate does the same)"
+            )
+
+    def _chat_fallback(self) -> bool:
+        chat = any(s.messages_column for s in self.data_cfg.sources)
+        return self.task == "causal-lm" and chat and not has_chat_template(self.tokenizer)
 
     def _read_train(self) -> None:
         """Read, validate and tokenize train (and the held-out validation rows); cache them."""

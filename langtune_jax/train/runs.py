@@ -42,7 +42,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, Session]:
     cfg.mesh = dataclasses.replace(
         cfg.mesh, distributed=None, coordinator_address=None, num_processes=None, process_id=None
     )
-    session = build_session(cfg, run_dir)
+    session = build_session(cfg, run_dir, reopened=True)
     tx = make_optimizer(cfg.train)
     opt_state = tx.init(session.split.trainable)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)

@@ -110,25 +110,36 @@ class Session:
         return self.dataset.labels or None
 
 
-def build_session(cfg: RunConfig, run_dir: Path) -> Session:
-    """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh."""
+class _NoFreshHeadNote(logging.Filter):
+    """Drops the loader's "newly initialised" note while a trained run is reopened: its heads are
+    restored from the run's checkpoint right after loading."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "newly initialised" not in str(record.msg)
+
+
+def build_session(cfg: RunConfig, run_dir: Path, *, reopened: bool = False) -> Session:
+    """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh.
+
+    Args:
+      cfg: the run config.
+      run_dir: the run folder (its ``data_cache`` keeps the tokenized splits).
+      reopened: rebuilding a trained run (eval, export, generate): training-time warnings and
+        notes (chat-template fallback, freshly initialised heads) are not repeated.
+    """
     maybe_initialize_distributed(cfg.mesh)
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
-    dataset = _pipeline(cfg, tokenizer, cache_dir=run_dir / "data_cache")
-    num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
-    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
-    param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
-    model = from_pretrained(
-        cfg.model.name_or_path,
-        task=cfg.model.task,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        num_labels=num_labels,
-        mesh=mesh,
-        seed=cfg.run.seed,
-        rng_impl=cfg.train.rng_impl,
-    )
+    dataset = _pipeline(cfg, tokenizer, cache_dir=run_dir / "data_cache", warn=not reopened)
+    quiet = _NoFreshHeadNote() if reopened else None
+    hub_log = logging.getLogger("langtune_jax.models.hub")
+    if quiet:
+        hub_log.addFilter(quiet)
+    try:
+        model = _load_model(cfg, mesh, dataset)
+    finally:
+        if quiet:
+            hub_log.removeFilter(quiet)
     dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
     rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
     model, trainable = apply_peft(model, cfg, rngs)
@@ -153,7 +164,25 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     )
 
 
-def _pipeline(cfg: RunConfig, tokenizer, cache_dir: Path | None = None) -> data_lib.DataPipeline:
+def _load_model(cfg: RunConfig, mesh, dataset) -> nnx.Module:
+    num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
+    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+    param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
+    return from_pretrained(
+        cfg.model.name_or_path,
+        task=cfg.model.task,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        num_labels=num_labels,
+        mesh=mesh,
+        seed=cfg.run.seed,
+        rng_impl=cfg.train.rng_impl,
+    )
+
+
+def _pipeline(
+    cfg: RunConfig, tokenizer, cache_dir: Path | None = None, warn: bool = True
+) -> data_lib.DataPipeline:
     return data_lib.DataPipeline(
         cfg.data,
         cfg.sampling,
@@ -163,6 +192,7 @@ def _pipeline(cfg: RunConfig, tokenizer, cache_dir: Path | None = None) -> data_
         total_samples=cfg.train.steps * cfg.train.batch_size,
         batch_size=cfg.train.batch_size,
         cache_dir=cache_dir,
+        warn=warn,
     )
 
 
