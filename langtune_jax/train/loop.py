@@ -320,6 +320,9 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
             continue
         result = evaluate(session, split_name, eval_step)
         logger.log_eval(step, split_name, _headline(result), result)
+        curve = None
+        if split_name == cfg.eval.split:  # the curves end with this final evaluation
+            curve = [*history, eval_lib.history_entry(result, step)]
         if jax.process_index() == 0:
             out = run_dir / "eval" / split_name
             eval_lib.write_report(
@@ -328,7 +331,7 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
                 config_hash=cfg.hash(),
                 step=step,
                 plan=plan.to_dict(),
-                history=history if split_name == cfg.eval.split else None,
+                history=curve,
                 run_name=cfg.run.name,
                 metric=cfg.eval.metric,
             )

@@ -98,7 +98,7 @@ def test_unknown_or_missing_tracker_is_one_clear_error(tmp_path):
 
 def test_training_run_logs_per_language_curves(assets, tmp_path, capsys):
     cfg = tiny_run_config(
-        assets, name="tb", mesh={"data": 2, "fsdp": 1, "tensor": 1}, steps=4, eval_every=2
+        assets, name="tb", mesh={"data": 8, "fsdp": 1, "tensor": 1}, steps=4, eval_every=2
     )
     run = train(cfg, run_dir=tmp_path / "run")
     tb = read_tensorboard(run / "tensorboard")
@@ -107,4 +107,7 @@ def test_training_run_logs_per_language_curves(assets, tmp_path, capsys):
         assert tb[f"sampling/weight/{lang}"][0][1] == pytest.approx(1 / len(LANGS), abs=1e-3)
     for tag in ("train/loss", "train/learning_rate", "train/tokens_per_s"):
         assert [s for s, _ in tb[tag]] == [2, 4], tag
-    assert "mesh data=2 fsdp=1 tensor=1 over 2 cpu device(s)" in capsys.readouterr().out
+    assert "mesh data=8 fsdp=1 tensor=1 over 8 cpu device(s)" in capsys.readouterr().out
+    # The eval curves end with the final evaluation (step 4), not the last cadence one.
+    report = json.loads((run / "eval/validation/report.json").read_text())
+    assert [h["step"] for h in report["history"]] == [2, 4]
