@@ -153,3 +153,26 @@ def test_tokenized_splits_are_cached_and_keyed_by_the_data(tmp_path, tokenizer, 
     changed = DataPipeline(cfg, SamplingConfig(), tokenizer, task="sequence-classification",
                            cache_dir=cache)  # fmt: skip
     assert changed.train.counts()["sw"] == 2 and len(list(cache.iterdir())) == 1
+
+
+def test_an_in_memory_dataset_run_reopens_from_its_cache(tmp_path, tokenizer):
+    from langtune_jax.config import RunConfig, from_dict
+
+    source = SourceConfig.from_dataset(_classification_dict(), language_column="lang")
+    cfg = from_dict(RunConfig, {"model": {"name_or_path": "m"}})
+    cfg.data = DataConfig(sources=[source])
+    cache = tmp_path / "data_cache"
+    first = DataPipeline(cfg.data, SamplingConfig(), tokenizer, task="sequence-classification",
+                         cache_dir=cache)  # fmt: skip
+    first.split("validation")
+    # What `langtune eval` sees: the config as written to config.yaml, without the object.
+    saved = from_dict(RunConfig, cfg.to_dict())
+    assert saved.data.sources[0].path.startswith("<datasets.DatasetDict ")
+    assert saved.data.sources[0].dataset is None
+    again = DataPipeline(saved.data, SamplingConfig(), tokenizer, task="sequence-classification",
+                         cache_dir=cache)  # fmt: skip
+    assert again.labels == ["sports", "politics", "arts"]
+    assert again.split("validation")[0].counts() == {"en": 4, "sw": 2}
+    # Without the cache the message says what to do.
+    with pytest.raises(DataError, match="pass it again from Python"):
+        DataPipeline(saved.data, SamplingConfig(), tokenizer, task="sequence-classification")
