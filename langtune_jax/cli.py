@@ -141,11 +141,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config_arg(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Recover CONFIG written after ``--set a=1 b=2`` (argparse hands it to --set), or fail."""
-    if getattr(args, "config", "") is None and args.command in ("train", "plan"):
+    if getattr(args, "config", "") is None:
         overrides = getattr(args, "overrides", [])
         if overrides and "=" not in overrides[-1]:
             args.config = overrides.pop()
-        else:
+        elif args.command != "config":  # the only command whose CONFIG is optional
             parser.error(f"{args.command}: the following arguments are required: config")
     for item in getattr(args, "overrides", []):
         if "=" not in item:
