@@ -194,7 +194,8 @@ class Progress:
     def __init__(self, start: int, total: int, *, enabled: bool | None = None):
         from tqdm.auto import tqdm
 
-        enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._enabled = jax.process_index() == 0 if enabled is None else enabled
+        enabled = self._enabled
         self._bar = tqdm(
             total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True
         )
@@ -206,8 +207,9 @@ class Progress:
         self._bar.update(n)
 
     def write(self, line: str) -> None:
-        """Print a line without breaking the bar."""
-        self._bar.write(line)
+        """Print a line without breaking the bar (process 0 only: tqdm.write ignores disable)."""
+        if self._enabled:
+            self._bar.write(line)
 
     def close(self) -> None:
         """Close the bar."""
