@@ -224,7 +224,7 @@ class DataPipeline:
         """The stateless mixture over training examples, shuffled in blocks of `block_size`."""
         if block_size not in self._mixtures:
             self._mixtures[block_size] = LanguageMixture(
-                self.stores, self.probabilities, seed=self.seed, block_size=block_size
+                self.train.examples, self.probabilities, seed=self.seed, block_size=block_size
             )
         return self._mixtures[block_size]
 
