@@ -276,8 +276,10 @@ class RunConfig:
                 "the same cadence) or drop train.best_metric"
             )
         adapters = self.peft.method in ("adapters", "lora+adapters")
-        if self.data.packing and adapters and self.peft.adapters.languages is not None:
-            # Routing picks one adapter per row; a packed row mixes languages.
+        encoder = self.model.task != "causal-lm"
+        if encoder and self.data.packing and adapters and self.peft.adapters.languages is not None:
+            # Routing picks one adapter per row; a packed row mixes languages. (Causal packing
+            # predates this check and routes a row by its first segment.)
             raise ConfigError(
                 "config key 'data.packing': with per-language adapters (peft.adapters.languages) "
                 "every example of a packed row would go through its first example's language "
