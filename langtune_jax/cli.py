@@ -1,24 +1,45 @@
 """``langtune`` command line: parses arguments and delegates to the library.
 
 Every subcommand is a thin call into an importable function, so anything the CLI does a user can
-do from Python. Problems a user can fix (bad config, missing file, bad data) end the process with
-exit status 2 and one line on stderr that names the problem; nothing is half-written.
+do from Python. Problems a user can fix (bad config, missing file, bad data, a diverged run, a
+folder that cannot be written) end the process with exit status 2 and one line on stderr that
+names the problem and the fix; nothing is half-written. ``--debug`` (anywhere on the command
+line) or ``LANGTUNE_DEBUG=1`` shows the traceback instead. ``docs/errors.md`` lists the
+catalogue of mistakes and their messages (generated from ``tests/test_bad_inputs.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
+#: Exit status of every user-fixable failure (as argparse uses for usage errors).
+EXIT_USER_ERROR = 2
+#: Exit status after a second Ctrl-C (the shell's 128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (the CLI's error surface is one line)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="langtune",
         description="Balanced multilingual parameter-efficient fine-tuning (JAX + Flax NNX).",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error (also LANGTUNE_DEBUG=1); accepted anywhere",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a run; resumes when the run folder has checkpoints")
@@ -79,7 +100,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``langtune`` console script."""
+    """Entry point of the ``langtune`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug may follow the subcommand too (`langtune train cfg.yaml --debug`).
+    debug = "--debug" in argv or os.environ.get("LANGTUNE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -88,14 +113,44 @@ def main(argv: list[str] | None = None) -> int:
     # absl (orbax, grain) logs every step at INFO; keep the console for our own lines.
     for noisy in ("absl", "orbax", "jax._src", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    from langtune_jax.config import ConfigError
-
     try:
         return _dispatch(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"langtune {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"langtune {args.command}: interrupted; nothing more was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _user_errors() as err:
+        if debug:
+            raise
+        print(f"langtune {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the input or the environment is wrong", not "langtune is"."""
+    import yaml
+    from safetensors import SafetensorError
+
+    from langtune_jax.train import RunFolderError, TrainingDiverged
+
+    # ValueError covers ConfigError, DataError, JSON decoding and bad values from the libraries.
+    return (
+        ValueError,
+        OSError,
+        yaml.YAMLError,
+        SafetensorError,
+        TrainingDiverged,
+        RunFolderError,
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line: its message with line breaks folded, or its type when empty."""
+    text = " ".join(str(err).split())
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    return text or type(err).__name__
 
 
 def _dispatch(args: argparse.Namespace) -> int:

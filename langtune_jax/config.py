@@ -114,7 +114,9 @@ class TrainConfig:
       eval_every: steps between per-language evaluations; 0 evaluates only at the end.
       checkpoint_every: steps between checkpoints; 0 saves only at the end.
       keep_checkpoints: how many recent checkpoints to keep.
-      best_metric: eval metric (e.g. ``mean_f1``) whose best checkpoint is also kept.
+      best_metric: eval metric whose best checkpoint is also kept: a metric of the task's report
+        (``macro_f1``, ``accuracy``; ``f1`` for token classification; ``perplexity``) or its
+        mean / gap / worst over languages (``macro_f1_mean``; ``mean_f1`` is read the same).
       rng_impl: JAX PRNG implementation of the dropout keys (``jax.random.key(seed, impl=...)``).
         ``threefry4x32`` draws dropout masks about 4x faster than JAX's default ``threefry2x32``
         on CPU (``docs/benchmarks.md``) and is, like it, counter-based and splittable; ``rbg`` /
@@ -165,7 +167,8 @@ class EvalConfig:
       split: split evaluated during training (``eval_every``) and for the final report.
       final_splits: splits evaluated at the end of training, each written to ``eval/<split>/``.
       batch_size: global evaluation batch size (the last batch is padded; padding never counts).
-      metric: headline metric for gap statistics and best-checkpoint selection.
+      metric: headline metric of the reports and plots (``macro_f1``, ``accuracy``, ``f1``,
+        ``perplexity`` ... as the task's report has it); default the task's primary metric.
       source_language: language the cross-lingual transfer gap is measured from (optional).
     """
 
@@ -223,6 +226,47 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+    def __post_init__(self):
+        # Metric names are checked against the task's report now, not after training.
+        from langtune_jax.eval.metrics import canonical_metric
+
+        for key, section, name, statistics in (
+            ("eval.metric", self.eval, "metric", False),
+            ("train.best_metric", self.train, "best_metric", True),
+        ):
+            value = getattr(section, name)
+            if value is None:
+                continue
+            try:
+                setattr(
+                    section, name, canonical_metric(value, self.model.task, statistics=statistics)
+                )
+            except ValueError as err:
+                raise ConfigError(f"config key '{key}': {err}") from None
+        if self.train.best_metric and not self.train.eval_every:
+            raise ConfigError(
+                "config key 'train.best_metric': the best checkpoint is chosen at evaluations, "
+                "but train.eval_every is 0; set train.eval_every (and train.checkpoint_every to "
+                "the same cadence) or drop train.best_metric"
+            )
+        self._normalize_languages()
+
+    def _normalize_languages(self) -> None:
+        """Languages the config names are read in BCP-47 case, as the data's are."""
+        from langtune_jax.data.readers import normalize_language
+
+        if self.eval.source_language is not None:
+            self.eval.source_language = normalize_language(self.eval.source_language)
+        for name in ("weights", "multipliers"):
+            table = getattr(self.sampling, name)
+            normalized = {normalize_language(k): v for k, v in table.items()}
+            if len(normalized) != len(table):
+                raise ConfigError(
+                    f"config key 'sampling.{name}': {', '.join(map(repr, table))} name the same "
+                    "language twice (codes are case-insensitive: EN = en)"
+                )
+            setattr(self.sampling, name, normalized)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe)."""

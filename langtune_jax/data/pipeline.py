@@ -65,6 +65,42 @@ def _local_rows(global_batch: int, process_index: int, process_count: int) -> sl
     return slice(process_index * per, (process_index + 1) * per)
 
 
+def check_eval_languages(split: str, languages: list[str], train_languages: list[str]) -> None:
+    """The one rule for which languages an evaluation split may hold: today, only training
+    languages (a zero-shot allowance would relax it here).
+
+    Raises:
+      DataError: naming the split and the languages train lacks.
+    """
+    unknown = sorted(set(languages) - set(train_languages))
+    if unknown:
+        raise DataError(
+            f"split {split!r} has language(s) {', '.join(map(repr, unknown))} that train "
+            "does not; add training data for them or remove them from the split"
+        )
+
+
+def check_targets(split: str, stores: dict[str, Tokenized], task: str, max_length: int) -> None:
+    """Every language of a split keeps at least one trainable target after truncation.
+
+    Token classification and causal LM carry their targets per token; truncation to
+    `data.max_length` can cut all of them (a prompt longer than `max_length` leaves no response
+    token), and such a language would train on nothing or score as empty.
+
+    Raises:
+      DataError: naming the split, the language and `data.max_length`.
+    """
+    if task == "sequence-classification":
+        return
+    for lang, store in stores.items():
+        if store.token_labels is None or not np.any(store.token_labels != IGNORE):
+            raise DataError(
+                f"split {split!r}, language {lang!r}: no example keeps a target token after "
+                f"truncation to data.max_length={max_length}; raise data.max_length or shorten "
+                "the prompts"
+            )
+
+
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     pi = jax.process_index() if process_index is None else int(process_index)
     pc = jax.process_count() if process_count is None else int(process_count)
@@ -119,6 +155,7 @@ class DataPipeline:
         )
         self.label_to_id = {label: i for i, label in enumerate(self.labels)}
         self.stores = self._tokenize(self.train)
+        check_targets("train", self.stores, task, data_cfg.max_length)
         self.tokens = {lang: int(s.offsets[-1]) for lang, s in self.stores.items()}
         self.plan = self.make_plan(total_samples or 0)
         self.probabilities = self.plan.probabilities
@@ -155,6 +192,7 @@ class DataPipeline:
             tokens=self.tokens,
             skipped=self.train.skipped,
             skipped_reasons=self.train.reasons,
+            notes=self.train.notes(),
         )
 
     # ---------------------------------------------------------------- train
@@ -271,13 +309,10 @@ class DataPipeline:
         if split not in self._eval_cache:
             labels = self.labels if self.task != "causal-lm" else None
             data = load_split(self.data_cfg, split, task=self.task, labels=labels)
-            unknown = sorted(set(data.languages) - set(self.languages))
-            if unknown:
-                raise DataError(
-                    f"split {split!r} has language(s) {', '.join(map(repr, unknown))} that train "
-                    "does not; add training data for them or remove them from the split"
-                )
-            self._eval_cache[split] = (data, self._tokenize(data))
+            check_eval_languages(split, data.languages, self.languages)
+            stores = self._tokenize(data)
+            check_targets(split, stores, self.task, self.data_cfg.max_length)
+            self._eval_cache[split] = (data, stores)
         return self._eval_cache[split]
 
     def has_split(self, split: str) -> bool:

@@ -32,6 +32,32 @@ _FORMATS = {
 }
 
 
+_BOM = b"\xef\xbb\xbf"
+_BCP47_PRIMARY = re.compile(r"^[A-Za-z]{2,3}$")
+
+
+def normalize_language(code: str) -> str:
+    """A language code in BCP-47 case: ``EN`` -> ``en``, ``zh-hant`` -> ``zh-Hant``,
+    ``pt-br`` -> ``pt-BR``.
+
+    Only codes whose first subtag looks like an ISO 639 code (2-3 letters) are changed, so
+    free-form names (``lang_a``) stay as they are. Surrounding whitespace is removed.
+    """
+    code = code.strip()
+    parts = code.split("-")
+    if not _BCP47_PRIMARY.match(parts[0]):
+        return code
+    out = [parts[0].lower()]
+    for part in parts[1:]:
+        if len(part) == 4 and part.isalpha():  # script: Hant, Latn
+            out.append(part.title())
+        elif (len(part) == 2 and part.isalpha()) or (len(part) == 3 and part.isdigit()):
+            out.append(part.upper())  # region: BR, 419
+        else:
+            out.append(part.lower())
+    return "-".join(out)
+
+
 class DataError(ValueError):
     """Bad data or data configuration; the message names file:line or the language and the fix."""
 
@@ -64,6 +90,8 @@ def _read_jsonl(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(_BOM):  # editors on Windows write one
+                raw = raw[len(_BOM) :]
             if not raw.strip():
                 continue
             try:
@@ -82,12 +110,14 @@ def _read_jsonl(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
             yield where, row
 
 
-def _read_csv(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
+def _read_csv(path: str, delimiter: str | None = None) -> Iterator[tuple[str, dict | _BadRow]]:
     with open(path, "rb") as f:
-        # surrogateescape keeps bad bytes visible as lone surrogates, so we can point at the row.
-        text = f.read().decode("utf-8", errors="surrogateescape")
-    delimiter = "\t" if path.endswith(".tsv") else ","
+        raw = f.read()
+    # surrogateescape keeps bad bytes visible as lone surrogates, so we can point at the row.
+    text = raw.removeprefix(_BOM).decode("utf-8", errors="surrogateescape")
+    delimiter = delimiter or ("\t" if path.endswith(".tsv") else ",")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    _check_header(path, reader.fieldnames or [], delimiter)
     line = 1
     for row in reader:
         where = f"{path}:{line + 1}"
@@ -99,6 +129,18 @@ def _read_csv(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
             yield where, _BadRow(where, f"more fields than the header ({len(reader.fieldnames)})")
             continue
         yield where, {k: v for k, v in row.items()}
+
+
+def _check_header(path: str, fields: list[str], delimiter: str) -> None:
+    """A header that does not split on the delimiter means the file uses another one."""
+    if len(fields) != 1:
+        return
+    for other in (";", "\t", "|", ","):
+        if other != delimiter and other in fields[0]:
+            raise DataError(
+                f"{path}:1: the header {fields[0]!r} does not split on {delimiter!r} but does on "
+                f"{other!r}; set delimiter: {other!r} on this entry of data.sources"
+            )
 
 
 def _read_parquet(path: str) -> Iterator[tuple[str, dict | _BadRow]]:

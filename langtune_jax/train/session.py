@@ -21,7 +21,7 @@ from flax import nnx
 from langtune_jax import data as data_lib
 from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
-from langtune_jax.config import RunConfig
+from langtune_jax.config import ConfigError, RunConfig
 from langtune_jax.models import from_pretrained, load_tokenizer
 from langtune_jax.train import mesh as mesh_lib
 from langtune_jax.train.step import make_eval_step, split_model
@@ -61,8 +61,16 @@ def maybe_initialize_distributed(cfg) -> None:
 
 
 def resolve_run_dir(cfg: RunConfig, run_dir: str | Path | None) -> Path:
-    """``--run-dir`` or ``<run.output_dir>/<run.name>``."""
-    return Path(run_dir) if run_dir else Path(cfg.run.output_dir) / cfg.run.name
+    """``--run-dir`` or ``<run.output_dir>/<run.name>``.
+
+    Raises:
+      ConfigError: the path exists and is not a folder.
+    """
+    path = Path(run_dir) if run_dir else Path(cfg.run.output_dir) / cfg.run.name
+    if path.exists() and not path.is_dir():
+        what = "--run-dir" if run_dir else "run.output_dir/run.name"
+        raise ConfigError(f"{what} {path} is a file, not a folder; pass a folder for the run")
+    return path
 
 
 def apply_peft(model: nnx.Module, cfg: RunConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, Any]:
@@ -110,12 +118,22 @@ class Session:
         return self.dataset.labels or None
 
 
-def build_session(cfg: RunConfig, run_dir: Path) -> Session:
-    """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh."""
+def build_session(cfg: RunConfig, run_dir: Path, *, check: bool = True) -> Session:
+    """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh.
+
+    With ``check`` (training) the :func:`~langtune_jax.train.preflight.preflight` checks run
+    after the data is read and before the model is loaded.
+    """
+    from langtune_jax.train.preflight import check_model_config, preflight
+
     maybe_initialize_distributed(cfg.mesh)
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    mesh = _mesh(cfg)
+    if check:
+        check_model_config(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     dataset = _pipeline(cfg, tokenizer)
+    if check:
+        preflight(cfg, dataset, mesh)
     num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
@@ -153,6 +171,13 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     )
 
 
+def _mesh(cfg: RunConfig):
+    try:
+        return mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    except ValueError as err:
+        raise ConfigError(f"config section 'mesh': {err}") from None
+
+
 def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
     return data_lib.DataPipeline(
         cfg.data,
@@ -166,9 +191,19 @@ def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
 
 
 def sampling_plan(cfg: RunConfig) -> data_lib.SamplingPlan:
-    """The sampling plan of a config (``langtune plan``), without loading a model."""
+    """The sampling plan of a config (``langtune plan``), without loading a model.
+
+    Runs the same pre-step-0 checks as training (on this machine's devices), so a plan that
+    prints is a run that starts.
+    """
+    from langtune_jax.train.preflight import check_model_config, preflight
+
+    mesh = _mesh(cfg)
+    check_model_config(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
-    return _pipeline(cfg, tokenizer).plan
+    dataset = _pipeline(cfg, tokenizer)
+    preflight(cfg, dataset, mesh)
+    return dataset.plan
 
 
 # ----------------------------------------------------------------------------- evaluation
