@@ -349,7 +349,7 @@ CASES: list[Case] = [
       lambda w: _train(w, {"sampling": {"strategy": "manual", "weights": {"EN": 1, "en": 2}}}),
       ("'sampling.weights'", "same language twice")),
     C("set-no-equals", "`--set` without `=`", "config",
-      lambda w: _train(w, None, "--set", "train.steps"), ("train.steps", "section.key=value")),
+      lambda w: _train(w, None, "--set", "train.steps"), ("train.steps", "KEY=VALUE")),
     C("set-bad-yaml", "`--set` with a value that is not YAML", "config",
       lambda w: _train(w, None, "--set", "train.steps=[1"), ("train.steps=[1", "not valid YAML")),
     C("set-into-value", "`--set` below a value (`train.steps.x=1`)", "config",

@@ -17,9 +17,14 @@ Batch keys (numpy, per process): input_ids, attention_mask [b, T] int32; token_t
 when the tokenizer gives them; labels [b] (sequence classification) or [b, T] with -100 ignored
 (causal LM: aligned with input_ids, the loss shifts by one as in transformers); language_id [b]
 int32 (index into `DataPipeline.languages`; a packed row's first segment); example_mask [b] int32
-(0 = a padding row of the last eval batch or an empty packed row, else 1); with causal packing
-also segment_ids (1, 2, ... per example, 0 = padding) and position_ids (restarting per segment)
-[b, T]: attention must be causal and within equal segment ids.
+(0 = a padding row of the last eval batch or an empty packed row, else 1). With packing also
+segment_ids [b, T] (1, 2, ... per example, 0 = padding): attention stays within equal segment ids
+(and is causal for causal LM). Causal LM adds position_ids (restarting per segment); encoders
+restart positions from segment_ids themselves. Packed classification adds segment_language
+[b, S] (each segment's language id; S = `num_segments`); sequence classification then has
+labels, example_mask (1 = a real segment) and segment_starts (each segment's first token, the one
+pooled) all [b, S]. Eval packs classification too; `features.unpack_segments` turns packed
+outputs back into one row per example for the per-language metrics.
 """
 
 from __future__ import annotations
@@ -28,20 +33,27 @@ import functools
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import grain
 import jax
 import numpy as np
 
+from langtune_jax.data import cache as cache_lib
 from langtune_jax.data.features import (
     IGNORE,
     Tokenized,
     choose_bucket,
     collate,
+    has_chat_template,
     pack,
+    row_first,
+    segment_counts,
     tokenize,
 )
+from langtune_jax.data.holdout import hold_out_validation
 from langtune_jax.data.mixture import LanguageMixture
+from langtune_jax.data.readers import class_names
 from langtune_jax.data.sampling import SamplingConfig, SamplingPlan, build_plan
 from langtune_jax.data.sources import (
     DataConfig,
@@ -123,10 +135,15 @@ class DataPipeline:
       batch_size: the run's global batch size. With packing a step draws
         `examples_per_step(batch_size)` examples, not `batch_size`, so the plan (expected samples
         and epochs, UniMax's budget) counts `total_samples / batch_size` steps of that many.
+      cache_dir: a folder (the run folder's ``data_cache``) where tokenized splits are kept,
+        keyed by a data + tokenizer fingerprint (`langtune_jax.data.cache`); None = no cache.
+      warn: log the warnings of reading the data (off when reopening a trained run, whose
+        training already showed them).
 
     Attributes:
       languages: sorted training languages (`language_id` indexes this list).
-      labels: label (tag) vocabulary, sorted from train unless `data.labels` gives it.
+      labels: label (tag) vocabulary: `data.labels`, else the `ClassLabel` names of Hugging
+        Face sources (in their order), else the sorted labels of train.
       train: the training `SplitData`; `stores`: language -> `Tokenized` train rows.
       plan: the `SamplingPlan`; `probabilities`: per-draw probability per language.
     """
@@ -141,6 +158,9 @@ class DataPipeline:
         seed: int = 0,
         total_samples: int | None = None,
         batch_size: int | None = None,
+        cache_dir: str | Path | None = None,
+        warn: bool = True,
+        defer_cache: bool = False,
     ):
         self.data_cfg, self.sampling_cfg, self.tokenizer = data_cfg, sampling_cfg, tokenizer
         self.task, self.seed = task, int(seed)
@@ -148,14 +168,27 @@ class DataPipeline:
         self.pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
         )
-        self.train: SplitData = load_split(data_cfg, "train", task=task, labels=data_cfg.labels)
-        self.languages = self.train.languages
-        self.labels = (
-            list(data_cfg.labels) if data_cfg.labels is not None else infer_labels(self.train, task)
+        # With defer_cache, tokenized splits are written only by `commit_cache` (after the run's
+        # checks passed: a refused run leaves its folder untouched).
+        self._pending: list[tuple[str, SplitData, dict[str, Tokenized]]] | None = (
+            [] if defer_cache else None
         )
-        self.label_to_id = {label: i for i, label in enumerate(self.labels)}
-        self.stores = self._tokenize(self.train)
-        check_targets("train", self.stores, task, data_cfg.max_length)
+        self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
+        self._eval_order: dict[str, list[tuple[str, int]]] = {}
+        self._eval_packs_cache: dict[tuple[str, int], list[int]] = {}
+        self._mixtures: dict[int, LanguageMixture] = {}
+        self._cache = (
+            Path(cache_dir) / cache_lib.data_fingerprint(data_cfg, task, tokenizer)
+            if cache_dir is not None
+            else None
+        )
+        cached = cache_lib.load_split(self._cache, "train") if self._cache else None
+        if cached is not None:
+            self.train, self.stores, self.labels = cached
+            self.label_to_id = {label: i for i, label in enumerate(self.labels)}
+        else:
+            self._read_train()
+        self.languages = self.train.languages
         self.tokens = {lang: int(s.offsets[-1]) for lang, s in self.stores.items()}
         self.plan = self.make_plan(total_samples or 0)
         self.probabilities = self.plan.probabilities
@@ -165,11 +198,61 @@ class DataPipeline:
             steps = total_samples // batch_size
             self.plan = self.make_plan(steps * self.examples_per_step(batch_size))
             self.probabilities = self.plan.probabilities
-        for w in self.plan.warnings:
-            log.warning(w)
-        self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
-        self._eval_order: dict[str, list[tuple[str, int]]] = {}
-        self._mixtures: dict[int, LanguageMixture] = {}
+        # The plan's own warnings print with its table (`plan.table()`), once.
+        if warn and self._chat_fallback():
+            log.warning(
+                "the tokenizer has no chat template: chat messages are formatted as "
+                "'role: content' lines, then 'assistant: ' (langtune generate does the same)"
+            )
+
+    def _chat_fallback(self) -> bool:
+        chat = any(s.messages_column for s in self.data_cfg.sources)
+        return self.task == "causal-lm" and chat and not has_chat_template(self.tokenizer)
+
+    def _read_train(self) -> None:
+        """Read, validate and tokenize train (and the held-out validation rows); cache them."""
+        data_cfg, task = self.data_cfg, self.task
+        self.train = load_split(data_cfg, "train", task=task, labels=data_cfg.labels)
+        self.labels = (
+            list(data_cfg.labels)
+            if data_cfg.labels is not None
+            else class_names(data_cfg, task) or infer_labels(self.train, task)
+        )
+        self.label_to_id = {label: i for i, label in enumerate(self.labels)}
+        held = self._hold_out() if data_cfg.validation_fraction > 0 else None
+        self.stores = self._tokenize(self.train)
+        check_targets("train", self.stores, task, data_cfg.max_length)
+        self._save("train", self.train, self.stores)
+        if held is not None:
+            self._eval_cache["validation"] = (held, self._tokenize(held))
+            self._save("validation", *self._eval_cache["validation"])
+
+    def _hold_out(self) -> SplitData:
+        """Carve validation from train (``data.validation_fraction``) when the data has none."""
+        labels = self.labels if self.task != "causal-lm" else None
+        try:
+            load_split(self.data_cfg, "validation", task=self.task, labels=labels)
+        except MissingSplitError:
+            pass
+        else:
+            raise DataError(
+                "data.validation_fraction is set but the data has a validation split; remove "
+                "data.validation_fraction or that split"
+            )
+        self.train, held = hold_out_validation(self.train, self.data_cfg.validation_fraction)
+        return held
+
+    def _save(self, name: str, data: SplitData, stores: dict[str, Tokenized]) -> None:
+        if self._pending is not None:
+            self._pending.append((name, data, stores))
+        elif self._cache is not None and jax.process_index() == 0:
+            cache_lib.save_split(self._cache, name, data, stores, self.labels)
+
+    def commit_cache(self) -> None:
+        """Write the tokenized splits held back by ``defer_cache``; later splits write at once."""
+        pending, self._pending = self._pending or [], None
+        for item in pending:
+            self._save(*item)
 
     def _tokenize(self, split: SplitData) -> dict[str, Tokenized]:
         return {
@@ -223,7 +306,15 @@ class DataPipeline:
 
     @property
     def packing(self) -> bool:
-        return self.data_cfg.packing and self.task == "causal-lm"
+        """Whether batches pack several examples per row (``data.packing``, every task)."""
+        return self.data_cfg.packing
+
+    @property
+    def num_segments(self) -> int | None:
+        """Segment slots per packed classification row: max_length // 2 (every tokenized example
+        has at least [CLS] and [SEP]), so the slot count never drops an example and never changes
+        shape. None for causal LM (its segments need no slots)."""
+        return self.data_cfg.max_length // 2 if self.task != "causal-lm" else None
 
     def _draws(self, step: int, batch_size: int) -> tuple[list[tuple[Tokenized, int]], np.ndarray]:
         m = self.examples_per_step(batch_size)
@@ -235,8 +326,39 @@ class DataPipeline:
 
     def _packed(self, step: int, batch_size: int):
         rows, lang = self._draws(step, batch_size)
-        batch, first, dropped = pack(rows, batch_size, self.data_cfg.max_length, pad_id=self.pad_id)
-        return batch, first, dropped, lang
+        batch, placed, dropped = pack(
+            rows,
+            batch_size,
+            self.data_cfg.max_length,
+            pad_id=self.pad_id,
+            task=self.task,
+            num_segments=self.num_segments,
+        )
+        return batch, placed, dropped, lang
+
+    def _finish_packed(self, batch, placed, lang, local: slice) -> dict[str, np.ndarray]:
+        """Trim a packed global batch to its length bucket, take this process's rows, add the
+        language and mask keys (see the module docstring)."""
+        num_rows = batch["input_ids"].shape[0]
+        used = int(batch["attention_mask"].sum(1).max())
+        t = choose_bucket(used, self.buckets)
+        first = row_first(placed, num_rows)
+        per_segment = {"segment_starts", "segment_mask"}
+        if self.task == "sequence-classification":
+            per_segment.add("labels")  # [R, S]
+        out = {k: v[local] if k in per_segment else v[local, :t] for k, v in batch.items()}
+        # A packed row's language (for routing) is that of its first segment.
+        out["language_id"] = lang[np.maximum(first, 0)][local].astype(np.int32)
+        out["example_mask"] = (first[local] >= 0).astype(np.int32)
+        if self.num_segments is not None:
+            seg_lang = np.zeros((num_rows, self.num_segments), np.int32)
+            ok = placed[:, 0] >= 0
+            seg_lang[placed[ok, 0], placed[ok, 1]] = lang[ok]
+            out["segment_language"] = seg_lang[local]
+            mask = out.pop("segment_mask", None)
+            if mask is not None:  # sequence classification: one target per segment
+                out["example_mask"] = mask
+        return out
 
     def packing_dropped(self, step: int, batch_size: int) -> int:
         """Examples drawn for packed step `step` that fit in no row (0 without packing)."""
@@ -260,14 +382,8 @@ class DataPipeline:
         pi, pc = _processes(process_index, process_count)
         local = _local_rows(batch_size, pi, pc)
         if self.packing:
-            batch, first, _, lang = self._packed(step, batch_size)
-            used = int(batch["attention_mask"].sum(1).max())
-            t = choose_bucket(used, self.buckets)
-            batch = {k: v[local, :t] for k, v in batch.items()}
-            # A packed row's language is that of its first segment.
-            batch["language_id"] = lang[np.maximum(first, 0)][local].astype(np.int32)
-            batch["example_mask"] = (first[local] >= 0).astype(np.int32)
-            return batch
+            batch, placed, _, lang = self._packed(step, batch_size)
+            return self._finish_packed(batch, placed, lang, local)
         rows, lang = self._draws(step, batch_size)
         lengths = np.array([s.offsets[e + 1] - s.offsets[e] for s, e in rows])
         t = choose_bucket(int(lengths.max()), self.buckets)
@@ -306,6 +422,10 @@ class DataPipeline:
         languages not in train are errors (or skipped rows with on_bad_row: skip)."""
         if split == "train":
             return self.train, self.stores
+        if split not in self._eval_cache and self._cache is not None:
+            cached = cache_lib.load_split(self._cache, split)
+            if cached is not None:
+                self._eval_cache[split] = cached[:2]
         if split not in self._eval_cache:
             labels = self.labels if self.task != "causal-lm" else None
             data = load_split(self.data_cfg, split, task=self.task, labels=labels)
@@ -313,6 +433,7 @@ class DataPipeline:
             stores = self._tokenize(data)
             check_targets(split, stores, self.task, self.data_cfg.max_length)
             self._eval_cache[split] = (data, stores)
+            self._save(split, *self._eval_cache[split])
         return self._eval_cache[split]
 
     def has_split(self, split: str) -> bool:
@@ -323,7 +444,30 @@ class DataPipeline:
             return False
         return True
 
+    def _order(self, split: str) -> list[tuple[str, int]]:
+        """Every (language, row) of an eval split: languages sorted, file order inside."""
+        data, stores = self.split(split)
+        if split not in self._eval_order:
+            self._eval_order[split] = [
+                (lang, r) for lang in data.languages for r in range(len(stores[lang]))
+            ]
+        return self._eval_order[split]
+
+    def _eval_packs(self, split: str, batch_size: int) -> list[int]:
+        """Start of every packed eval batch in the split's order (and the end, last)."""
+        key = (split, batch_size)
+        if key not in self._eval_packs_cache:
+            _, stores = self.split(split)
+            per_lang = {lang: store.lengths for lang, store in stores.items()}
+            lengths = [int(per_lang[lang][r]) for lang, r in self._order(split)]
+            sizes = segment_counts(lengths, batch_size, self.data_cfg.max_length, self.num_segments)
+            self._eval_packs_cache[key] = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        return self._eval_packs_cache[key]
+
     def num_eval_batches(self, split: str, batch_size: int) -> int:
+        """Global eval batches that hold every example of `split` once."""
+        if self.packing and self.task != "causal-lm":
+            return len(self._eval_packs(split, batch_size)) - 1
         data, _ = self.split(split)
         return -(-sum(data.counts().values()) // batch_size)
 
@@ -336,15 +480,27 @@ class DataPipeline:
         process_index: int | None = None,
         process_count: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """This process's rows of global eval batch k (languages sorted, file order inside)."""
+        """This process's rows of global eval batch k (languages sorted, file order inside).
+
+        With packing (classification tasks) the batch packs the next examples in order into
+        `batch_size` rows, as many as fit; nothing is dropped (see `unpack_segments`).
+        """
         pi, pc = _processes(process_index, process_count)
         local = _local_rows(batch_size, pi, pc)
-        data, stores = self.split(split)
-        if split not in self._eval_order:
-            self._eval_order[split] = [
-                (lang, r) for lang in data.languages for r in range(len(stores[lang]))
-            ]
-        order = self._eval_order[split]
+        _, stores = self.split(split)
+        order = self._order(split)
+        lang_index = {lang: i for i, lang in enumerate(self.languages)}
+        if self.packing and self.task != "causal-lm":
+            bounds = self._eval_packs(split, batch_size)
+            part = order[bounds[k] : bounds[k + 1]]
+            rows = [(stores[lang], r) for lang, r in part]
+            lang = np.array([lang_index[g] for g, _ in part], np.int32)
+            batch, placed, dropped = pack(
+                rows, batch_size, self.data_cfg.max_length, pad_id=self.pad_id,
+                task=self.task, num_segments=self.num_segments,
+            )  # fmt: skip
+            assert dropped == 0, "eval packing layout and pack() disagree"
+            return self._finish_packed(batch, placed, lang, local)
         part = order[k * batch_size : (k + 1) * batch_size]
         real = len(part)
         part = part + [part[0]] * (batch_size - real)  # filler rows, masked out below
@@ -357,7 +513,6 @@ class DataPipeline:
             batch["labels"] = np.where(mask > 0, batch["labels"], 0).astype(np.int32)
         else:
             batch["labels"] = np.where(mask[:, None] > 0, batch["labels"], IGNORE).astype(np.int32)
-        lang_index = {lang: i for i, lang in enumerate(self.languages)}
         batch["language_id"] = np.array([lang_index[lang] for lang, _ in part], np.int32)[local]
         batch["example_mask"] = mask
         return batch

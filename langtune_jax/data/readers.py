@@ -151,29 +151,98 @@ def _read_parquet(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
         yield f"{path}:row {i}", row
 
 
-def _read_hf(src: SourceConfig, split: str) -> Iterator[tuple[str, dict | _BadRow]]:
-    """Opens the split eagerly (so a missing split fails here), then yields its rows."""
+def open_hf(src: SourceConfig, split: str) -> Any:
+    """The ``datasets.Dataset`` of one split of a ``format: hf`` source, opened eagerly (so a
+    missing split fails here): an in-memory ``Dataset``/``DatasetDict`` given from Python, a
+    ``save_to_disk`` folder, or a Hub dataset name.
+
+    Raises:
+      MissingSplitError: the source has no such split.
+    """
     import datasets
 
     hf_split = src.hf_split.replace("{split}", split)
     path = src.path.replace("{split}", split)
-    if os.path.isdir(path):
+    ds = src.dataset
+    if ds is None and path.startswith("<datasets."):
+        raise DataError(
+            f"{path}: this run read an in-memory datasets object, which a config file cannot "
+            "hold; pass it again from Python (SourceConfig.from_dataset) or keep the run "
+            "folder's data_cache"
+        )
+    if ds is None and os.path.isdir(path):
         ds = datasets.load_from_disk(path)
-        if isinstance(ds, datasets.DatasetDict):
-            if hf_split not in ds:
-                raise MissingSplitError(
-                    f"{path}: no split {hf_split!r} (has {', '.join(ds)}); set "
-                    "data.sources[].hf_split or split_names"
-                )
-            ds = ds[hf_split]
-    else:
+    if ds is None:
         try:
-            ds = datasets.load_dataset(path, src.hf_config, split=hf_split)
+            return datasets.load_dataset(path, src.hf_config, split=hf_split)
         except ValueError as e:  # datasets raises ValueError for an unknown split
             if "split" in str(e).lower():
                 raise MissingSplitError(f"{path}: {e}") from e
             raise
-    return ((f"{path}[{hf_split}]:row {i}", row) for i, row in enumerate(ds))
+    if isinstance(ds, datasets.DatasetDict):
+        if hf_split not in ds:
+            raise MissingSplitError(
+                f"{path}: no split {hf_split!r} (has {', '.join(ds)}); set "
+                "data.sources[].hf_split or split_names"
+            )
+        ds = ds[hf_split]
+    elif src.dataset is not None and src.splits == []:
+        raise DataError(
+            f"{path}: a single datasets.Dataset has no splits; pass a DatasetDict or set the "
+            "source's splits (e.g. [train])"
+        )
+    return ds
+
+
+def class_label_names(ds: Any, column: str) -> list[str] | None:
+    """The ``ClassLabel`` names of ``column`` (or of its items, for a list of tags), else None."""
+    import datasets
+
+    feature = ds.features.get(column) if getattr(ds, "features", None) else None
+    feature = getattr(feature, "feature", feature)  # List(ClassLabel) / Sequence(ClassLabel)
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def class_names(data_cfg: Any, task: str) -> list[str] | None:
+    """The label (tag) vocabulary in ``ClassLabel`` order, when every training source is a
+    Hugging Face dataset whose label (tags) column is a ``ClassLabel`` with the same names;
+    else None (the vocabulary is then the sorted labels of train)."""
+    if task == "causal-lm":
+        return None
+    found = []
+    for src in data_cfg.sources:
+        if src.splits and "train" not in src.splits:
+            continue
+        if src.format != "hf":
+            return None
+        ds = open_hf(src, data_cfg.split_names.get("train", "train"))
+        column = src.label_column if task == "sequence-classification" else src.tags_column
+        names = class_label_names(ds, column)
+        if names is None:
+            return None
+        found.append(names)
+    return found[0] if found and all(f == found[0] for f in found) else None
+
+
+def _read_hf(src: SourceConfig, split: str) -> Iterator[tuple[str, dict | _BadRow]]:
+    """Opens the split eagerly, then yields its rows with ``ClassLabel`` ids turned into names
+    (labels, per-token tags, or any other class column such as a language id)."""
+    ds = open_hf(src, split)
+    where = f"{src.path.replace('{split}', split)}[{src.hf_split.replace('{split}', split)}]"
+    names = {c: n for c in ds.column_names if (n := class_label_names(ds, c)) is not None}
+    return ((f"{where}:row {i}", _named(row, names)) for i, row in enumerate(ds))
+
+
+def _named(row: dict, names: dict[str, list[str]]) -> dict:
+    for column, vocab in names.items():
+        value = row.get(column)
+        if isinstance(value, int) and 0 <= value < len(vocab):
+            row[column] = vocab[value]
+        elif isinstance(value, list):
+            row[column] = [
+                vocab[v] if isinstance(v, int) and 0 <= v < len(vocab) else v for v in value
+            ]
+    return row
 
 
 # --------------------------------------------------------------------------------------------

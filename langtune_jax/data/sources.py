@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from langtune_jax.data.readers import (
     TASKS,
@@ -88,6 +88,31 @@ class SourceConfig:
     response_column: str = "response"
     messages_column: str | None = None
     delimiter: str | None = None
+    # An in-memory ``datasets.Dataset`` / ``DatasetDict`` (Python only, see `from_dataset`); not a
+    # config key: it cannot be written to YAML.
+    dataset: ClassVar[Any] = None
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, **options: Any) -> SourceConfig:
+        """A source reading an in-memory Hugging Face ``datasets.Dataset`` or ``DatasetDict``.
+
+        Args:
+          dataset: a ``DatasetDict`` (its splits are the run's splits, mapped by `hf_split`) or a
+            ``Dataset`` (give `splits`, e.g. ``["train"]``).
+          **options: other `SourceConfig` fields (columns, `language`, `splits` ...).
+
+        The run folder's ``config.yaml`` records the dataset's fingerprint as the path; ``langtune
+        eval``/``export`` of such a run read its tokenized splits from the run folder's cache.
+        """
+        if not hasattr(dataset, "column_names"):
+            raise ValueError(
+                f"SourceConfig.from_dataset needs a datasets.Dataset or DatasetDict, got "
+                f"{type(dataset).__name__}"
+            )
+        options.setdefault("path", _dataset_label(dataset))
+        src = cls(format="hf", **options)
+        src.dataset = dataset
+        return src
 
     def __post_init__(self):
         if self.delimiter is not None and len(self.delimiter) != 1:
@@ -114,10 +139,13 @@ class DataConfig:
       length_buckets: padded lengths a batch may take (each <= max_length; max_length is always
         one); empty = max_length/4, /2 and max_length. Few buckets = few recompiles.
       labels: label vocabulary (tags for token classification); None = sorted labels of train.
-      packing: causal LM only: pack several examples per row (segment_ids, position_ids).
+      packing: pack several examples per row, train and eval (segment ids, per-segment
+        positions; classification pools / labels per segment): no padding compute.
       on_bad_row: error (stop with file:line) or skip (skip and count).
       dedupe: drop exact duplicate rows within a language of a split (the plan counts them
         either way).
+      validation_fraction: when the data has no validation split, hold out this fraction of
+        each language's training examples as one (the same rows whatever the run seed); 0 = off.
     """
 
     sources: list[SourceConfig] = dataclasses.field(default_factory=list)
@@ -128,11 +156,14 @@ class DataConfig:
     packing: bool = False
     on_bad_row: Literal["error", "skip"] = "error"
     dedupe: bool = False
+    validation_fraction: float = 0.0
 
     def __post_init__(self):
-        self.sources = [
-            s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources
-        ]
+        self.sources = [_as_source(s) for s in self.sources]
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(
+                f"data.validation_fraction must be in [0, 1) (got {self.validation_fraction})"
+            )
         if self.max_length < 2:
             raise ValueError(f"data.max_length must be >= 2 (got {self.max_length})")
         for b in self.length_buckets:
@@ -152,6 +183,22 @@ class DataConfig:
         else:
             b = {max(8, -(-self.max_length // 4)), max(8, -(-self.max_length // 2))}
         return sorted({x for x in b if x <= self.max_length} | {self.max_length})
+
+
+def _as_source(item: Any) -> SourceConfig:
+    """A `SourceConfig` from itself, a plain mapping, or a ``datasets.Dataset``/``DatasetDict``."""
+    if isinstance(item, SourceConfig):
+        return item
+    if hasattr(item, "column_names"):  # a Hugging Face datasets object
+        return SourceConfig.from_dataset(item)
+    return SourceConfig(**item)
+
+
+def _dataset_label(dataset: Any) -> str:
+    """``<datasets.DatasetDict 1a2b...>``: the path a config records for an in-memory dataset."""
+    parts = dataset.values() if hasattr(dataset, "values") else [dataset]
+    prints = "+".join(str(getattr(d, "_fingerprint", "?")) for d in parts)
+    return f"<datasets.{type(dataset).__name__} {prints}>"
 
 
 @dataclasses.dataclass

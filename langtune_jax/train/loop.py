@@ -5,8 +5,9 @@ validate the data, print the sampling plan, load the pretrained model, wrap it w
 split it into trainable / frozen / mutable state placed on the mesh, restore the newest checkpoint
 of the run folder if there is one (exact resume: the data position is the step number), then run the
 jitted step with a progress bar, ``metrics.jsonl`` + TensorBoard logging, per-language evaluation on
-cadence, checkpoints, a SIGTERM handler (save, then exit 0: preemptible Cloud TPU VMs) and a NaN
-guard (stop with a clear message; the last good checkpoint stays). At the end it writes the
+cadence, checkpoints, a SIGTERM / SIGINT handler (save, then exit 0: preemptible Cloud TPU VMs,
+Ctrl-C) and a divergence guard (a NaN/inf loss, or one past ``DIVERGENCE_FACTOR`` times the first
+step's: stop with a clear message; the last good checkpoint stays). At the end it writes the
 per-language reports and exports the adapter. Set-up is :mod:`langtune_jax.train.session`;
 reopening a finished run (eval, export) is :mod:`langtune_jax.train.runs`.
 
@@ -93,7 +94,8 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     new = cfg.to_dict()
     # Cadence, step count and evaluation may change on resume; the rest may not.
     free = {("train", k) for k in ("steps", "log_every", "eval_every", "checkpoint_every")}
-    free |= {("eval", k) for k in new["eval"]} | {("run", "output_dir"), ("run", "name")}
+    free |= {("eval", k) for k in new["eval"]}
+    free |= {("run", k) for k in ("output_dir", "name", "trackers")}
     # How processes meet is per launch (config.yaml holds process 0's process_id and port).
     free |= {
         ("mesh", k) for k in ("distributed", "coordinator_address", "num_processes", "process_id")
@@ -250,10 +252,14 @@ def _train(cfg: RunConfig, run_dir: Path) -> Path:
         param_shardings=session.shardings,
         routing=session.routing,
     )
-    logger = MetricsLogger(run_dir)
+    logger = MetricsLogger(
+        run_dir, trackers=cfg.run.trackers, name=cfg.run.name, config=cfg.to_dict()
+    )
     history: list[dict[str, Any]] = []
     batches = session.dataset.train_batches(tcfg.batch_size, start_step=start)
     progress = Progress(start, tcfg.steps)
+    progress.write(_mesh_line(session.mesh))
+    logger.log(start, "sampling", {"weight": dict(session.dataset.probabilities)})
     step = start
     all_finite = jnp.bool_(True)
     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
@@ -308,7 +314,7 @@ def _train(cfg: RunConfig, run_dir: Path) -> Path:
                     result = evaluate(session, cfg.eval.split, eval_step)
                     eval_metrics = _headline(result)
                     history.append(eval_lib.history_entry(result, step))
-                    logger.log(step, "eval", {"split": cfg.eval.split, **eval_metrics})
+                    logger.log_eval(step, cfg.eval.split, eval_metrics, result)
                     progress.write(f"step {step}: " + _one_line(eval_metrics))
                 if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
                     save(step, eval_metrics)
@@ -338,6 +344,16 @@ def _lr(tcfg, step: int) -> float:
     return float(make_schedule(tcfg)(step))
 
 
+def _mesh_line(mesh) -> str:
+    """``mesh data=8 fsdp=1 tensor=1 over 8 cpu devices (1 process)``: shown once at start."""
+    axes = " ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    kinds = sorted({d.platform for d in mesh.devices.flat})
+    return (
+        f"mesh {axes} over {mesh.devices.size} {'/'.join(kinds)} device(s) "
+        f"({jax.process_count()} process(es))"
+    )
+
+
 def _headline(result: dict[str, Any]) -> dict[str, float]:
     """Flat scalar metrics of an eval result for logs and best-checkpoint selection."""
     out = {}
@@ -363,7 +379,10 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
             log.warning("no %r split in the data: skipped in the final report", split_name)
             continue
         result = evaluate(session, split_name, eval_step)
-        logger.log(step, "eval", {"split": split_name, **_headline(result)})
+        logger.log_eval(step, split_name, _headline(result), result)
+        curve = None
+        if split_name == cfg.eval.split:  # the curves end with this final evaluation
+            curve = [*history, eval_lib.history_entry(result, step)]
         if jax.process_index() == 0:
             out = run_dir / "eval" / split_name
             eval_lib.write_report(
@@ -372,7 +391,7 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
                 config_hash=cfg.hash(),
                 step=step,
                 plan=plan.to_dict(),
-                history=history if split_name == cfg.eval.split else None,
+                history=curve,
                 run_name=cfg.run.name,
                 metric=cfg.eval.metric,
             )

@@ -44,7 +44,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, Session]:
     cfg.mesh = dataclasses.replace(
         cfg.mesh, distributed=None, coordinator_address=None, num_processes=None, process_id=None
     )
-    session = build_session(cfg, run_dir, check=False)
+    session = build_session(cfg, run_dir, check=False, reopened=True)
     tx = make_optimizer(cfg.train)
     opt_state = tx.init(session.split.trainable)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)

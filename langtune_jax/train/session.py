@@ -23,6 +23,7 @@ from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
 from langtune_jax.config import ConfigError, RunConfig
 from langtune_jax.models import from_pretrained, load_tokenizer
+from langtune_jax.models.common import set_remat
 from langtune_jax.train import mesh as mesh_lib
 from langtune_jax.train.step import make_eval_step, split_model
 
@@ -118,11 +119,26 @@ class Session:
         return self.dataset.labels or None
 
 
-def build_session(cfg: RunConfig, run_dir: Path, *, check: bool = True) -> Session:
+class _NoFreshHeadNote(logging.Filter):
+    """Drops the loader's "newly initialised" note while a trained run is reopened: its heads are
+    restored from the run's checkpoint right after loading."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "newly initialised" not in str(record.msg)
+
+
+def build_session(
+    cfg: RunConfig, run_dir: Path, *, check: bool = True, reopened: bool = False
+) -> Session:
     """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh.
 
-    With ``check`` (training) the :func:`~langtune_jax.train.preflight.preflight` checks run
-    after the data is read and before the model is loaded.
+    Args:
+      cfg: the run config.
+      run_dir: the run folder (its ``data_cache`` keeps the tokenized splits).
+      check: run the :func:`~langtune_jax.train.preflight.preflight` checks (training) after the
+        data is read and before the model is loaded.
+      reopened: rebuilding a trained run (eval, export, generate): training-time warnings and
+        notes (chat-template fallback, freshly initialised heads) are not repeated.
     """
     from langtune_jax.train.preflight import check_model_config, preflight
 
@@ -131,25 +147,24 @@ def build_session(cfg: RunConfig, run_dir: Path, *, check: bool = True) -> Sessi
     if check:
         check_model_config(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
-    dataset = _pipeline(cfg, tokenizer)
+    dataset = _pipeline(
+        cfg, tokenizer, cache_dir=run_dir / "data_cache", warn=not reopened, defer_cache=check
+    )
     if check:
         preflight(cfg, dataset, mesh)
-    num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
-    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
-    param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
-    model = from_pretrained(
-        cfg.model.name_or_path,
-        task=cfg.model.task,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        num_labels=num_labels,
-        mesh=mesh,
-        seed=cfg.run.seed,
-        rng_impl=cfg.train.rng_impl,
-    )
+    quiet = _NoFreshHeadNote() if reopened else None
+    hub_log = logging.getLogger("langtune_jax.models.hub")
+    if quiet:
+        hub_log.addFilter(quiet)
+    try:
+        model = _load_model(cfg, mesh, dataset)
+    finally:
+        if quiet:
+            hub_log.removeFilter(quiet)
     dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
     rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
     model, trainable = apply_peft(model, cfg, rngs)
+    set_remat(model, cfg.train.remat)
     split = split_model(model, trainable)
     shardings = {
         name: mesh_lib.state_shardings(getattr(split, name), mesh)
@@ -158,6 +173,7 @@ def build_session(cfg: RunConfig, run_dir: Path, *, check: bool = True) -> Sessi
     split.trainable = jax.device_put(split.trainable, shardings["trainable"])
     split.frozen = jax.device_put(split.frozen, shardings["frozen"])
     split.mutable = jax.device_put(split.mutable, shardings["mutable"])
+    dataset.commit_cache()  # the run's checks passed and its model loaded
     return Session(
         cfg,
         run_dir,
@@ -178,7 +194,29 @@ def _mesh(cfg: RunConfig):
         raise ConfigError(f"config section 'mesh': {err}") from None
 
 
-def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
+def _load_model(cfg: RunConfig, mesh, dataset) -> nnx.Module:
+    num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
+    dtype = jnp.bfloat16 if cfg.model.compute_dtype() == "bfloat16" else jnp.float32
+    param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
+    return from_pretrained(
+        cfg.model.name_or_path,
+        task=cfg.model.task,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        num_labels=num_labels,
+        mesh=mesh,
+        seed=cfg.run.seed,
+        rng_impl=cfg.train.rng_impl,
+    )
+
+
+def _pipeline(
+    cfg: RunConfig,
+    tokenizer,
+    cache_dir: Path | None = None,
+    warn: bool = True,
+    defer_cache: bool = False,
+) -> data_lib.DataPipeline:
     return data_lib.DataPipeline(
         cfg.data,
         cfg.sampling,
@@ -187,6 +225,9 @@ def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
         seed=cfg.run.seed,
         total_samples=cfg.train.steps * cfg.train.batch_size,
         batch_size=cfg.train.batch_size,
+        cache_dir=cache_dir,
+        warn=warn,
+        defer_cache=defer_cache,
     )
 
 
@@ -230,5 +271,7 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
         out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
         host = multihost_utils.process_allgather({**out, **batch}, tiled=True)
         host = {k: np.asarray(v) for k, v in host.items()}
+        if "segment_language" in host:  # packed classification: one entry per example again
+            host = data_lib.unpack_segments(host, cfg.model.task)
         acc.update(host)
     return acc.compute(source_language=cfg.eval.source_language)
