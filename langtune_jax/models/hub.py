@@ -354,7 +354,7 @@ def from_pretrained(
         for p, v in flat
         if type(v) is nnx.Param
     }
-    found, _ = _match(abstract, params, ckpt)
+    found, fresh = _match(abstract, params, ckpt)
     shardings = {tuple(p): _sharding(v, mesh, rules) for p, v in flat} if mesh is not None else {}
 
     # Dropout RNG streams get distinct keys folded from the seed (no model build needed). Other
@@ -407,6 +407,12 @@ def from_pretrained(
             ))  # fmt: skip
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     model.eval()
+    # Which optional modules (task heads, a pooler) start random: PEFT defaults train them, and a
+    # run warns when one stays frozen.
+    optional = tuple(getattr(model, "init_if_missing", getattr(model, "head_modules", ())))
+    model.fresh_modules = tuple(
+        o for o in optional if any(k == o or k.startswith(o + ".") for k in fresh)
+    )
     return model
 
 
