@@ -95,6 +95,21 @@ class Checkpointer:
             force=force,
         )
 
+    def best_step(self, metric: str, mode: str = "max") -> int | None:
+        """The step whose saved eval ``metric`` is best (``mode`` ``"max"``/``"min"``); ``None``
+        when no checkpoint was saved with that metric."""
+        scored = []
+        for step in self.all_steps():
+            try:
+                metrics = self._manager.metrics(step) or {}
+            except Exception:  # noqa: BLE001 - a checkpoint without readable metrics is skipped
+                continue
+            if isinstance(metrics.get(metric), (int, float)):
+                scored.append((float(metrics[metric]), step))
+        if not scored:
+            return None
+        return (max(scored) if mode == "max" else min(scored))[1]
+
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
         self._manager.wait_until_finished()
