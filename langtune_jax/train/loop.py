@@ -272,6 +272,7 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
             "data_position": step_now,
             "fingerprint": fp,
             "history": list(history),
+            "metrics": metrics,
         }
         ckpt.save(step_now, (split.trainable, opt_state, split.mutable), record, metrics)
         saved[0] = step_now
