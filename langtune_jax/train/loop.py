@@ -12,7 +12,8 @@ reopening a finished run (eval, export) is :mod:`langtune_jax.train.runs`.
 
 Run folder::
 
-    config.yaml   resolved config          plan.json      sampling plan
+    config.yaml   resolved config          plan.json      sampling plan (+ --extend segments)
+    run.json      fingerprint, segments    train.lock     pid and host while training
     metrics.jsonl train/eval records       tensorboard/   event files
     checkpoints/  Orbax steps              eval/<split>/  report.json, report.md, *.png
     adapter/      PEFT-format LoRA adapter (or adapter-only weights for bottleneck adapters)

@@ -63,7 +63,11 @@ def check_run_folder(run_dir: Path) -> None:
         return
     if not run_dir.is_dir():
         raise RunFolderError(f"--run-dir {run_dir} is a file, not a folder; pick a new folder")
-    entries = sorted(p.name for p in run_dir.iterdir())
+    # The lock (and its temporary twin) may already be there: process 0 of a multi-host run
+    # takes it while the others check the folder.
+    entries = sorted(
+        p.name for p in run_dir.iterdir() if not p.name.lstrip(".").startswith(LOCK_FILE)
+    )
     if not entries or is_run_folder(run_dir):
         return
     shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")

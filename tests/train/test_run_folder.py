@@ -255,3 +255,28 @@ def test_a_frozen_fresh_weight_warns_once(assets, tmp_path, caplog):
         warn_frozen_fresh(session.model, session.split.trainable_filter)
     lines = [r.message for r in caplog.records if "freshly initialised" in r.message]
     assert len(lines) == 1 and lines[0].startswith("bert.pooler ")
+
+
+def test_apply_lora_trains_the_head_and_fresh_pooler_of_a_classifier_by_default(assets):
+    from flax import nnx
+
+    from langtune_jax.models import from_pretrained
+    from langtune_jax.peft import LoraConfig, apply_lora, trainable_filter
+
+    model = from_pretrained(assets / "model", task="sequence-classification", num_labels=2)
+    assert model.fresh_modules == ("classifier", "bert.pooler")
+    apply_lora(model, LoraConfig(r=2))
+    paths = {
+        ".".join(map(str, p))
+        for p, _ in nnx.to_flat_state(nnx.state(model, trainable_filter(model)))
+    }
+    assert {"classifier.kernel", "bert.pooler.dense.kernel"} <= paths
+    assert not any("word_embeddings" in p for p in paths)
+    # An explicit PEFT config is PEFT's: SEQ_CLS trains the classifier, not the pooler.
+    model = from_pretrained(assets / "model", task="sequence-classification", num_labels=2)
+    apply_lora(model, LoraConfig(r=2, task_type="SEQ_CLS"))
+    paths = {
+        ".".join(map(str, p))
+        for p, _ in nnx.to_flat_state(nnx.state(model, trainable_filter(model)))
+    }
+    assert "classifier.kernel" in paths and "bert.pooler.dense.kernel" not in paths
