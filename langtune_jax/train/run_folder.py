@@ -41,7 +41,7 @@ LOCK_FILE = "train.lock"
 FINAL_FLAG = "final"
 
 
-class RunFolderError(ConfigError):
+class RunFolderRefused(ConfigError):
     """The run folder cannot be used as asked (foreign files, locked, or holds another run)."""
 
 
@@ -57,12 +57,12 @@ def check_run_folder(run_dir: Path) -> None:
     """Refuse a ``--run-dir`` that exists and holds files that are not a langtune run.
 
     Raises:
-      RunFolderError: naming a few of the foreign entries and the fix.
+      RunFolderRefused: naming a few of the foreign entries and the fix.
     """
     if not run_dir.exists():
         return
     if not run_dir.is_dir():
-        raise RunFolderError(f"--run-dir {run_dir} is a file, not a folder; pick a new folder")
+        raise RunFolderRefused(f"--run-dir {run_dir} is a file, not a folder; pick a new folder")
     # The lock (and its temporary twin) may already be there: process 0 of a multi-host run
     # takes it while the others check the folder.
     entries = sorted(
@@ -71,7 +71,7 @@ def check_run_folder(run_dir: Path) -> None:
     if not entries or is_run_folder(run_dir):
         return
     shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
-    raise RunFolderError(
+    raise RunFolderRefused(
         f"{run_dir} holds files that are not a langtune run ({shown}); nothing was written: "
         "pass a new or empty --run-dir"
     )
@@ -117,7 +117,7 @@ class RunLock:
         self._held = False
 
     def acquire(self) -> None:
-        """Take the lock, or raise :class:`RunFolderError` when a live process holds it."""
+        """Take the lock, or raise :class:`RunFolderRefused` when a live process holds it."""
         me = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -134,7 +134,7 @@ class RunLock:
                     continue
                 self._held = True
                 return
-            raise RunFolderError(f"could not take the lock {self.path}; retry")
+            raise RunFolderRefused(f"could not take the lock {self.path}; retry")
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -156,7 +156,7 @@ class RunLock:
             )
             self.path.unlink(missing_ok=True)
             return
-        raise RunFolderError(
+        raise RunFolderRefused(
             f"{self.path.parent} is in use: process {pid} on {host} is training in it (since "
             f"{holder.get('since')}); wait for it to finish, or if that process is gone, delete "
             f"{self.path}"
@@ -262,7 +262,7 @@ def check_fingerprint(
     """Refuse to resume when the recorded fingerprint ``old`` differs from ``new``.
 
     Raises:
-      RunFolderError: one line naming each change (old → new) and the two ways out.
+      RunFolderRefused: one line naming each change (old → new) and the two ways out.
     """
     if not old:
         return
@@ -272,7 +272,7 @@ def check_fingerprint(
         if k in old and old[k] != new[k]
     ]
     if changes:
-        raise RunFolderError(
+        raise RunFolderRefused(
             f"{run_dir} holds a run trained on different inputs ({'; '.join(changes)}); "
             + ways_out(run_dir)
         )
@@ -351,7 +351,7 @@ def restore_or_refuse(
       the eval history recorded with it.
 
     Raises:
-      RunFolderError: the fingerprint in ``run.json`` or in the checkpoint differs, or there are
+      RunFolderRefused: the fingerprint in ``run.json`` or in the checkpoint differs, or there are
         checkpoints but none can be read into this run's state. Nothing is written before.
     """
     info = read_run_file(run_dir) or {}
@@ -363,7 +363,7 @@ def restore_or_refuse(
         return 0, None, []
     restored = ckpt.restore_latest(abstract_state)
     if restored is None:
-        raise RunFolderError(
+        raise RunFolderRefused(
             f"none of the checkpoints in {ckpt.directory} (steps {', '.join(map(str, steps))}) "
             "can be read into this run's state (corrupt, or saved for another model, label set or "
             "PEFT method); " + ways_out(run_dir)
@@ -379,11 +379,11 @@ def check_steps_change(run_dir: Path, old_steps: int | None, new_steps: int, ext
     """Refuse a resume that changes ``train.steps`` unless ``--extend`` is given.
 
     Raises:
-      RunFolderError: saying what would change and the ways out.
+      RunFolderRefused: saying what would change and the ways out.
     """
     if old_steps is None or old_steps == new_steps or extend:
         return
-    raise RunFolderError(
+    raise RunFolderRefused(
         f"{run_dir} holds checkpoints of a run of train.steps={old_steps}; resuming it with "
         f"train.steps={new_steps} would restart the learning-rate schedule and recompute the "
         "sampling plan mid-run: rerun with --extend to continue from its last step with the "
@@ -406,11 +406,11 @@ def extend_segments(
     ``segments`` and holds the new plan at the top level.
 
     Raises:
-      RunFolderError: the new plan draws languages with other probabilities (a total-dependent
+      RunFolderRefused: the new plan draws languages with other probabilities (a total-dependent
         strategy such as UniMax): the stateless mixture cannot switch weights mid-run yet.
     """
     if new_steps <= start:
-        raise RunFolderError(
+        raise RunFolderRefused(
             f"--extend to train.steps={new_steps}: {run_dir} is already at step {start}; give a "
             "larger train.steps"
         )
@@ -428,7 +428,7 @@ def extend_segments(
     new_p = {r["language"]: r["probability"] for r in new["languages"]}
     if old_p and any(abs(old_p.get(k, -1.0) - v) > 1e-9 for k, v in new_p.items()):
         diffs = ", ".join(f"{k} {old_p.get(k, 0):.4f} → {v:.4f}" for k, v in new_p.items())
-        raise RunFolderError(
+        raise RunFolderRefused(
             f"--extend to train.steps={new_steps} changes the sampling probabilities of "
             f"{run_dir} ({diffs}; sampling.strategy={new['strategy']} depends on the run "
             "length); continuing with another mixture mid-run is not supported: set "
