@@ -63,7 +63,7 @@ def load_run(
     cfg.mesh = dataclasses.replace(
         cfg.mesh, distributed=None, coordinator_address=None, num_processes=None, process_id=None
     )
-    session = build_session(cfg, run_dir)
+    session = build_session(cfg, run_dir, check=False, reopened=True)
     tx = make_optimizer(cfg.train)
     opt_state = tx.init(session.split.trainable)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
@@ -84,6 +84,8 @@ def load_run(
 
 def _saved_config(run_dir: Path) -> RunConfig:
     config_path = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run folder")
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.yaml")
     return from_dict(RunConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")))
@@ -156,9 +158,12 @@ def export_run(
       best: export the checkpoint with the best ``train.best_metric`` (``--best``).
 
     Raises:
-      ConfigError: a format the run's PEFT method cannot be exported to (bottleneck adapters
-        have no place in a plain transformers checkpoint), or an unknown ``step``.
+      ConfigError: ``out`` is a file; a format the run's PEFT method cannot be exported to
+        (bottleneck adapters have no place in a plain transformers checkpoint); an unknown
+        ``step``.
     """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export --out {out} is a file, not a folder; pass a folder to write to")
     cfg = _saved_config(run_dir)
     method = cfg.peft.method
     if fmt == "peft" and "lora" not in method:
