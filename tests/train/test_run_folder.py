@@ -193,7 +193,7 @@ def test_lock_and_history_after_kill_9_equal_an_unbroken_run(assets, tmp_path, c
     def log(run_dir):
         return [(r["step"], r["kind"], r.get("loss"), r.get("accuracy")) for r in _records(run_dir)]
 
-    assert [h["step"] for h in history(run)] == [3, 6, 9]
+    assert [h["step"] for h in history(run)] == [3, 6, 9, 12]  # the last: the final eval
     assert _approx_equal(history(run), history(unbroken))
     assert [x[:2] for x in log(run)] == [x[:2] for x in log(unbroken)]
     assert _approx_equal([x[2:] for x in log(run)], [x[2:] for x in log(unbroken)])
