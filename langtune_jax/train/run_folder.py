@@ -312,8 +312,9 @@ def truncate_metrics(run_dir: Path, step: int) -> int:
     """Keep the ``metrics.jsonl`` records an unbroken run has written by the end of ``step``.
 
     Records of later steps (written after the checkpoint that was restored, then lost with the
-    process), and the final-report records of a finished run that is rerun, are dropped: they are
-    written again. Returns the number of records dropped.
+    process), the final-report records of a finished run that is rerun, and everything when no
+    checkpoint was restored (``step`` 0), are dropped: they are written again. Returns the number
+    of records dropped.
     """
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -327,7 +328,7 @@ def truncate_metrics(run_dir: Path, step: int) -> int:
         except ValueError:  # a line cut by a kill -9
             dropped += 1
             continue
-        if record.get("step", 0) > step or record.get(FINAL_FLAG):
+        if step == 0 or record.get("step", 0) > step or record.get(FINAL_FLAG):
             dropped += 1
             continue
         kept.append(line)
