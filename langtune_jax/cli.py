@@ -86,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(t)
     _add_overrides(t)
     t.add_argument("--run-dir", help="run folder (default: <run.output_dir>/<run.name>)")
+    t.add_argument(
+        "--restart",
+        action="store_true",
+        help="move an existing run in the folder aside (RUN_DIR.old-<timestamp>) and start over",
+    )
+    t.add_argument(
+        "--extend",
+        action="store_true",
+        help="resume with a changed train.steps: continue from the last step, schedule and plan "
+        "recomputed from there",
+    )
 
     e = sub.add_parser("eval", parents=common, help="per-language evaluation of a trained run")
     e.add_argument("run_dir", help="a run folder written by `langtune train`")
@@ -119,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
         "with LoRA folded into the weights (default: peft)",
     )
     x.add_argument("--out", required=True, help="output folder")
+    which = x.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, default=None, help="export this checkpoint step")
+    which.add_argument(
+        "--best", action="store_true", help="export the best checkpoint (train.best_metric)"
+    )
 
     c = sub.add_parser(
         "compare", parents=common, help="side-by-side per-language table and plot of runs"
@@ -238,7 +254,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from langtune_jax.train import train
 
         config = load_config(args.config, args.overrides)
-        train(config, run_dir=args.run_dir)
+        train(config, run_dir=args.run_dir, restart=args.restart, extend=args.extend)
     elif args.command == "plan":
         from langtune_jax.config import load_config
         from langtune_jax.train import sampling_plan
@@ -254,7 +270,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "export":
         from langtune_jax.train import export_run
 
-        export_run(Path(args.run_dir), fmt=args.format, out=Path(args.out))
+        export_run(
+            Path(args.run_dir), fmt=args.format, out=Path(args.out), step=args.step, best=args.best
+        )
     elif args.command == "compare":
         from langtune_jax.eval import compare_runs, plot_comparison
 

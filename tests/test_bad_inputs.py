@@ -290,6 +290,21 @@ def _compare_truncated(w: World) -> list[str]:
     return ["compare", str(w.root / "runs" / "a"), str(w.root / "runs" / "b")]
 
 
+def _locked(w: World) -> list[str]:
+    import socket
+
+    w.fake_run()
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}
+    w.write("runs/run/train.lock", json.dumps(holder))
+    return _train(w)
+
+
+def _steps_changed(w: World) -> list[str]:
+    w.fake_run()
+    (w.run_dir / "checkpoints" / "3").mkdir()
+    return _train(w, {"train.steps": 6})
+
+
 def _resume_changed(w: World) -> list[str]:
     w.fake_run()
     return _train(w, {"train.learning_rate": 5e-3})
@@ -480,6 +495,17 @@ CASES: list[Case] = [
       lambda w: _train(w, None, "--run-dir", str(w.write("runfile", "x"))), ("--run-dir", "runfile", "is a file")),
     C("resume-other-config", "resuming a run folder with a different config", "runs",
       _resume_changed, ("different config", "train.learning_rate", "--run-dir")),
+    C("run-dir-foreign", "`--run-dir` on a folder holding files that are no langtune run", "runs",
+      lambda w: (w.write("mine/config.yaml", "my: own\n"), _train(w, None, "--run-dir", str(w.root / "mine")))[1],
+      ("mine", "not a langtune run", "--run-dir")),
+    C("run-dir-locked", "a second `langtune train` on a folder another process trains in", "runs",
+      _locked, ("in use", "is training in it", "wait")),
+    C("resume-steps-changed", "resuming with another `train.steps` without `--extend`", "runs",
+      _steps_changed, ("train.steps=3", "train.steps=6", "--extend", "--restart")),
+    C("export-merged-adapters", "`export --format merged` of a run with bottleneck adapters", "runs",
+      lambda w: (w.fake_run({"peft.method": "adapters"}),
+                 ["export", str(w.run_dir), "--format", "merged", "--out", str(w.root / "m")])[1],
+      ("bottleneck adapters", "adapter", "load_adapters")),
     C("eval-not-run", "`langtune eval` on a folder that is no run", "runs",
       lambda w: ["eval", str(w.path("empty/x").parent)], ("not a run folder", "config.yaml")),
     C("eval-run-is-file", "`langtune eval` on a file", "runs",

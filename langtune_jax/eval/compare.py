@@ -50,11 +50,12 @@ def compare_runs(
 
     Returns:
       ``(table, data)``. ``table`` is markdown: rows = languages (union, first run's order),
-      then ``mean`` (over languages) and ``gap`` (max - min); columns = run names (the reports'
+      then ``mean`` and ``gap`` (max - min) over the languages every run has (when the runs'
+      languages differ, a note under the table names the ones left out); columns = run names (the reports'
       ``run_name`` when they differ, else folder names), then ``delta`` (second minus first;
       with more runs, ``delta <run>`` = that run minus the first). Fractions are shown x 100. ``data`` = ``{"metric", "higher_is_better",
       "runs" [names], "languages", "values" {run: {language: score | None}}, "mean" {run: score},
-      "gap" {run: score}, "delta" {run: {language | "mean" | "gap": score | None}}}`` (raw
+      "gap" {run: score}, "common_languages", "note" (str or None), "delta" {run: {language | "mean" | "gap": score | None}}}`` (raw
       scores, not x 100; ``delta`` has an entry for every run after the first).
     """
     if len(run_dirs) < 1:
@@ -75,9 +76,20 @@ def compare_runs(
         for n, rep in zip(names, reports)
     }
     higher = metric not in LOWER_IS_BETTER
+    # Means and gaps over different language sets are not comparable: use the languages every
+    # run has, and say so when that leaves some out.
+    common = [lang for lang in languages if all(values[n][lang] is not None for n in names)]
+    if not common:
+        raise ValueError(
+            f"the runs share no language with a {metric!r} score; "
+            + "; ".join(
+                f"{n}: {sorted(k for k, v in values[n].items() if v is not None)}" for n in names
+            )  # fmt: skip
+        )
+    left_out = [lang for lang in languages if lang not in common]
     stats = {
-        n: gap_statistics(values[n], higher_is_better=higher) for n in names
-    }  # recomputed, so languages missing from a run are visibly left out of its mean / gap
+        n: gap_statistics({k: values[n][k] for k in common}, higher_is_better=higher) for n in names
+    }
     data: dict[str, Any] = {
         "metric": metric,
         "higher_is_better": higher,
@@ -86,8 +98,15 @@ def compare_runs(
         "values": values,
         "mean": {n: stats[n]["mean"] for n in names},
         "gap": {n: stats[n]["gap"] for n in names},
+        "common_languages": common,
+        "note": None,
         "delta": {},
     }
+    if left_out:
+        data["note"] = (
+            f"note: the runs have different languages; mean and gap are over the {len(common)} "
+            f"they all have ({', '.join(common)}); not in every run: {', '.join(left_out)}"
+        )
     base = names[0]
 
     def diff(a: float | None, b: float | None) -> float | None:
@@ -108,4 +127,5 @@ def compare_runs(
             row.append(_fmt(data[key][n] if key in ("mean", "gap") else values[n][key], metric))
         row += [_fmt(data["delta"][n][key], metric, signed=True) for n in names[1:]]
         rows.append(row)
-    return _md(rows), data
+    table = _md(rows)
+    return (table + "\n\n" + data["note"] if data["note"] else table), data

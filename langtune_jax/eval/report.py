@@ -131,6 +131,8 @@ def write_report(
     history = list(history) if history is not None else None
     if history:
         paths["curves"] = plot_eval_curves(history, out / CURVES_FILE, metric=metric)
+    else:  # a curve left by an earlier report would no longer describe this one
+        (out / CURVES_FILE).unlink(missing_ok=True)
     columns = [metric] + [m for m in report["metrics"] if m != metric]
     paths["table"].write_text(markdown_table(report, columns) + "\n")
     full = {

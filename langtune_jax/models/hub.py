@@ -373,7 +373,7 @@ def from_pretrained(
         for p, v in flat
         if type(v) is nnx.Param
     }
-    found, _ = _match(abstract, params, ckpt)
+    found, fresh = _match(abstract, params, ckpt)
     shardings = {tuple(p): _sharding(v, mesh, rules) for p, v in flat} if mesh is not None else {}
 
     # Dropout RNG streams get distinct keys folded from the seed (no model build needed). Other
@@ -426,6 +426,12 @@ def from_pretrained(
             ))  # fmt: skip
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     model.eval()
+    # Which optional modules (task heads, a pooler) start random: PEFT defaults train them, and a
+    # run warns when one stays frozen.
+    optional = tuple(getattr(model, "init_if_missing", getattr(model, "head_modules", ())))
+    model.fresh_modules = tuple(
+        o for o in optional if any(k == o or k.startswith(o + ".") for k in fresh)
+    )
     return model
 
 
@@ -440,12 +446,35 @@ def _host_array(x: jax.Array) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def save_pretrained(model: nnx.Module, folder: str | Path) -> Path:
+def make_readable(path: str | Path) -> None:
+    """Give group and others read access (and directory traversal) to ``path`` and what it holds.
+
+    ``safetensors`` creates its files with mode 0600; exported checkpoints are meant to be shared
+    like any other output.
+    """
+    import stat
+
+    path = Path(path)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        extra = stat.S_IRGRP | stat.S_IROTH
+        if p.is_dir():
+            extra |= stat.S_IXGRP | stat.S_IXOTH
+        p.chmod(p.stat().st_mode | extra)
+
+
+def save_pretrained(
+    model: nnx.Module, folder: str | Path, *, label_names: list[str] | None = None
+) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that transformers' ``from_pretrained`` loads.
 
     Only plain ``nnx.Param`` leaves are written (PEFT variables are not: merge or export them with
     ``langtune_jax.peft``). With several JAX processes every process must call this (arrays are
     gathered); process 0 writes.
+
+    Args:
+      model: one of our models.
+      folder: output folder (created).
+      label_names: class (tag) names in label-id order, written as ``id2label`` / ``label2id``.
     """
     from safetensors.numpy import save_file
 
@@ -463,10 +492,14 @@ def save_pretrained(model: nnx.Module, folder: str | Path) -> Path:
     config = model.config.to_hf()
     config["architectures"] = [model.hf_architecture]
     config["dtype"] = "bfloat16" if any(d == jnp.bfloat16 for d in dtypes) else "float32"
+    if label_names:
+        config["id2label"] = {str(i): str(n) for i, n in enumerate(label_names)}
+        config["label2id"] = {str(n): i for i, n in enumerate(label_names)}
     if jax.process_index() == 0:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        make_readable(folder)
     return folder
 
 

@@ -16,7 +16,7 @@ from langtune_jax.peft.lora_config import (
 )
 from langtune_jax.peft.lora_linear import LoRALinear, LoRAParam, lora_layers
 from langtune_jax.peft.lora_merge import merge_and_unload, merge_lora, merged_view, unmerge_lora
-from langtune_jax.peft.peft_format import export_peft, import_peft, merge_and_save
+from langtune_jax.peft.peft_format import export_peft, import_peft, merge_and_save, read_labels
 from langtune_jax.peft.routing import adapter_routing
 from langtune_jax.peft.targets import find_targets, named_modules
 
@@ -36,6 +36,7 @@ __all__ = [
     "import_peft",
     "lora_layers",
     "merge_and_save",
+    "read_labels",
     "merge_and_unload",
     "merge_lora",
     "merged_view",

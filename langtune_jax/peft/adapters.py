@@ -198,7 +198,11 @@ def _is_deterministic(model: nnx.Module) -> bool:
 def _resolve_modules_to_save(model: nnx.Module, config: AdapterConfig) -> list[str]:
     modules = _targets.named_modules(model)
     if config.modules_to_save is None:
-        return [h for h in getattr(model, "head_modules", ()) or () if h in modules]
+        # The task head, and whatever from_pretrained initialised freshly (a pooler the MLM
+        # checkpoint lacks): a frozen random layer is never the intent.
+        heads = [h for h in getattr(model, "head_modules", ()) or () if h in modules]
+        fresh = [m for m in getattr(model, "fresh_modules", ()) or () if m in modules]
+        return heads + [m for m in fresh if m not in heads]
     for name in config.modules_to_save:
         if not any(_targets._in_modules_to_save(p, [name]) for p in modules):
             raise ValueError(

@@ -117,11 +117,37 @@ def default_target_modules(model: nnx.Module) -> list[str]:
     )
 
 
+def infer_task_type(model: nnx.Module) -> str | None:
+    """``SEQ_CLS`` / ``TOKEN_CLS`` for a sequence / token classification model, else ``None``."""
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    if name.endswith("ForTokenClassification"):
+        return "TOKEN_CLS"
+    return None
+
+
+def fresh_modules(model: nnx.Module) -> tuple[str, ...]:
+    """Module paths ``from_pretrained`` initialised randomly (absent from the checkpoint)."""
+    return tuple(getattr(model, "fresh_modules", ()) or ())
+
+
 def resolve_config(model: nnx.Module, config: LoraConfig) -> LoraConfig:
-    """``config`` with ``target_modules`` and task-head ``modules_to_save`` filled in for ``model``."""
+    """``config`` with ``target_modules`` and task-head ``modules_to_save`` filled in for ``model``.
+
+    With neither ``task_type`` nor ``modules_to_save`` given, a classification model gets the
+    ``task_type`` of its class (as a PEFT user would set it), so its head trains; modules that
+    ``from_pretrained`` initialised freshly (a pooler the MLM checkpoint lacks) train as well:
+    a frozen random layer is never what a user wants.
+    """
     target_modules = config.target_modules
     if target_modules is None:
         target_modules = default_target_modules(model)
+    inferred = None
+    if config.task_type is None and config.modules_to_save is None:
+        inferred = infer_task_type(model)
+        if inferred is not None:
+            config = dataclasses.replace(config, task_type=inferred)
     modules_to_save = list(config.modules_to_save or [])
     if config.task_type in ("SEQ_CLS", "TOKEN_CLS"):
         heads = list(getattr(model, "head_modules", ()) or _PEFT_CLS_HEADS)
@@ -138,6 +164,8 @@ def resolve_config(model: nnx.Module, config: LoraConfig) -> LoraConfig:
                 _targets.in_modules_to_save(p, [head]) for p in present
             ):
                 modules_to_save.append(head)
+    if inferred is not None:
+        modules_to_save += [m for m in fresh_modules(model) if m not in modules_to_save]
     return dataclasses.replace(
         config, target_modules=target_modules, modules_to_save=modules_to_save or None
     )

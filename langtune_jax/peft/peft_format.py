@@ -33,6 +33,9 @@ from langtune_jax.peft import targets as _targets
 PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+#: Beside the adapter: ``{"labels": [...], "id2label": {...}, "label2id": {...}}`` (PEFT's own
+#: loader ignores unknown files, while unknown ``adapter_config.json`` keys may break it).
+LABELS_NAME = "labels.json"
 _LEAF_TO_HF = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
 # LoraConfig fields of PEFT we do not implement, with the value that means "not used".
 _UNSUPPORTED = {
@@ -144,6 +147,7 @@ def export_peft(
     *,
     adapter_name: str = "default",
     base_model_name_or_path: str | None = None,
+    label_names: list[str] | None = None,
 ) -> Path:
     """Write adapter ``adapter_name`` as a PEFT folder that ``PeftModel.from_pretrained`` loads.
 
@@ -152,6 +156,8 @@ def export_peft(
       folder: output folder (created).
       adapter_name: which adapter to write.
       base_model_name_or_path: recorded in ``adapter_config.json`` for PEFT's ``AutoPeftModel``.
+      label_names: class (tag) names in label-id order, written to ``labels.json``
+        (:func:`read_labels`; ``import_peft`` puts them on the model as ``label_names``).
 
     Returns:
       ``folder`` as a ``Path``. With several JAX processes every process must call this.
@@ -165,7 +171,30 @@ def export_peft(
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        if label_names:
+            names = [str(n) for n in label_names]
+            labels = {
+                "labels": names,
+                "id2label": {str(i): n for i, n in enumerate(names)},
+                "label2id": {n: i for i, n in enumerate(names)},
+            }
+            (folder / LABELS_NAME).write_text(json.dumps(labels, indent=2) + "\n")
+        from langtune_jax.models.hub import make_readable
+
+        make_readable(folder)
     return folder
+
+
+def read_labels(folder: str | Path) -> list[str] | None:
+    """The label names an adapter folder carries (``labels.json``), in label-id order, or ``None``."""
+    path = Path(folder) / LABELS_NAME
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if isinstance(data.get("labels"), list):
+        return [str(x) for x in data["labels"]]
+    id2label = data.get("id2label") or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=int)] or None
 
 
 def _normalise_key(key: str, adapter_name: str) -> str | None:
@@ -199,7 +228,9 @@ def import_peft(
     transposed); LoRA factors the file lacks are an error.
 
     Returns:
-      ``model`` (in place), with the adapter's ``A``/``B``, ``modules_to_save`` and bias weights set.
+      ``model`` (in place), with the adapter's ``A``/``B``, ``modules_to_save`` and bias weights set;
+      when the folder carries ``labels.json``, ``model.label_names`` holds the class names in
+      label-id order.
     """
     from safetensors.numpy import load_file
 
@@ -258,16 +289,22 @@ def import_peft(
             f"{weights_file}: no weights for {len(missing)} LoRA factors, e.g. {missing[:3]}; "
             f"the file's keys look like {list(tensors)[:3]}"
         )
+    labels = read_labels(folder)
+    if labels is not None:
+        model.label_names = tuple(labels)
     return model
 
 
-def merge_and_save(model: nnx.Module, folder: str | Path) -> Path:
+def merge_and_save(
+    model: nnx.Module, folder: str | Path, *, label_names: list[str] | None = None
+) -> Path:
     """Write a plain Hugging Face checkpoint of ``model`` with its active LoRA adapters merged.
 
     ``transformers``' ``from_pretrained`` loads the folder without ``peft``. The model itself is
-    left as it was (adapters un-merged and wrapped again afterwards).
+    left as it was (adapters un-merged and wrapped again afterwards). ``label_names`` go into
+    ``config.json`` as ``id2label`` / ``label2id``.
     """
     from langtune_jax.models.hub import save_pretrained
 
     with _lora.merged_view(model):
-        return save_pretrained(model, folder)
+        return save_pretrained(model, folder, label_names=label_names)

@@ -113,6 +113,26 @@ class Checkpointer:
             force=force,
         )
 
+    def read_record(self, step: int) -> dict[str, Any]:
+        """The JSON record saved with the checkpoint at ``step`` (no arrays are read)."""
+        out = self._manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))
+        return dict(out["record"])
+
+    def best_step(self, metric: str, mode: str = "max") -> int | None:
+        """The step whose eval ``metric`` (the record's ``metrics``) is best (``mode``
+        ``"max"``/``"min"``); ``None`` when no checkpoint was saved with that metric."""
+        scored = []
+        for step in self.all_steps():
+            try:
+                metrics = self.read_record(step).get("metrics") or {}
+            except Exception:  # noqa: BLE001 - a checkpoint without readable metrics is skipped
+                continue
+            if isinstance(metrics.get(metric), (int, float)):
+                scored.append((float(metrics[metric]), step))
+        if not scored:
+            return None
+        return (max(scored) if mode == "max" else min(scored))[1]
+
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
         self._manager.wait_until_finished()

@@ -13,7 +13,8 @@ reopening a finished run (eval, export) is :mod:`langtune_jax.train.runs`.
 
 Run folder::
 
-    config.yaml   resolved config          plan.json      sampling plan
+    config.yaml   resolved config          plan.json      sampling plan (+ --extend segments)
+    run.json      fingerprint, segments    train.lock     pid and host while training
     metrics.jsonl train/eval records       tensorboard/   event files
     checkpoints/  Orbax steps              eval/<split>/  report.json, report.md, *.png
     adapter/      PEFT-format LoRA adapter (or adapter-only weights for bottleneck adapters)
@@ -39,9 +40,10 @@ from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
 from langtune_jax.config import ConfigError, RunConfig, dump_config
 from langtune_jax.train import mesh as mesh_lib
+from langtune_jax.train import run_folder
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.logging_utils import MetricsLogger, Progress
-from langtune_jax.train.optim import make_optimizer
+from langtune_jax.train.optim import make_optimizer, segmented_schedule
 from langtune_jax.train.runs import evaluate_run, export_adapter, export_run, load_run
 from langtune_jax.train.session import (
     Session,
@@ -51,6 +53,7 @@ from langtune_jax.train.session import (
     maybe_initialize_distributed,
     resolve_run_dir,
     sampling_plan,
+    warn_frozen_fresh,
 )
 from langtune_jax.train.step import make_eval_step, make_train_step
 
@@ -83,8 +86,11 @@ class RunFolderError(RuntimeError):
     """The run folder cannot be written (permissions, full disk); saved checkpoints are intact."""
 
 
-def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
-    """Refuse to resume a run folder with a config that changes what is trained."""
+def _check_resume_config(run_dir: Path, cfg: RunConfig, extend: bool = False) -> None:
+    """Refuse to resume a run folder with a config that changes what is trained.
+
+    ``train.steps`` may change only with ``extend`` (``--extend``).
+    """
     saved = run_dir / "config.yaml"
     if not saved.exists() or not (run_dir / "checkpoints").exists():
         return
@@ -92,6 +98,9 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
 
     old = yaml.safe_load(saved.read_text(encoding="utf-8"))
     new = cfg.to_dict()
+    old_steps = old.get("train", {}).get("steps")
+    if old_steps is not None and any((run_dir / "checkpoints").iterdir()):
+        run_folder.check_steps_change(run_dir, old_steps, cfg.train.steps, extend)
     # Cadence, step count and evaluation may change on resume; the rest may not.
     free = {("train", k) for k in ("steps", "log_every", "eval_every", "checkpoint_every")}
     free |= {("eval", k) for k in new["eval"]}
@@ -109,7 +118,8 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     if diffs:
         raise ConfigError(
             f"{run_dir} holds checkpoints of a run with a different config ({'; '.join(diffs)}); "
-            "use another --run-dir or restore the original settings"
+            "use another --run-dir, restore the original settings, or --restart to move the old "
+            "run aside and start over"
         )
 
 
@@ -175,17 +185,32 @@ def _check_divergence(losses: np.ndarray, step: int, first: float, ckpt_dir: Pat
         )
 
 
-def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    *,
+    restart: bool = False,
+    extend: bool = False,
+) -> Path:
     """Train (or resume) the run that ``cfg`` describes; returns the run folder.
 
+    Args:
+      cfg: the validated run config.
+      run_dir: the run folder (default ``<run.output_dir>/<run.name>``).
+      restart: move an existing run in ``run_dir`` aside (``RUN_DIR.old-<timestamp>``) and start
+        over (``--restart``).
+      extend: allow a resume with a larger/smaller ``train.steps``: it continues from the last
+        step with the schedule and plan recomputed from there (``--extend``).
+
     Raises:
-      ConfigError: the run folder holds a run with a different config.
+      ConfigError: the run folder holds foreign files, is locked by a live process, or holds a
+        run with a different config or fingerprint (:mod:`langtune_jax.train.run_folder`).
       TrainingDiverged: the loss became NaN/inf or exploded (the last good checkpoint is kept).
       RunFolderError: the run folder cannot be written (the last good checkpoint is kept).
     """
     run_dir = resolve_run_dir(cfg, run_dir)
     try:
-        return _train(cfg, run_dir)
+        return _claimed(cfg, run_dir, restart, extend)
     except OSError as err:
         if err.errno not in _WRITE_ERRNOS:
             raise
@@ -196,21 +221,41 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
         ) from err
 
 
-def _train(cfg: RunConfig, run_dir: Path) -> Path:
-    _check_resume_config(run_dir, cfg)
+def _claimed(cfg: RunConfig, run_dir: Path, restart: bool, extend: bool) -> Path:
+    """The run folder's checks and lock around :func:`_train`."""
+    run_folder.check_run_folder(run_dir)
+    if not restart:
+        _check_resume_config(run_dir, cfg, extend)
     # Before any JAX call: jax.process_index() would start the backend, and
     # jax.distributed.initialize refuses to run after that.
     maybe_initialize_distributed(cfg.mesh)
+    lock = _claim_run_folder(run_dir, restart)
+    try:
+        return _train(cfg, run_dir, extend)
+    finally:
+        lock.release()
+
+
+def _claim_run_folder(run_dir: Path, restart: bool) -> run_folder.RunLock:
+    """Process 0 moves an old run aside (``--restart``) and takes the folder's lock."""
+    lock = run_folder.RunLock(run_dir)
+    if jax.process_index() == 0:
+        if restart:
+            run_folder.move_aside(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("langtune run folder claimed")
+    return lock
+
+
+def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
     primary = jax.process_index() == 0
     session = build_session(cfg, run_dir)
     tcfg = cfg.train
     plan = session.dataset.plan
-    if primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
-        (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2), encoding="utf-8")
-        print(plan.table())
-        print(peft_lib.trainable_summary(session.model, session.split.trainable_filter))
 
     tx = make_optimizer(tcfg)
     split = session.split
@@ -230,11 +275,24 @@ def _train(cfg: RunConfig, run_dir: Path) -> Path:
         best_metric=best_metric,
         best_mode="min" if lower_better else "max",
     )
-    start = 0
-    restored = ckpt.restore_latest((split.trainable, opt_state, split.mutable))
-    if restored is not None:
-        start, (split.trainable, opt_state, split.mutable), _ = restored
+    fp = run_folder.fingerprint(session, opt_state)
+    labels = list(session.dataset.labels or [])
+    try:
+        start, state, history = run_folder.restore_or_refuse(
+            ckpt, run_dir, (split.trainable, opt_state, split.mutable), fp, labels
+        )
+    except Exception:
+        ckpt.close()
+        raise
+    if state is not None:
+        split.trainable, opt_state, split.mutable = state
         log.info("resumed from %s at step %d", ckpt.directory, start)
+    tx, plan_dict, segments = _schedule_and_plan(run_dir, cfg, start, plan, extend)
+    if primary:
+        _write_run_files(run_dir, cfg, plan_dict, fp, labels, segments, start)
+        print(plan.table())
+        print(peft_lib.trainable_summary(session.model, session.split.trainable_filter))
+        warn_frozen_fresh(session.model, session.split.trainable_filter)
 
     train_step = make_train_step(
         split,
@@ -255,11 +313,11 @@ def _train(cfg: RunConfig, run_dir: Path) -> Path:
     logger = MetricsLogger(
         run_dir, trackers=cfg.run.trackers, name=cfg.run.name, config=cfg.to_dict()
     )
-    history: list[dict[str, Any]] = []
     batches = session.dataset.train_batches(tcfg.batch_size, start_step=start)
     progress = Progress(start, tcfg.steps)
     progress.write(_mesh_line(session.mesh))
-    logger.log(start, "sampling", {"weight": dict(session.dataset.probabilities)})
+    if start == 0:  # a resumed run's log has it already
+        logger.log(start, "sampling", {"weight": dict(session.dataset.probabilities)})
     step = start
     all_finite = jnp.bool_(True)
     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
@@ -276,7 +334,14 @@ def _train(cfg: RunConfig, run_dir: Path) -> Path:
                 "train.learning_rate or set train.max_grad_norm; the last good checkpoint in "
                 f"{ckpt.directory} is intact"
             )
-        record = {"step": step_now, "config_hash": cfg.hash(), "data_position": step_now}
+        record = {
+            "step": step_now,
+            "config_hash": cfg.hash(),
+            "data_position": step_now,
+            "fingerprint": fp,
+            "history": list(history),
+            "metrics": metrics,
+        }
         ckpt.save(step_now, (split.trainable, opt_state, split.mutable), record, metrics)
         saved[0] = step_now
 
@@ -301,7 +366,7 @@ def _train(cfg: RunConfig, run_dir: Path) -> Path:
                     rec = {
                         "loss": float(losses.mean()),
                         "grad_norm": float(metrics["grad_norm"]),
-                        "learning_rate": float(_lr(tcfg, step)),
+                        "learning_rate": float(_lr(tcfg, step, segments)),
                         "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                     }
                     logger.log(step, "train", rec)
@@ -338,10 +403,46 @@ def _train(cfg: RunConfig, run_dir: Path) -> Path:
     return run_dir
 
 
-def _lr(tcfg, step: int) -> float:
-    from langtune_jax.train.optim import make_schedule
+def _lr(tcfg, step: int, segments) -> float:
+    return float(segmented_schedule(tcfg, segments)(step))
 
-    return float(make_schedule(tcfg)(step))
+
+def _schedule_and_plan(run_dir: Path, cfg: RunConfig, start: int, plan, extend: bool):
+    """The optimizer (with the schedule of every ``--extend`` segment), ``plan.json`` and the
+    segments of the run (``[{"start_step", "steps"}]``, one unless the run was extended)."""
+    info = (run_folder.read_run_file(run_dir) or {}) if start > 0 else {}
+    segments = list(info.get("segments") or [{"start_step": 0, "steps": cfg.train.steps}])
+    plan_dict = plan.to_dict()
+    old_plan = (run_folder.read_json(run_dir / "plan.json") or {}) if start > 0 else {}
+    if old_plan.get("segments"):  # keep the earlier segments on a plain resume
+        plan_dict["segments"] = old_plan["segments"]
+    if extend and start > 0 and segments[-1]["steps"] != cfg.train.steps:
+        segments, plan_dict = run_folder.extend_segments(
+            run_dir, int(segments[-1]["steps"]), start, cfg.train.steps, plan
+        )
+    tx = make_optimizer(cfg.train, schedule=segmented_schedule(cfg.train, segments))
+    return tx, plan_dict, segments
+
+
+def _write_run_files(run_dir, cfg, plan_dict, fp, labels, segments, start) -> None:
+    """``config.yaml``, ``plan.json``, ``run.json``; and ``metrics.jsonl`` cut to ``start``."""
+    dump_config(cfg, run_dir / "config.yaml")
+    (run_dir / "plan.json").write_text(json.dumps(plan_dict, indent=2), encoding="utf-8")
+    run_folder.write_run_file(
+        run_dir,
+        {
+            "format": 1,
+            "name": cfg.run.name,
+            "model": cfg.model.name_or_path,
+            "task": cfg.model.task,
+            "labels": labels,
+            "fingerprint": fp,
+            "segments": segments,
+        },
+    )
+    dropped = run_folder.truncate_metrics(run_dir, start)
+    if dropped:
+        log.info("metrics.jsonl: dropped %d records written after step %d", dropped, start)
 
 
 def _mesh_line(mesh) -> str:
@@ -379,7 +480,8 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
             log.warning("no %r split in the data: skipped in the final report", split_name)
             continue
         result = evaluate(session, split_name, eval_step)
-        logger.log_eval(step, split_name, _headline(result), result)
+        final = {run_folder.FINAL_FLAG: True, **_headline(result)}  # dropped on a rerun
+        logger.log_eval(step, split_name, final, result)
         curve = None
         if split_name == cfg.eval.split:  # the curves end with this final evaluation
             curve = [*history, eval_lib.history_entry(result, step)]

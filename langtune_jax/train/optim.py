@@ -6,6 +6,8 @@ base weights carry no optimizer state and are never differentiated.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -34,18 +36,40 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
     )
 
 
+def segmented_schedule(cfg: TrainConfig, segments: Sequence[Mapping[str, int]]) -> optax.Schedule:
+    """The schedule of a run continued with ``--extend``: one piece per segment.
+
+    Args:
+      cfg: the current training config (``steps`` is the last segment's end).
+      segments: ``[{"start_step", "steps"}, ...]`` from ``run.json``, oldest first. The first
+        segment runs the configured schedule to its ``steps``; each later one starts again at
+        ``learning_rate`` (no warm-up) and decays to 0 at its own ``steps``.
+    """
+    if len(segments) <= 1:
+        return make_schedule(cfg)
+    pieces = [make_schedule(dataclasses.replace(cfg, steps=int(segments[0]["steps"])))]
+    for seg in segments[1:]:
+        length = max(int(seg["steps"]) - int(seg["start_step"]), 1)
+        pieces.append(make_schedule(dataclasses.replace(cfg, steps=length, warmup_steps=0)))
+    return optax.join_schedules(pieces, [int(seg["start_step"]) for seg in segments[1:]])
+
+
 def decay_mask(params: Any) -> Any:
     """True for leaves that take weight decay: matrices (ndim >= 2), not biases, norms or scalars."""
     return jax.tree.map(lambda p: getattr(p, "ndim", 0) >= 2, params)
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(
+    cfg: TrainConfig, schedule: optax.Schedule | None = None
+) -> optax.GradientTransformation:
     """Global-norm clipping followed by the configured optimizer and schedule.
+
+    ``schedule`` replaces :func:`make_schedule` (``--extend`` passes :func:`segmented_schedule`).
 
     Gradient accumulation is done inside the train step (a scan over micro-batches), so the optimizer
     always sees the mean gradient of the full global batch.
     """
-    schedule = make_schedule(cfg)
+    schedule = make_schedule(cfg) if schedule is None else schedule
     if cfg.optimizer == "adamw":
         opt = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=decay_mask)
     elif cfg.optimizer == "sgd":

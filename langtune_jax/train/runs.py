@@ -16,9 +16,18 @@ import yaml
 from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
 from langtune_jax.config import ConfigError, RunConfig, from_dict
+from langtune_jax.eval.report import REPORT_FILE
+from langtune_jax.models.hub import make_readable
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.optim import make_optimizer
 from langtune_jax.train.session import Session, build_session, evaluate
+
+
+def base_model_id(name_or_path: str) -> str:
+    """``base_model_name_or_path`` for an export: the Hub id when the model came from the Hub,
+    else the local folder's absolute path (a relative path would not resolve elsewhere)."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
 
 
 def export_adapter(session: Session, folder: Path) -> None:
@@ -26,19 +35,29 @@ def export_adapter(session: Session, folder: Path) -> None:
     model = session.split.merge()
     method = session.cfg.peft.method
     if "lora" in method:
-        peft_lib.export_peft(model, folder, base_model_name_or_path=session.cfg.model.name_or_path)
+        peft_lib.export_peft(
+            model,
+            folder,
+            base_model_name_or_path=base_model_id(session.cfg.model.name_or_path),
+            label_names=session.label_names,
+        )
     if "adapters" in method:
         peft_lib.save_adapters(model, folder / "bottleneck" if "lora" in method else folder)
+    if jax.process_index() == 0 and folder.exists():
+        make_readable(folder)
 
 
-def load_run(run_dir: Path) -> tuple[RunConfig, Session]:
-    """Rebuild a trained run from its folder: config, model, and the newest checkpoint."""
-    config_path = run_dir / "config.yaml"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} is a file, not a run folder")
-    if not config_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.yaml")
-    cfg = from_dict(RunConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")))
+def load_run(
+    run_dir: Path, step: int | None = None, best: bool = False
+) -> tuple[RunConfig, Session]:
+    """Rebuild a trained run from its folder: config, model, and a checkpoint.
+
+    Args:
+      run_dir: the run folder.
+      step: restore this checkpoint step (default: the newest readable one).
+      best: restore the checkpoint with the best ``train.best_metric``.
+    """
+    cfg = _saved_config(run_dir)
     # The saved config holds the training job's process id and coordinator; evaluating or
     # exporting later is a new job, multi-host only if its own environment says so.
     cfg.mesh = dataclasses.replace(
@@ -48,12 +67,52 @@ def load_run(run_dir: Path) -> tuple[RunConfig, Session]:
     tx = make_optimizer(cfg.train)
     opt_state = tx.init(session.split.trainable)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    restored = ckpt.restore_latest((session.split.trainable, opt_state, session.split.mutable))
-    ckpt.close()
+    abstract = (session.split.trainable, opt_state, session.split.mutable)
+    try:
+        step = _chosen_step(ckpt, run_dir, cfg, step, best)
+        if step is None:
+            restored = ckpt.restore_latest(abstract)
+        else:
+            restored = (step, *ckpt.restore(step, abstract))
+    finally:
+        ckpt.close()
     if restored is None:
         raise FileNotFoundError(f"{run_dir}/checkpoints holds no readable checkpoint")
     _, (session.split.trainable, _, session.split.mutable), _ = restored
     return cfg, session
+
+
+def _saved_config(run_dir: Path) -> RunConfig:
+    config_path = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run folder")
+    if not config_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.yaml")
+    return from_dict(RunConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")))
+
+
+def _chosen_step(ckpt, run_dir: Path, cfg: RunConfig, step: int | None, best: bool) -> int | None:
+    steps = ckpt.all_steps()
+    if best:
+        metric = cfg.train.best_metric
+        if not metric:
+            raise ConfigError(
+                f"--best: {run_dir} was trained without train.best_metric, so no checkpoint is "
+                f"marked best; pick one with --step (saved steps: {steps})"
+            )
+        lower = any(k in metric for k in ("loss", "perplexity", "gap"))
+        step = ckpt.best_step(metric, "min" if lower else "max")
+        if step is None:
+            raise ConfigError(
+                f"--best: no checkpoint in {run_dir}/checkpoints was saved with eval metric "
+                f"{metric!r}; pick one with --step (saved steps: {steps})"
+            )
+    elif step is not None and step not in steps:
+        raise ConfigError(
+            f"--step {step}: {run_dir}/checkpoints has no checkpoint at that step; saved steps: "
+            f"{steps}"
+        )
+    return step
 
 
 def evaluate_run(run_dir: Path, split: str | None = None) -> dict[str, Any]:
@@ -65,12 +124,16 @@ def evaluate_run(run_dir: Path, split: str | None = None) -> dict[str, Any]:
         raise ValueError(f"the data of {run_dir} has no split {split!r}")
     result = evaluate(session, split)
     if jax.process_index() == 0:
+        # The training-time history of this split's report stays (its curves still describe
+        # the run).
+        previous = _read_json(run_dir / "eval" / split / REPORT_FILE) or {}
         eval_lib.write_report(
             run_dir / "eval" / split,
             result,
             config_hash=cfg.hash(),
             step=None,
             plan=_read_json(run_dir / "plan.json"),
+            history=previous.get("history"),
             run_name=cfg.run.name,
             metric=cfg.eval.metric,
         )
@@ -82,25 +145,53 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def export_run(run_dir: Path, fmt: str, out: Path) -> Path:
+def export_run(
+    run_dir: Path, fmt: str, out: Path, step: int | None = None, best: bool = False
+) -> Path:
     """``langtune export``: the run's LoRA as a PEFT adapter folder, or a merged HF checkpoint.
 
+    Args:
+      run_dir: the run folder.
+      fmt: ``"peft"`` or ``"merged"``.
+      out: output folder.
+      step: export this checkpoint step (``--step``); default the newest.
+      best: export the checkpoint with the best ``train.best_metric`` (``--best``).
+
     Raises:
-      ConfigError: ``out`` is a file.
+      ConfigError: ``out`` is a file; a format the run's PEFT method cannot be exported to
+        (bottleneck adapters have no place in a plain transformers checkpoint); an unknown
+        ``step``.
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export --out {out} is a file, not a folder; pass a folder to write to")
-    cfg, session = load_run(run_dir)
+    cfg = _saved_config(run_dir)
+    method = cfg.peft.method
+    if fmt == "peft" and "lora" not in method:
+        raise ConfigError(
+            f"{run_dir} was trained with peft.method={method}; PEFT export needs LoRA; its adapter "
+            f"weights are in {run_dir / 'adapter'} (langtune_jax.peft.load_adapters reads them)"
+        )
+    if fmt == "merged" and "adapters" in method:
+        where = run_dir / "adapter" / ("bottleneck" if "lora" in method else "")
+        raise ConfigError(
+            f"{run_dir} has bottleneck adapters (peft.method={method}), which a plain transformers "
+            "checkpoint has no modules for: a merged export would silently drop them. Their "
+            f"weights are in {where} (load with langtune_jax.peft.load_adapters), or evaluate "
+            "the run with `langtune eval`"
+        )
+    cfg, session = load_run(run_dir, step=step, best=best)
     model = session.split.merge()
     if fmt == "peft":
-        if "lora" not in cfg.peft.method:
-            raise ValueError(
-                f"{run_dir} was trained with peft.method={cfg.peft.method}; "
-                "PEFT export needs LoRA (use --format merged)"
-            )
-        peft_lib.export_peft(model, out, base_model_name_or_path=cfg.model.name_or_path)
+        peft_lib.export_peft(
+            model,
+            out,
+            base_model_name_or_path=base_model_id(cfg.model.name_or_path),
+            label_names=session.label_names,
+        )
     else:
-        peft_lib.merge_and_save(model, out)
-        session.tokenizer.save_pretrained(out)
+        peft_lib.merge_and_save(model, out, label_names=session.label_names)
+        if jax.process_index() == 0:
+            session.tokenizer.save_pretrained(out)
+            make_readable(out)
     print(f"exported {run_dir} as {fmt} to {out}")
     return out

@@ -89,6 +89,30 @@ def apply_peft(model: nnx.Module, cfg: RunConfig, rngs: nnx.Rngs) -> tuple[nnx.M
     return model, filters[0] if len(filters) == 1 else nnx.Any(*filters)
 
 
+def frozen_fresh_modules(model: nnx.Module, trainable: Any) -> list[str]:
+    """Freshly initialised modules (absent from the checkpoint) that the PEFT filter leaves frozen.
+
+    Such a module stays random for the whole run (a new head or pooler the config forgot in
+    ``modules_to_save``); the run warns about each one.
+    """
+    fresh = tuple(getattr(model, "fresh_modules", ()) or ())
+    if not fresh:
+        return []
+    frozen = nnx.state(model, nnx.All(nnx.Param, nnx.Not(trainable)))
+    paths = [".".join(str(k) for k in p) for p, _ in nnx.to_flat_state(frozen)]
+    return [m for m in fresh if any(p == m or p.startswith(m + ".") for p in paths)]
+
+
+def warn_frozen_fresh(model: nnx.Module, trainable: Any) -> None:
+    """Warn once per module that starts random and stays frozen."""
+    for name in frozen_fresh_modules(model, trainable):
+        log.warning(
+            "%s is freshly initialised (not in the pretrained checkpoint) but frozen: it stays "
+            "random for the whole run; add it to peft.<method>.modules_to_save to train it",
+            name,
+        )
+
+
 def _routing(model: nnx.Module, languages: list[str]):
     """Per-language adapter routing for the step, or None when the model has no such adapters."""
     if not peft_lib.has_language_adapters(model):

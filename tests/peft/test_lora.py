@@ -211,6 +211,9 @@ def test_bias_options_pick_biases():
     model = tiny_bert()
     apply_lora(model, LoraConfig(r=2, bias="lora_only"))
     biases = [p for p in flat(model, trainable_filter(model)) if p[-1] == "bias"]
+    # A classifier without task_type/modules_to_save trains its head (the SEQ_CLS default).
+    assert ("classifier", "bias") in biases
+    biases = [p for p in biases if p[0] != "classifier"]
     assert len(biases) == 4 and all(p[-2] == "base_layer" for p in biases)
     model = tiny_bert()
     apply_lora(model, LoraConfig(r=2, bias="all"))

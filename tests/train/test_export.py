@@ -1,0 +1,147 @@
+"""``langtune export`` and ``langtune compare`` through the CLI: merged checkpoints that carry their
+label names and predict like ``langtune eval`` in transformers (PyTorch), PEFT folders with labels,
+checkpoint choice (``--step`` / ``--best``), refusals, and comparisons over common languages."""
+
+import json
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from langtune_jax import cli
+from langtune_jax.config import dump_config
+from langtune_jax.eval import write_report
+from tests.eval.test_report import _report
+from tests.train.conftest import LANGS, tiny_run_config
+
+
+def _langtune(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def trained(assets, tmp_path_factory):
+    """A finished LoRA run (default task head) with checkpoints at steps 3 and 6."""
+    root = tmp_path_factory.mktemp("export")
+    cfg = tiny_run_config(assets, name="exp", mesh={"data": -1}, steps=6, checkpoint_every=3)
+    cfg.peft.lora.task_type = None
+    path = root / "cfg.yaml"
+    dump_config(cfg, path)
+    assert cli.main(["train", str(path), "--run-dir", str(root / "run")]) == 0
+    return root / "run"
+
+
+def _world_readable(folder: Path) -> bool:
+    return all(p.stat().st_mode & stat.S_IROTH for p in folder.rglob("*") if p.is_file())
+
+
+def test_merged_export_has_labels_and_predicts_like_langtune_eval(
+    assets, trained, tmp_path, capsys
+):
+    import torch
+    import transformers
+
+    assert _langtune(capsys, "eval", trained, "--split", "validation")[0] == 0
+    report = json.loads((trained / "eval/validation/report.json").read_text())
+    out = tmp_path / "merged"
+    assert _langtune(capsys, "export", trained, "--format", "merged", "--out", out)[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+    assert config["label2id"] == {"neg": 0, "pos": 1}
+    assert _world_readable(out)
+
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    for lang in LANGS:
+        rows = [json.loads(x) for x in (assets / f"data/validation/{lang}.jsonl").open()]
+        enc = tok([r["text"] for r in rows], truncation=True, max_length=16, padding=True,
+                  return_tensors="pt")  # fmt: skip
+        with torch.no_grad():
+            pred = model(**enc).logits.argmax(-1).numpy()
+        gold = np.array([model.config.label2id[r["label"]] for r in rows])
+        assert float(np.mean(pred == gold)) == pytest.approx(
+            report["per_language"][lang]["accuracy"], abs=1e-9
+        ), lang
+
+
+def test_peft_export_carries_labels_and_absolute_base_path(assets, trained, tmp_path, capsys):
+    from langtune_jax.models import from_pretrained
+    from langtune_jax.peft import import_peft
+
+    out = tmp_path / "peft"
+    assert _langtune(capsys, "export", trained, "--format", "peft", "--out", out)[0] == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str((assets / "model").resolve())
+    assert json.loads((out / "labels.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+    assert _world_readable(out) and _world_readable(trained / "adapter")
+    model = from_pretrained(assets / "model", task="sequence-classification", num_labels=2)
+    import_peft(model, out)
+    assert model.label_names == ("neg", "pos")
+
+
+def test_export_step_and_best(trained, tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    for name, flags in (("latest", []), ("step3", ["--step", "3"]), ("step6", ["--step", "6"])):
+        argv = ["export", trained, "--format", "peft", "--out", tmp_path / name, *flags]
+        assert _langtune(capsys, *argv)[0] == 0
+    latest, s3, s6 = (load_file(str(tmp_path / n / "adapter_model.safetensors"))
+                      for n in ("latest", "step3", "step6"))  # fmt: skip
+    assert all(np.array_equal(latest[k], s6[k]) for k in latest)
+    assert not all(np.array_equal(s3[k], s6[k]) for k in s3)
+
+    rc, _, err = _langtune(capsys, "export", trained, "--out", tmp_path / "x", "--step", "4")
+    assert rc == 2 and "saved steps: [3, 6]" in err
+    rc, _, err = _langtune(capsys, "export", trained, "--out", tmp_path / "x", "--best")
+    assert rc == 2 and "train.best_metric" in err
+
+
+def test_best_checkpoint_is_exported(assets, tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    cfg = tiny_run_config(assets, name="best", mesh={"data": -1}, steps=6, checkpoint_every=2,
+                          eval_every=2, keep_checkpoints=1, best_metric="accuracy")  # fmt: skip
+    path, run = tmp_path / "cfg.yaml", tmp_path / "run"
+    dump_config(cfg, path)
+    assert _langtune(capsys, "train", path, "--run-dir", run)[0] == 0
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    scored = [
+        (r["accuracy"], r["step"]) for r in evals if r["kind"] == "eval" and not r.get("final")
+    ]
+    best = max(scored)[1]  # ties: the later step
+    rc, _, err = _langtune(capsys, "export", run, "--out", tmp_path / "b", "--best")
+    assert rc == 0, err
+    assert _langtune(capsys, "export", run, "--out", tmp_path / "s", "--step", best)[0] == 0
+    a, b = (load_file(str(tmp_path / n / "adapter_model.safetensors")) for n in ("b", "s"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_merged_export_of_bottleneck_adapters_is_refused(assets, tmp_path, capsys):
+    cfg = tiny_run_config(assets, name="ad", mesh={"data": -1}, steps=2)
+    cfg.peft.method = "adapters"
+    (tmp_path / "run").mkdir()
+    dump_config(cfg, tmp_path / "run" / "config.yaml")
+    rc, _, err = _langtune(capsys, "export", tmp_path / "run", "--format", "merged", "--out",
+                           tmp_path / "m")  # fmt: skip
+    assert rc == 2 and err.count("\n") == 1
+    assert "bottleneck adapters" in err and str(tmp_path / "run" / "adapter") in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_compare_over_different_language_sets_uses_common_languages(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_report(a / "eval" / "test", _report({"en": 0.9, "de": 0.5}), config_hash=None, step=1)
+    write_report(b / "eval" / "test", _report({"en": 0.8, "de": 0.6, "sw": 0.1}),
+                 config_hash=None, step=1)  # fmt: skip
+    rc, out, _ = _langtune(capsys, "compare", a, b, "--metric", "accuracy")
+    assert rc == 0
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
+            for ln in out.splitlines() if ln.startswith("|")}  # fmt: skip
+    assert rows["mean"] == ["70.0", "70.0", "+0.0"]  # over en and de only
+    assert rows["gap"] == ["40.0", "20.0", "-20.0"]
+    assert "over the 2 they all have (en, de)" in out and "not in every run: sw" in out
