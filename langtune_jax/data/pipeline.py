@@ -41,7 +41,8 @@ from langtune_jax.data.features import (
     pack,
     tokenize,
 )
-from langtune_jax.data.mixture import LanguageMixture
+from langtune_jax.data.mixture import LanguageMixture, hash_key, permute
+from langtune_jax.data.plan import WeightRecord
 from langtune_jax.data.sampling import SamplingConfig, SamplingPlan, build_plan
 from langtune_jax.data.sources import (
     DataConfig,
@@ -92,7 +93,10 @@ class DataPipeline:
       languages: sorted training languages (`language_id` indexes this list).
       labels: label (tag) vocabulary, sorted from train unless `data.labels` gives it.
       train: the training `SplitData`; `stores`: language -> `Tokenized` train rows.
-      plan: the `SamplingPlan`; `probabilities`: per-draw probability per language.
+      plan: the `SamplingPlan`; `probabilities`: per-draw probability per language (the prior
+        of dynamic weights).
+      weights: strategy dynamic: the `WeightRecord` whose segments the mixture reads (the loop
+        records losses into it and calls `set_weight_segments`); None for static strategies.
     """
 
     def __init__(
@@ -130,6 +134,14 @@ class DataPipeline:
             self.probabilities = self.plan.probabilities
         for w in self.plan.warnings:
             log.warning(w)
+        self.weights = (
+            WeightRecord(
+                sampling_cfg, self.plan, steps=(total_samples or 0) // max(batch_size or 1, 1)
+            )
+            if sampling_cfg.strategy == "dynamic"
+            else None
+        )
+        self._segments: list[tuple[int, dict[str, float]]] = [(0, dict(self.probabilities))]
         self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
         self._eval_order: dict[str, list[tuple[str, int]]] = {}
         self._mixtures: dict[int, LanguageMixture] = {}
@@ -159,11 +171,28 @@ class DataPipeline:
 
     # ---------------------------------------------------------------- train
 
+    def set_weight_segments(self, segments: list[tuple[int, dict[str, float]]]) -> None:
+        """Piecewise weights: `(start_step, weights)` pairs, the first at step 0.
+
+        Train batch s then depends on (seed, s, segments) only; iterators made before the call
+        keep the old weights (make a new one from the step where the new weights start).
+        """
+        if not segments or segments[0][0] != 0:
+            raise ValueError("weight segments must start at step 0")
+        self._segments = [(int(s), dict(w)) for s, w in segments]
+        self._mixtures = {}
+
     def mixture(self, block_size: int) -> LanguageMixture:
-        """The stateless mixture over training examples, shuffled in blocks of `block_size`."""
+        """The stateless mixture over training examples, shuffled in blocks of `block_size`
+        (the draws per step: weight segments start at multiples of it)."""
         if block_size not in self._mixtures:
+            (_, first), *later = self._segments
             self._mixtures[block_size] = LanguageMixture(
-                self.train.examples, self.probabilities, seed=self.seed, block_size=block_size
+                self.train.examples,
+                first,
+                seed=self.seed,
+                block_size=block_size,
+                segments=[(s * block_size, w) for s, w in later],
             )
         return self._mixtures[block_size]
 
@@ -302,8 +331,6 @@ class DataPipeline:
         process_count: int | None = None,
     ) -> dict[str, np.ndarray]:
         """This process's rows of global eval batch k (languages sorted, file order inside)."""
-        pi, pc = _processes(process_index, process_count)
-        local = _local_rows(batch_size, pi, pc)
         data, stores = self.split(split)
         if split not in self._eval_order:
             self._eval_order[split] = [
@@ -311,6 +338,12 @@ class DataPipeline:
             ]
         order = self._eval_order[split]
         part = order[k * batch_size : (k + 1) * batch_size]
+        return self._ordered_batch(stores, part, batch_size, process_index, process_count)
+
+    def _ordered_batch(self, stores, part, batch_size, process_index, process_count):
+        """Rows `part` ([(language, row)], at most batch_size) as a padded, masked batch."""
+        pi, pc = _processes(process_index, process_count)
+        local = _local_rows(batch_size, pi, pc)
         real = len(part)
         part = part + [part[0]] * (batch_size - real)  # filler rows, masked out below
         rows = [(stores[lang], r) for lang, r in part]
@@ -326,6 +359,26 @@ class DataPipeline:
         batch["language_id"] = np.array([lang_index[lang] for lang, _ in part], np.int32)[local]
         batch["example_mask"] = mask
         return batch
+
+    def probe_batches(
+        self,
+        per_language: int,
+        batch_size: int,
+        *,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of a fixed sample of the training split: `per_language` examples of each
+        language (all of a smaller one), chosen by a stateless permutation of the seed; the base
+        model's per-language loss is measured on them (dynamic weights)."""
+        order = []
+        for lang_id, lang in enumerate(self.languages):
+            n = len(self.stores[lang])
+            rows = permute(np.arange(min(per_language, n)), n, hash_key(self.seed, 3, lang_id))
+            order += [(lang, int(r)) for r in rows.tolist()]
+        for k in range(-(-len(order) // batch_size)):
+            part = order[k * batch_size : (k + 1) * batch_size]
+            yield self._ordered_batch(self.stores, part, batch_size, process_index, process_count)
 
     def eval_batches(
         self,

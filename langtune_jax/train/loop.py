@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from langtune_jax import data as data_lib
 from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
 from langtune_jax.config import ConfigError, RunConfig, dump_config
@@ -46,6 +47,7 @@ from langtune_jax.train.session import (
     apply_peft,
     build_session,
     evaluate,
+    language_losses,
     maybe_initialize_distributed,
     resolve_run_dir,
     sampling_plan,
@@ -170,10 +172,10 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
         best_metric=best_metric,
         best_mode="min" if lower_better else "max",
     )
-    start = 0
+    start, resumed_record = 0, None
     restored = ckpt.restore_latest((split.trainable, opt_state, split.mutable))
     if restored is not None:
-        start, (split.trainable, opt_state, split.mutable), _ = restored
+        start, (split.trainable, opt_state, split.mutable), resumed_record = restored
         log.info("resumed from %s at step %d", ckpt.directory, start)
 
     train_step = make_train_step(
@@ -184,6 +186,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
         param_shardings=session.shardings,
         grad_accum_steps=tcfg.grad_accum_steps,
         routing=session.routing,
+        num_languages=len(session.dataset.languages),
     )
     eval_step = make_eval_step(
         split,
@@ -192,6 +195,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
         param_shardings=session.shardings,
         routing=session.routing,
     )
+    weights = _start_weights(session, eval_step, resumed_record, primary)
     logger = MetricsLogger(run_dir)
     history: list[dict[str, Any]] = []
     batches = session.dataset.train_batches(tcfg.batch_size, start_step=start)
@@ -199,6 +203,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
     step = start
     all_finite = jnp.bool_(True)
     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+    window_languages: list[tuple[Any, Any]] = []
 
     saved = [ckpt.all_steps()[-1] if ckpt.all_steps() else -1]
 
@@ -212,6 +217,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
                 f"{ckpt.directory} is intact"
             )
         record = {"step": step_now, "config_hash": cfg.hash(), "data_position": step_now}
+        if weights is not None:
+            record["dynamic"] = weights.state()
         ckpt.save(step_now, (split.trainable, opt_state, split.mutable), record, metrics)
         saved[0] = step_now
 
@@ -227,6 +234,10 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
                 step += 1
                 all_finite = all_finite & jnp.isfinite(metrics["loss"])
                 window_loss.append(metrics["loss"])
+                language_sums = (metrics["language_loss_sum"], metrics["language_count"])
+                window_languages.append(language_sums)
+                if weights is not None:
+                    weights.add_step(*language_sums)
                 if step % tcfg.log_every == 0 or step == tcfg.steps:
                     losses = np.asarray(jax.device_get(window_loss))
                     if not np.all(np.isfinite(losses)):
@@ -241,12 +252,17 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
                         "grad_norm": float(metrics["grad_norm"]),
                         "learning_rate": float(_lr(tcfg, step)),
                         "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                        **_language_means(session.dataset.languages, window_languages),
                     }
                     logger.log(step, "train", rec)
                     progress.update(
                         len(losses), loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}"
                     )
                     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+                    window_languages = []
+                if weights is not None and weights.due(step) and step < tcfg.steps:
+                    _update_weights(session, weights, step, eval_step, logger, primary)
+                    batches = session.dataset.train_batches(tcfg.batch_size, start_step=step)
                 eval_metrics = None
                 if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.steps:
                     result = evaluate(session, cfg.eval.split, eval_step)
@@ -271,6 +287,67 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
         _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step)
     logger.close()
     return run_dir
+
+
+def _language_means(languages: list[str], window: list[tuple[Any, Any]]) -> dict[str, float]:
+    """``loss/<language>``: mean train loss per language over the steps of a log window."""
+    sums = np.sum([np.asarray(jax.device_get(pair), np.float64) for pair in window], axis=0)
+    return {f"loss/{lang}": float(s / c) for lang, s, c in zip(languages, *sums) if c > 0}
+
+
+def _write_plan(run_dir: Path, plan, weights) -> None:
+    """plan.json of the run folder; with dynamic weights it also holds their record and
+    ``weight_segments`` (rewritten at every update point)."""
+    if weights is not None:
+        plan.dynamic = weights.to_dict()
+    (run_dir / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2), encoding="utf-8")
+
+
+def _start_weights(session: Session, eval_step, resumed_record, primary: bool):
+    """The dynamic-weight record at the start step: restored from the checkpoint, or new (with
+    the base model's loss when the config needs it); None for static strategies."""
+    weights = session.dataset.weights
+    if weights is None:
+        return None
+    dyn = session.cfg.sampling.dynamic
+    if dyn.signal == "eval" and not session.dataset.has_split(session.cfg.eval.split):
+        raise ConfigError(
+            f"sampling.dynamic.signal is 'eval' but the data has no {session.cfg.eval.split!r} "
+            "split; add one to data.sources or use signal: train"
+        )
+    if resumed_record is not None and "dynamic" in resumed_record:
+        weights.restore(resumed_record["dynamic"])
+    elif dyn.needs_base_loss:
+        probe = session.dataset.probe_batches(dyn.probe_examples, session.cfg.eval.batch_size)
+        weights.set_base_loss(language_losses(session, probe, eval_step))
+    session.dataset.set_weight_segments(weights.segments())
+    if primary:
+        _write_plan(session.run_dir, session.dataset.plan, weights)
+        if weights.base_loss is not None:
+            print("\n".join(data_lib.dynamic_lines(session.dataset.plan.dynamic)))
+    return weights
+
+
+def _update_weights(session: Session, weights, step: int, eval_step, logger, primary) -> None:
+    """An update point: record the per-language losses (train window or eval split), move the
+    weights, hand the new segments to the data pipeline and the plan."""
+    cfg = session.cfg
+    losses = weights.window_losses()
+    if cfg.sampling.dynamic.signal == "eval":
+        batches = session.dataset.eval_batches(cfg.eval.split, batch_size=cfg.eval.batch_size)
+        losses = language_losses(session, batches, eval_step)
+    new = weights.record(step, losses)
+    session.dataset.set_weight_segments(weights.segments())
+    logger.log(
+        step,
+        "weights",
+        {
+            **{f"weight/{k}": v for k, v in new.items()},
+            **{f"signal/{k}": v for k, v in weights.updates[-1]["losses"].items()},
+        },
+    )
+    if primary:
+        _write_plan(session.run_dir, session.dataset.plan, weights)
 
 
 def _lr(tcfg, step: int) -> float:
@@ -318,6 +395,10 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
                 metric=cfg.eval.metric,
             )
             print(f"[{cfg.run.name}] {split_name}:\n{eval_lib.markdown_table(result)}")
+    weights = session.dataset.weights
+    if weights is not None and jax.process_index() == 0:
+        segments = {"weight_segments": weights.to_dict()["weight_segments"], "steps": step}
+        eval_lib.plot_weight_segments({cfg.run.name: segments}, run_dir / "eval" / "weights.png")
     if cfg.peft.method != "none":
         # Every process: the export gathers arrays sharded across hosts (a collective), then
         # process 0 writes.
