@@ -141,6 +141,8 @@ class DataPipeline:
             if sampling_cfg.strategy == "dynamic"
             else None
         )
+        if self.weights is not None:
+            self.plan.dynamic = self.weights.to_dict()
         self._segments: list[tuple[int, dict[str, float]]] = [(0, dict(self.probabilities))]
         self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
         self._eval_order: dict[str, list[tuple[str, int]]] = {}

@@ -439,7 +439,12 @@ def dynamic_lines(dynamic: dict | None) -> list[str]:
     """The plan table's lines about dynamic weights: prior, base loss, weight segments."""
     if dynamic is None:
         return []
-    out = [f"dynamic weights: prior={dynamic['prior']} method={dynamic['method']}"]
+    every = dynamic["every"]
+    when = f"every {every} steps" if every else "once, before step 0, from the base model's loss"
+    out = [
+        f"dynamic weights: prior={dynamic['prior']} method={dynamic['method']} "
+        f"signal={dynamic['signal']}, updated {when}"
+    ]
     if dynamic.get("base_loss"):
         out.append(
             "base model loss per language: "
