@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from langtune_jax.config import RunConfig, dump_config, from_dict
 from langtune_jax.train import train
@@ -42,7 +43,7 @@ def _records(run_dir, kind):
 
 
 def test_weights_follow_losses_and_are_logged(assets, tmp_path):
-    run = train(_config(assets), run_dir=tmp_path / "run")
+    run = train(_config(assets, log_every=1), run_dir=tmp_path / "run")
     plan = json.loads((run / "plan.json").read_text())
     segments = plan["weight_segments"]
     # The first window (step 3) is the reference; steps 6 and 9 move the weights.
@@ -53,21 +54,16 @@ def test_weights_follow_losses_and_are_logged(assets, tmp_path):
     for seg in segments:
         assert abs(sum(seg["weights"].values()) - 1) < 1e-9
     assert [u["step"] for u in plan["dynamic"]["updates"]] == [3, 6, 9]
-    train_records = _records(run, "train")
-    assert all(set(f"loss/{k}" for k in LANGS) <= set(r) for r in train_records)
     weights = _records(run, "weights")
     assert [r["step"] for r in weights] == [3, 6, 9]
     assert weights[-1]["weight/sw"] == segments[-1]["weights"]["sw"]
     assert (run / "eval/weights.png").exists()
-
-
-def test_per_language_losses_average_to_the_step_loss(assets, tmp_path):
-    run = train(_config(assets, steps=2, log_every=1), run_dir=tmp_path / "run")
+    # Per-language train losses of every step (log_every 1): finite, and the step's loss is
+    # their count-weighted mean, so it lies between them.
     for r in _records(run, "train"):
-        # The window holds one step: per-language means weighted by their counts give its loss.
-        per = {k: r[f"loss/{k}"] for k in LANGS if f"loss/{k}" in r}
-        assert per and all(np.isfinite(v) for v in per.values())
-        assert min(per.values()) - 1e-6 <= r["loss"] <= max(per.values()) + 1e-6
+        per = [r[f"loss/{k}"] for k in LANGS if f"loss/{k}" in r]
+        assert len(per) >= 2 and all(np.isfinite(per))
+        assert min(per) - 1e-6 <= r["loss"] <= max(per) + 1e-6
 
 
 def test_kill_9_then_restart_equals_unbroken_run_exactly(assets, tmp_path):
@@ -119,7 +115,10 @@ def test_every_zero_weights_from_the_base_loss(assets, tmp_path):
     assert len(_records(run, "weights")) == 0
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(assets, tmp_path):
+    """Slow (two worker processes and a reference run): the per-language losses are global, so
+    both hosts record the same losses and read the batches of one process."""
     from tests.train import test_multihost as mh
 
     mesh = {"data": 1, "fsdp": -1, "tensor": 1}
