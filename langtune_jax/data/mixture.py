@@ -24,6 +24,12 @@ The design, in three stateless layers (all vectorised in numpy):
    example `perm_{seed,l,e}(j mod n_l)` of epoch e = j // n_l: a fresh permutation per epoch of
    that language, so no example repeats inside a language epoch.
 
+**Weight segments** (dynamic sampling): weights may change at given indices. Segment j has its own
+schedule table; draw i of segment j reads that table at i mod D, and a language's draw counter
+continues from the draws it got in earlier segments (counted exactly from the tables), so its
+epochs go on across a change and two segments with equal weights read exactly one mixture.
+The draws stay a pure function of (seed, i, segments).
+
 Permutations are pure functions of (n, key), keys being splitmix64 hashes of the seed and the
 indices. Up to 2^18 elements: the argsort of n keyed hashes, cached (a few tables per language, so
 a batch costs a handful of numpy calls). Larger domains: a Feistel network over the next even
