@@ -350,6 +350,8 @@ class SamplingPlan:
       dynamic: strategy `dynamic`: the weight record (`langtune_jax.data.plan.WeightRecord`
         as a dict: prior, base losses, per-language losses at update points and the
         `weight_segments` they give); plan.json lists `weight_segments` at its top level.
+      notes: what reading the data changed or found that the user should know (language codes
+        normalised, duplicate rows), one sentence each.
     """
 
     rows: list[PlanRow]
@@ -359,6 +361,7 @@ class SamplingPlan:
     max_epochs: float
     skipped_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     dynamic: dict | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def languages(self) -> list[str]:
@@ -383,6 +386,7 @@ class SamplingPlan:
             "languages": [dataclasses.asdict(r) for r in self.rows],
             "skipped_reasons": dict(self.skipped_reasons),
             "warnings": self.warnings,
+            "notes": list(self.notes),
         }
         if self.dynamic is not None:
             out["weight_segments"] = self.dynamic["weight_segments"]
@@ -430,6 +434,7 @@ class SamplingPlan:
         if self.skipped_reasons:
             why = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.skipped_reasons.items()))
             out.append(f"skipped bad rows: {sum(self.skipped_reasons.values()):,} ({why})")
+        out += [f"note: {n}" for n in self.notes]
         out += [f"warning: {w}" for w in self.warnings]
         out += dynamic_lines(self.dynamic)
         return "\n".join(out)
@@ -467,6 +472,7 @@ def build_plan(
     tokens: Mapping[str, int] | None = None,
     skipped: Mapping[str, int] | None = None,
     skipped_reasons: Mapping[str, int] | None = None,
+    notes: list[str] | None = None,
 ) -> SamplingPlan:
     """Computes the sampling plan of a run.
 
@@ -477,6 +483,7 @@ def build_plan(
       tokens: language -> number of training tokens (needed with unit tokens).
       skipped: language -> bad rows skipped (shown in the plan).
       skipped_reasons: reason -> bad rows skipped (shown under the table).
+      notes: sentences shown under the table (see `SamplingPlan.notes`).
 
     Returns:
       A `SamplingPlan`; its `probabilities` feed `LanguageMixture`.
@@ -534,6 +541,7 @@ def build_plan(
         total_samples=int(total_samples),
         max_epochs=sampling_cfg.max_epochs,
         skipped_reasons=dict(skipped_reasons or {}),
+        notes=list(notes or []),
     )
 
 

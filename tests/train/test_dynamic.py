@@ -54,9 +54,9 @@ def test_weights_follow_losses_and_are_logged(assets, tmp_path):
     for seg in segments:
         assert abs(sum(seg["weights"].values()) - 1) < 1e-9
     assert [u["step"] for u in plan["dynamic"]["updates"]] == [3, 6, 9]
-    weights = _records(run, "weights")
+    weights = [r for r in _records(run, "sampling") if "signal" in r]
     assert [r["step"] for r in weights] == [3, 6, 9]
-    assert weights[-1]["weight/sw"] == segments[-1]["weights"]["sw"]
+    assert weights[-1]["weight"] == segments[-1]["weights"]
     assert (run / "eval/weights.png").exists()
     # Per-language train losses of every step (log_every 1): finite, and the step's loss is
     # their count-weighted mean, so it lies between them.
@@ -112,7 +112,8 @@ def test_every_zero_weights_from_the_base_loss(assets, tmp_path):
     # w ∝ prior * L^beta: the ratio to the prior orders languages as their base loss does.
     ratio = {k: segment["weights"][k] / prior[k] for k in prior}
     assert sorted(ratio, key=ratio.get) == sorted(base, key=base.get)
-    assert len(_records(run, "weights")) == 0
+    (start,) = _records(run, "sampling")  # the weights at step 0 only: no update point
+    assert start["weight"] == segment["weights"]
 
 
 @pytest.mark.slow
