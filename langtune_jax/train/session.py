@@ -23,6 +23,7 @@ from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
 from langtune_jax.config import ConfigError, RunConfig
 from langtune_jax.models import from_pretrained, load_tokenizer
+from langtune_jax.models.common import set_remat
 from langtune_jax.train import mesh as mesh_lib
 from langtune_jax.train.step import make_eval_step, split_model
 
@@ -163,6 +164,7 @@ def build_session(
     dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
     rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
     model, trainable = apply_peft(model, cfg, rngs)
+    set_remat(model, cfg.train.remat)
     split = split_model(model, trainable)
     shardings = {
         name: mesh_lib.state_shardings(getattr(split, name), mesh)
@@ -194,7 +196,7 @@ def _mesh(cfg: RunConfig):
 
 def _load_model(cfg: RunConfig, mesh, dataset) -> nnx.Module:
     num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
-    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+    dtype = jnp.bfloat16 if cfg.model.compute_dtype() == "bfloat16" else jnp.float32
     param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
     return from_pretrained(
         cfg.model.name_or_path,
@@ -269,6 +271,8 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
         out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
         host = multihost_utils.process_allgather({**out, **batch}, tiled=True)
         host = {k: np.asarray(v) for k, v in host.items()}
+        if "segment_language" in host:  # packed classification: one entry per example again
+            host = data_lib.unpack_segments(host, cfg.model.task)
         acc.update(host)
     return acc.compute(source_language=cfg.eval.source_language)
 
