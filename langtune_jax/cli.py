@@ -274,7 +274,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             Path(args.run_dir), fmt=args.format, out=Path(args.out), step=args.step, best=args.best
         )
     elif args.command == "compare":
-        from langtune_jax.eval import compare_runs, plot_comparison
+        from langtune_jax.eval import compare_runs, plot_comparison, plot_weight_segments
 
         table, data = compare_runs(
             [Path(d) for d in args.run_dirs], metric=args.metric, split=args.split
@@ -286,6 +286,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
             plot_comparison(data, out / "comparison.png")
             print(f"wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
+            if data["weights"]:
+                print(f"wrote {plot_weight_segments(data['weights'], out / 'weights.png')}")
     elif args.command == "generate":
         from langtune_jax.train.generate import generate_run
 

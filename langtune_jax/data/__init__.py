@@ -11,12 +11,16 @@ from langtune_jax.data.features import (
 )
 from langtune_jax.data.mixture import LanguageMixture, apportion, permute
 from langtune_jax.data.pipeline import DataPipeline, eval_batches, train_batches
+from langtune_jax.data.plan import WeightRecord
 from langtune_jax.data.sampling import (
+    STATIC_STRATEGIES,
     STRATEGIES,
+    DynamicConfig,
     PlanRow,
     SamplingConfig,
     SamplingPlan,
     build_plan,
+    dynamic_lines,
     language_weights,
 )
 from langtune_jax.data.sources import (
@@ -31,10 +35,12 @@ from langtune_jax.data.sources import (
 
 __all__ = [
     "IGNORE",
+    "STATIC_STRATEGIES",
     "STRATEGIES",
     "DataConfig",
     "DataError",
     "DataPipeline",
+    "DynamicConfig",
     "LanguageMixture",
     "MissingSplitError",
     "PlanRow",
@@ -43,10 +49,12 @@ __all__ = [
     "SourceConfig",
     "SplitData",
     "Tokenized",
+    "WeightRecord",
     "apportion",
     "build_plan",
     "choose_bucket",
     "collate",
+    "dynamic_lines",
     "eval_batches",
     "infer_labels",
     "language_weights",

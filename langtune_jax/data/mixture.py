@@ -24,6 +24,12 @@ The design, in three stateless layers (all vectorised in numpy):
    example `perm_{seed,l,e}(j mod n_l)` of epoch e = j // n_l: a fresh permutation per epoch of
    that language, so no example repeats inside a language epoch.
 
+**Weight segments** (dynamic sampling): weights may change at given indices. Segment j has its own
+schedule table; draw i of segment j reads that table at i mod D, and a language's draw counter
+continues from the draws it got in earlier segments (counted exactly from the tables), so its
+epochs go on across a change and two segments with equal weights read exactly one mixture.
+The draws stay a pure function of (seed, i, segments).
+
 Permutations are pure functions of (n, key), keys being splitmix64 hashes of the seed and the
 indices. Up to 2^18 elements: the argsort of n keyed hashes, cached (a few tables per language, so
 a batch costs a handful of numpy calls). Larger domains: a Feistel network over the next even
@@ -175,10 +181,15 @@ class LanguageMixture(grain.MapDataset):
       block_size: draws shuffled together (1 = the raw schedule); the pipeline uses the global
         batch size so each batch holds the schedule's exact language counts.
       period: schedule period D; probabilities are realised to a multiple of 1/D.
+      segments: later weight segments, ``(start_index, weights)`` pairs with increasing start
+        indices (> 0, multiples of `block_size`); `weights` holds from index 0 to the first start.
+        Draw i reads the schedule of its segment at position i mod D, and each language's draw
+        counter carries over from segment to segment, so a language's epochs continue (no
+        example repeats early) and equal weights in two segments give exactly the draws of one.
 
     Attributes:
       languages: languages in the order of `datasets`; `language_ids` below index into it.
-      probabilities: realised per-draw probability of each language (w_l / D).
+      probabilities: realised per-draw probability of each language in the first segment (w_l / D).
     """
 
     def __init__(
@@ -189,13 +200,43 @@ class LanguageMixture(grain.MapDataset):
         seed: int = 0,
         block_size: int = 1,
         period: int = 1 << 20,
+        segments: Sequence[tuple[int, Mapping[str, float]]] = (),
     ):
         parents = [d for d in datasets.values() if isinstance(d, grain.MapDataset)]
         super().__init__(parents)
         self._datasets = dict(datasets)
         self.languages = list(datasets)
+        self._sizes = np.array([len(datasets[lang]) for lang in self.languages], dtype=np.int64)
+        if block_size < 1 or period < len(self.languages):
+            raise ValueError("LanguageMixture: block_size must be >= 1 and period >= #languages")
+        self._seed = int(seed)
+        self._block = int(block_size)
+        self._period = int(period)
+        starts = [0] + [int(start) for start, _ in segments]
+        if any(b <= a for a, b in zip(starts, starts[1:])) or any(s % self._block for s in starts):
+            raise ValueError(
+                f"LanguageMixture: segment starts {starts[1:]} must increase and be multiples of "
+                f"block_size {self._block}"
+            )
+        self._starts = np.array(starts, dtype=np.int64)
+        self._segments = []  # per segment: (slots [L], language table [D], rank table [D], base [L])
+        offset = np.zeros(len(self.languages), dtype=np.int64)  # draws per language so far
+        for j, w in enumerate([weights, *(w for _, w in segments)]):
+            slots = apportion(self._check_weights(w), self._period)  # [L] w_l, sums to D
+            lang_table, rank_table = self._schedule(slots)
+            # base + (draws of l in this schedule before i) = the global draw counter of l.
+            base = offset - self._count_before(slots, lang_table, starts[j])
+            self._segments.append((slots, lang_table, rank_table, base))
+            if j + 1 < len(starts):
+                offset = base + self._count_before(slots, lang_table, starts[j + 1])
+        self._slots = self._segments[0][0]
+        self.probabilities = {
+            lang: float(w) / self._period for lang, w in zip(self.languages, self._slots)
+        }
+
+    def _check_weights(self, weights: Mapping[str, float]) -> np.ndarray:
         missing = [lang for lang in self.languages if lang not in weights]
-        extra = [lang for lang in weights if lang not in datasets]
+        extra = [lang for lang in weights if lang not in self._datasets]
         if missing or extra:
             raise ValueError(
                 f"LanguageMixture: weights and datasets disagree (no weight: {missing}, "
@@ -204,29 +245,24 @@ class LanguageMixture(grain.MapDataset):
         p = np.array([float(weights[lang]) for lang in self.languages])
         if (p < 0).any() or not p.sum() > 0:
             raise ValueError(f"LanguageMixture: weights must be >= 0, not all zero (got {p})")
-        self._sizes = np.array([len(datasets[lang]) for lang in self.languages], dtype=np.int64)
         for lang, n, pl in zip(self.languages, self._sizes, p):
             if n == 0 and pl > 0:
                 raise ValueError(f"LanguageMixture: language {lang!r} has no examples")
-        if block_size < 1 or period < len(self.languages):
-            raise ValueError("LanguageMixture: block_size must be >= 1 and period >= #languages")
-        self._seed = int(seed)
-        self._block = int(block_size)
-        self._period = int(period)
-        self._slots = apportion(p, self._period)  # [L] w_l, sums to D
-        self.probabilities = {
-            lang: float(w) / self._period for lang, w in zip(self.languages, self._slots)
-        }
-        self._lang_table, self._rank_table = self._schedule()
+        return p
 
-    def _schedule(self) -> tuple[np.ndarray, np.ndarray]:
+    def _count_before(self, slots: np.ndarray, lang_table: np.ndarray, index: int) -> np.ndarray:
+        """[L] draws of each language in schedule positions [0, index) of one segment's table."""
+        cycles, rest = divmod(int(index), self._period)
+        return cycles * slots + np.bincount(lang_table[:rest], minlength=len(self.languages))
+
+    def _schedule(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = self._period
         phases = (
             hash_key(self._seed, 0x5EED, np.arange(len(self.languages))).astype(np.float64)
             / 2.0**64
         )  # [L] in [0, 1)
         times, langs, ranks = [], [], []
-        for lang_id, w in enumerate(self._slots):
+        for lang_id, w in enumerate(slots):
             if w == 0:  # weight 0: never drawn
                 continue
             k = np.arange(w, dtype=np.float64)
@@ -259,8 +295,14 @@ class LanguageMixture(grain.MapDataset):
             block, pos = np.divmod(i, self._block)
             i = block * self._block + permute(pos, self._block, hash_key(self._seed, 1, block))
         cycle, pos = np.divmod(i, self._period)
-        lang = self._lang_table[pos]  # [N]
-        draw = cycle * self._slots[lang] + self._rank_table[pos]  # j-th draw of that language
+        seg = np.searchsorted(self._starts, i, side="right") - 1  # [N] segment of each draw
+        lang = np.empty_like(pos, dtype=np.int32)
+        draw = np.empty_like(i)  # j-th draw of that language
+        for j in np.unique(seg).tolist():
+            sel = seg == j
+            slots, lang_table, rank_table, base = self._segments[j]
+            lang[sel] = lang_table[pos[sel]]
+            draw[sel] = base[lang[sel]] + cycle[sel] * slots[lang[sel]] + rank_table[pos[sel]]
         sizes = self._sizes[lang]  # [N]
         epoch, r = np.divmod(draw, sizes)
         keys = hash_key(self._seed, 2, lang, epoch)  # [N] one permutation per (language, epoch)

@@ -52,7 +52,8 @@ from langtune_jax.data.features import (
     tokenize,
 )
 from langtune_jax.data.holdout import hold_out_validation
-from langtune_jax.data.mixture import LanguageMixture
+from langtune_jax.data.mixture import LanguageMixture, hash_key, permute
+from langtune_jax.data.plan import WeightRecord
 from langtune_jax.data.readers import class_names
 from langtune_jax.data.sampling import SamplingConfig, SamplingPlan, build_plan
 from langtune_jax.data.sources import (
@@ -145,7 +146,10 @@ class DataPipeline:
       labels: label (tag) vocabulary: `data.labels`, else the `ClassLabel` names of Hugging
         Face sources (in their order), else the sorted labels of train.
       train: the training `SplitData`; `stores`: language -> `Tokenized` train rows.
-      plan: the `SamplingPlan`; `probabilities`: per-draw probability per language.
+      plan: the `SamplingPlan`; `probabilities`: per-draw probability per language (the prior
+        of dynamic weights).
+      weights: strategy dynamic: the `WeightRecord` whose segments the mixture reads (the loop
+        records losses into it and calls `set_weight_segments`); None for static strategies.
     """
 
     def __init__(
@@ -198,6 +202,16 @@ class DataPipeline:
             steps = total_samples // batch_size
             self.plan = self.make_plan(steps * self.examples_per_step(batch_size))
             self.probabilities = self.plan.probabilities
+        self.weights = (
+            WeightRecord(
+                sampling_cfg, self.plan, steps=(total_samples or 0) // max(batch_size or 1, 1)
+            )
+            if sampling_cfg.strategy == "dynamic"
+            else None
+        )
+        if self.weights is not None:
+            self.plan.dynamic = self.weights.to_dict()
+        self._segments: list[tuple[int, dict[str, float]]] = [(0, dict(self.probabilities))]
         # The plan's own warnings print with its table (`plan.table()`), once.
         if warn and self._chat_fallback():
             log.warning(
@@ -280,11 +294,32 @@ class DataPipeline:
 
     # ---------------------------------------------------------------- train
 
+    def set_weight_segments(self, segments: list[tuple[int, dict[str, float]]]) -> None:
+        """Piecewise weights: `(start_step, weights)` pairs, the first at step 0.
+
+        Train batch s then depends on (seed, s, segments) only; iterators made before the call
+        keep the old weights (make a new one from the step where the new weights start).
+        """
+        if not segments or segments[0][0] != 0:
+            raise ValueError("weight segments must start at step 0")
+        self._segments = [(int(s), dict(w)) for s, w in segments]
+        self._mixtures = {}
+
+    def weights_at(self, step: int) -> dict[str, float]:
+        """Per-draw probability of each language at global train step `step`."""
+        return dict(next(w for start, w in reversed(self._segments) if start <= step))
+
     def mixture(self, block_size: int) -> LanguageMixture:
-        """The stateless mixture over training examples, shuffled in blocks of `block_size`."""
+        """The stateless mixture over training examples, shuffled in blocks of `block_size`
+        (the draws per step: weight segments start at multiples of it)."""
         if block_size not in self._mixtures:
+            (_, first), *later = self._segments
             self._mixtures[block_size] = LanguageMixture(
-                self.train.examples, self.probabilities, seed=self.seed, block_size=block_size
+                self.train.examples,
+                first,
+                seed=self.seed,
+                block_size=block_size,
+                segments=[(s * block_size, w) for s, w in later],
             )
         return self._mixtures[block_size]
 
@@ -502,6 +537,12 @@ class DataPipeline:
             assert dropped == 0, "eval packing layout and pack() disagree"
             return self._finish_packed(batch, placed, lang, local)
         part = order[k * batch_size : (k + 1) * batch_size]
+        return self._ordered_batch(stores, part, batch_size, process_index, process_count)
+
+    def _ordered_batch(self, stores, part, batch_size, process_index, process_count):
+        """Rows `part` ([(language, row)], at most batch_size) as a padded, masked batch."""
+        pi, pc = _processes(process_index, process_count)
+        local = _local_rows(batch_size, pi, pc)
         real = len(part)
         part = part + [part[0]] * (batch_size - real)  # filler rows, masked out below
         rows = [(stores[lang], r) for lang, r in part]
@@ -513,9 +554,30 @@ class DataPipeline:
             batch["labels"] = np.where(mask > 0, batch["labels"], 0).astype(np.int32)
         else:
             batch["labels"] = np.where(mask[:, None] > 0, batch["labels"], IGNORE).astype(np.int32)
+        lang_index = {lang: i for i, lang in enumerate(self.languages)}
         batch["language_id"] = np.array([lang_index[lang] for lang, _ in part], np.int32)[local]
         batch["example_mask"] = mask
         return batch
+
+    def probe_batches(
+        self,
+        per_language: int,
+        batch_size: int,
+        *,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of a fixed sample of the training split: `per_language` examples of each
+        language (all of a smaller one), chosen by a stateless permutation of the seed; the base
+        model's per-language loss is measured on them (dynamic weights)."""
+        order = []
+        for lang_id, lang in enumerate(self.languages):
+            n = len(self.stores[lang])
+            rows = permute(np.arange(min(per_language, n)), n, hash_key(self.seed, 3, lang_id))
+            order += [(lang, int(r)) for r in rows.tolist()]
+        for k in range(-(-len(order) // batch_size)):
+            part = order[k * batch_size : (k + 1) * batch_size]
+            yield self._ordered_batch(self.stores, part, batch_size, process_index, process_count)
 
     def eval_batches(
         self,

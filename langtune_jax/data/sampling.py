@@ -28,8 +28,96 @@ from typing import Literal
 
 from langtune_jax.data.sources import DataError
 
-Strategy = Literal["natural", "uniform", "inverse", "temperature", "log", "unimax", "manual"]
+StaticStrategy = Literal["natural", "uniform", "inverse", "temperature", "log", "unimax", "manual"]
+Strategy = Literal[
+    "natural", "uniform", "inverse", "temperature", "log", "unimax", "manual", "dynamic"
+]
 STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
+STATIC_STRATEGIES: tuple[str, ...] = StaticStrategy.__args__  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass
+class DynamicConfig:
+    """Loss-aware language weights (`sampling.strategy: dynamic`), stateless and resumable.
+
+    The weights start from the static `prior` strategy (its options are the sampling section's:
+    alpha, budget, weights, multipliers) and move every `every` steps with the per-language loss
+    of the window before (`signal`). The weights in force at step k are a pure function of the
+    seed, the config and the per-language losses recorded at earlier update points
+    (`plan.json` and every checkpoint hold them as `weight_segments`).
+
+    Attributes:
+      prior: the static strategy the weights start from (and are smoothed toward).
+      method: `dro`, exponentiated-gradient ascent on the excess loss as in group DRO / DoReMi:
+        w <- w * exp(eta * (L_l - ref_l)), normalise, then (1 - smoothing) w + smoothing * prior;
+        or `power`: w ∝ prior_l * L_l ** beta (no memory of earlier weights).
+      eta: step size of `dro` (DoReMi uses 1); 0 keeps the prior exactly.
+      beta: exponent of `power`; 0 keeps the prior exactly.
+      smoothing: c, the share of the prior mixed into every `dro` update (DoReMi: 1e-3 toward
+        uniform; larger values keep the weights closer to the prior).
+      every: steps between updates; 0 computes the weights once, before step 0, from the base
+        model's per-language loss on `probe_examples` training examples per language.
+      signal: `train`, the mean train loss per language over the window since the last update
+        (from the train step itself), or `eval`, the per-language loss on the `eval.split` split.
+      reference: ref_l of `dro`: `first`, the first window's losses, or `base`, the base model's
+        loss before training (on the probe sample). With every: 0, `dro` measures the excess
+        against the mean base loss over languages.
+      floor: no language's weight drops below min(floor, its prior weight).
+      probe_examples: training examples per language on which the base model's loss is measured
+        (`reference: base` or `every: 0`).
+
+    The epoch cap of UniMax applies too: no update raises a language's weight above
+    max(prior_l, sampling.max_epochs * n_l / total draws), so a tiny language is not repeated
+    more than `max_epochs` times by the dynamic rule.
+
+    References:
+      Sagawa et al. 2020, "Distributionally Robust Neural Networks for Group Shifts" (group DRO);
+      Xie et al. 2023, "DoReMi: Optimizing Data Mixtures Speeds Up Language Model Pretraining",
+      Algorithm 1.
+    """
+
+    prior: StaticStrategy = "uniform"
+    method: Literal["dro", "power"] = "dro"
+    eta: float = 1.0
+    beta: float = 1.0
+    smoothing: float = 0.1
+    every: int = 20
+    signal: Literal["train", "eval"] = "train"
+    reference: Literal["first", "base"] = "first"
+    floor: float = 0.01
+    probe_examples: int = 64
+
+    def __post_init__(self):
+        if self.prior not in STATIC_STRATEGIES:
+            raise ValueError(
+                f"dynamic.prior: {self.prior!r} is not a static strategy; choose one of "
+                f"{', '.join(STATIC_STRATEGIES)}"
+            )
+        if self.method not in ("dro", "power"):
+            raise ValueError(f"dynamic.method must be 'dro' or 'power' (got {self.method!r})")
+        for name in ("eta", "beta"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"dynamic.{name} must be a finite number >= 0 (got {value})")
+        if not 0 <= self.smoothing <= 1:
+            raise ValueError(f"dynamic.smoothing must be in [0, 1] (got {self.smoothing})")
+        if self.every < 0:
+            raise ValueError(f"dynamic.every must be >= 0 steps (got {self.every})")
+        if self.signal not in ("train", "eval"):
+            raise ValueError(f"dynamic.signal must be 'train' or 'eval' (got {self.signal!r})")
+        if self.reference not in ("first", "base"):
+            raise ValueError(
+                f"dynamic.reference must be 'first' or 'base' (got {self.reference!r})"
+            )
+        if not 0 <= self.floor < 1:
+            raise ValueError(f"dynamic.floor must be in [0, 1) (got {self.floor})")
+        if self.probe_examples < 1:
+            raise ValueError(f"dynamic.probe_examples must be >= 1 (got {self.probe_examples})")
+
+    @property
+    def needs_base_loss(self) -> bool:
+        """Whether the base model's loss is measured before step 0."""
+        return self.every == 0 or (self.method == "dro" and self.reference == "base")
 
 
 @dataclasses.dataclass
@@ -48,6 +136,7 @@ class SamplingConfig:
       unit: count languages in `examples` or in `tokens` (languages differ in tokens per example).
         With tokens the strategy sets token shares and the mixture draws examples with
         probability proportional to share / mean tokens per example.
+      dynamic: options of strategy `dynamic` (loss-aware weights, see `DynamicConfig`).
     """
 
     strategy: Strategy = "natural"
@@ -57,6 +146,7 @@ class SamplingConfig:
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
     multipliers: dict[str, float] = dataclasses.field(default_factory=dict)
     unit: Literal["examples", "tokens"] = "examples"
+    dynamic: DynamicConfig = dataclasses.field(default_factory=DynamicConfig)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -78,18 +168,24 @@ class SamplingConfig:
                     raise ValueError(
                         f"sampling.{field}.{lang} must be a finite number >= 0 (got {w!r})"
                     )
-        if self.strategy == "manual" and not self.weights:
+        if self.static_strategy == "manual" and not self.weights:
             raise ValueError("sampling.weights: strategy 'manual' needs weights per language")
 
+    @property
+    def static_strategy(self) -> str:
+        """The count formula of the weights at step 0: the strategy, or dynamic's prior."""
+        return self.dynamic.prior if self.strategy == "dynamic" else self.strategy
+
     def strategy_options(self) -> dict:
-        """The keyword options `language_weights` takes for this config's strategy."""
+        """The keyword options `language_weights` takes for `static_strategy`."""
         opts: dict = {"multipliers": self.multipliers}
-        if self.strategy == "temperature":
+        strategy = self.static_strategy
+        if strategy == "temperature":
             opts["alpha"] = self.alpha
-        elif self.strategy == "unimax":
+        elif strategy == "unimax":
             opts["budget"] = self.budget
             opts["max_epochs"] = self.max_epochs
-        elif self.strategy == "manual":
+        elif strategy == "manual":
             opts["weights"] = self.weights
         return opts
 
@@ -251,6 +347,9 @@ class SamplingPlan:
         max_epochs.
       strategy, unit, total_samples, max_epochs: the inputs.
       skipped_reasons: reason -> bad training rows skipped for it (on_bad_row: skip).
+      dynamic: strategy `dynamic`: the weight record (`langtune_jax.data.plan.WeightRecord`
+        as a dict: prior, base losses, per-language losses at update points and the
+        `weight_segments` they give); plan.json lists `weight_segments` at its top level.
       notes: what reading the data changed or found that the user should know (language codes
         normalised, duplicate rows), one sentence each.
     """
@@ -261,6 +360,7 @@ class SamplingPlan:
     total_samples: int
     max_epochs: float
     skipped_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    dynamic: dict | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -278,7 +378,7 @@ class SamplingPlan:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (written as plan.json in the run folder)."""
-        return {
+        out = {
             "strategy": self.strategy,
             "unit": self.unit,
             "total_samples": self.total_samples,
@@ -288,6 +388,10 @@ class SamplingPlan:
             "warnings": self.warnings,
             "notes": list(self.notes),
         }
+        if self.dynamic is not None:
+            out["weight_segments"] = self.dynamic["weight_segments"]
+            out["dynamic"] = {k: v for k, v in self.dynamic.items() if k != "weight_segments"}
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -332,7 +436,32 @@ class SamplingPlan:
             out.append(f"skipped bad rows: {sum(self.skipped_reasons.values()):,} ({why})")
         out += [f"note: {n}" for n in self.notes]
         out += [f"warning: {w}" for w in self.warnings]
+        out += dynamic_lines(self.dynamic)
         return "\n".join(out)
+
+
+def dynamic_lines(dynamic: dict | None) -> list[str]:
+    """The plan table's lines about dynamic weights: prior, base loss, weight segments."""
+    if dynamic is None:
+        return []
+    every = dynamic["every"]
+    when = f"every {every} steps" if every else "once, before step 0, from the base model's loss"
+    out = [
+        f"dynamic weights: prior={dynamic['prior']} method={dynamic['method']} "
+        f"signal={dynamic['signal']}, updated {when}"
+    ]
+    if dynamic.get("base_loss"):
+        out.append(
+            "base model loss per language: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in dynamic["base_loss"].items())
+        )
+    segments = dynamic["weight_segments"]
+    for seg in segments[-3:]:
+        out.append(
+            f"weights from step {seg['start_step']}: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in seg["weights"].items())
+        )
+    return out
 
 
 def build_plan(
@@ -368,11 +497,11 @@ def build_plan(
     else:
         counts = {lang: float(examples[lang]) for lang in langs}
     opts = sampling_cfg.strategy_options()
-    if sampling_cfg.strategy == "unimax" and opts["budget"] is None:
+    if sampling_cfg.static_strategy == "unimax" and opts["budget"] is None:
         # The run's own budget: every draw is one example, `mean` tokens long on average.
         mean = sum(counts.values()) / sum(examples[lang] for lang in langs)
         opts["budget"] = float(total_samples) * (mean if sampling_cfg.unit == "tokens" else 1.0)
-    target = language_weights(counts, sampling_cfg.strategy, **opts)
+    target = language_weights(counts, sampling_cfg.static_strategy, **opts)
     if sampling_cfg.unit == "tokens":
         # Token share t_l needs draws in proportion to t_l / (tokens per example of l).
         per_draw = {lang: target[lang] * examples[lang] / counts[lang] for lang in langs}
@@ -414,3 +543,69 @@ def build_plan(
         skipped_reasons=dict(skipped_reasons or {}),
         notes=list(notes or []),
     )
+
+
+# ----------------------------------------------------------------------------- dynamic weights
+
+
+def bounded_weights(
+    weights: Mapping[str, float], lower: Mapping[str, float], upper: Mapping[str, float]
+) -> dict[str, float]:
+    """The weights rescaled to sum to 1 with every language inside [lower_l, upper_l].
+
+    Languages that cross a bound are fixed at it and the rest share what is left in proportion
+    to their weights, until none crosses (at most L rounds; UniMax redistributes its epoch cap
+    the same way). Needs sum(lower) <= 1 <= sum(upper).
+    """
+    fixed: dict[str, float] = {}
+    for _ in range(len(weights) + 1):
+        free = [lang for lang in weights if lang not in fixed]
+        mass = 1.0 - sum(fixed.values())
+        z = sum(weights[lang] for lang in free)
+        if not free or not z > 0:
+            break
+        scaled = {lang: weights[lang] * mass / z for lang in free}
+        crossed = {
+            lang: lower[lang] if w < lower[lang] else upper[lang]
+            for lang, w in scaled.items()
+            if w < lower[lang] or w > upper[lang]
+        }
+        if not crossed:
+            return {lang: fixed.get(lang, scaled.get(lang, 0.0)) for lang in weights}
+        fixed.update(crossed)
+    z = sum(fixed.values())
+    return {lang: fixed.get(lang, 0.0) / z for lang in weights}
+
+
+def dro_update(
+    weights: Mapping[str, float],
+    losses: Mapping[str, float],
+    reference: Mapping[str, float],
+    prior: Mapping[str, float],
+    *,
+    eta: float,
+    smoothing: float,
+) -> dict[str, float]:
+    """One exponentiated-gradient step on the per-language excess loss, smoothed to the prior.
+
+    w_l <- w_l * exp(eta * (L_l - ref_l)); normalise; then (1 - c) w + c * prior.
+
+    References:
+      Xie et al. 2023, "DoReMi", Algorithm 1 (steps 2-3), with the prior in place of uniform.
+    """
+    # Clipped exponent: a diverging language must not overflow the weights to inf/nan.
+    raw = {
+        lang: w * math.exp(min(50.0, max(-50.0, eta * (losses[lang] - reference[lang]))))
+        for lang, w in weights.items()
+    }
+    z = sum(raw.values())
+    return {lang: (1 - smoothing) * raw[lang] / z + smoothing * prior[lang] for lang in raw}
+
+
+def power_weights(
+    prior: Mapping[str, float], losses: Mapping[str, float], *, beta: float
+) -> dict[str, float]:
+    """w_l ∝ prior_l * L_l ** beta: harder languages (higher loss) weigh more; beta 0 = prior."""
+    raw = {lang: p * max(losses[lang], 1e-12) ** beta for lang, p in prior.items()}
+    z = sum(raw.values())
+    return {lang: w / z for lang, w in raw.items()}

@@ -38,6 +38,7 @@ from langtune_jax.eval.plots import (
     plot_eval_curves,
     plot_metric_by_language,
     plot_sampling_vs_data,
+    plot_weight_segments,
 )
 from langtune_jax.eval.report import (
     find_report,
@@ -69,6 +70,7 @@ __all__ = [
     "markdown_table",
     "per_language_report",
     "plot_comparison",
+    "plot_weight_segments",
     "plot_eval_curves",
     "plot_metric_by_language",
     "plot_sampling_vs_data",

@@ -36,6 +36,20 @@ def _run_names(paths: Sequence[Path], reports: Sequence[Mapping[str, Any]]) -> l
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
+def _weight_segments(paths: Sequence[Path], names: Sequence[str]) -> dict[str, Any]:
+    """Run name -> plan.json's weight segments and steps, for runs whose weights moved."""
+    import json
+
+    out = {}
+    for path, name in zip(paths, names):
+        plan = _run_folder(path) / "plan.json"
+        data = json.loads(plan.read_text(encoding="utf-8")) if plan.exists() else {}
+        if data.get("weight_segments"):
+            steps = data.get("dynamic", {}).get("steps")
+            out[name] = {"weight_segments": data["weight_segments"], "steps": steps}
+    return out
+
+
 def compare_runs(
     run_dirs: Sequence[str | Path], *, metric: str | None = None, split: str | None = None
 ) -> tuple[str, dict[str, Any]]:
@@ -55,8 +69,11 @@ def compare_runs(
       ``run_name`` when they differ, else folder names), then ``delta`` (second minus first;
       with more runs, ``delta <run>`` = that run minus the first). Fractions are shown x 100. ``data`` = ``{"metric", "higher_is_better",
       "runs" [names], "languages", "values" {run: {language: score | None}}, "mean" {run: score},
-      "gap" {run: score}, "common_languages", "note" (str or None), "delta" {run: {language | "mean" | "gap": score | None}}}`` (raw
-      scores, not x 100; ``delta`` has an entry for every run after the first).
+      "gap" {run: score}, "common_languages", "note" (str or None), "delta" {run: {language |
+      "mean" | "gap": score | None}}}`` (raw scores, not x 100; ``delta`` has an entry for every
+      run after the first), and ``"weights"`` {run: {"weight_segments", "steps"}} for the runs
+      with dynamic sampling (their plan.json), which
+      :func:`~langtune_jax.eval.plots.plot_weight_segments` draws.
     """
     if len(run_dirs) < 1:
         raise ValueError("compare_runs needs at least one run folder")
@@ -101,6 +118,7 @@ def compare_runs(
         "common_languages": common,
         "note": None,
         "delta": {},
+        "weights": _weight_segments(paths, names),
     }
     if left_out:
         data["note"] = (

@@ -222,3 +222,39 @@ def plot_comparison(data: Mapping[str, Any], path: str | Path) -> Path:
     ax.set_title(f"{metric} per language by run\ngap max-min: {gaps}")
     ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
+
+
+def plot_weight_segments(runs: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
+    """Language weights over training steps, as step functions (dynamic sampling).
+
+    Args:
+      runs: run name -> ``{"weight_segments": [{"start_step", "weights"}], "steps": int}`` (the
+        plan.json view); one colour per language, one line style per run.
+      path: the PNG to write.
+    """
+    styles = ["-", "--", ":", "-."]
+    languages = list(
+        dict.fromkeys(
+            lang for r in runs.values() for seg in r["weight_segments"] for lang in seg["weights"]
+        )
+    )
+    fig, ax = _figure(8, height=4.4)
+    colors = {lang: f"C{i % 10}" for i, lang in enumerate(languages)}
+    for k, (name, run) in enumerate(runs.items()):
+        segments = run["weight_segments"]
+        end = max(int(run.get("steps") or 0), segments[-1]["start_step"] + 1)
+        xs = [seg["start_step"] for seg in segments] + [end]
+        for lang in languages:
+            ys = [seg["weights"].get(lang, math.nan) for seg in segments]
+            label = lang if len(runs) == 1 else f"{lang} ({name})"
+            ax.step(
+                xs, ys + ys[-1:], where="post", color=colors[lang], ls=styles[k % 4], label=label
+            )
+    ax.set_xlabel("step")
+    ax.set_ylabel("sampling probability")
+    ax.set_ylim(0, None)
+    ax.set_title(
+        "language weights over training" + (f" ({next(iter(runs))})" if len(runs) == 1 else "")
+    )
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return _save(fig, path)

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from langtune_jax import data as data_lib
 from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
 from langtune_jax.config import ConfigError, RunConfig, dump_config
@@ -50,6 +51,7 @@ from langtune_jax.train.session import (
     apply_peft,
     build_session,
     evaluate,
+    language_losses,
     maybe_initialize_distributed,
     resolve_run_dir,
     sampling_plan,
@@ -278,7 +280,7 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
     fp = run_folder.fingerprint(session, opt_state)
     labels = list(session.dataset.labels or [])
     try:
-        start, state, history = run_folder.restore_or_refuse(
+        start, state, history, resumed_record = run_folder.restore_or_refuse(
             ckpt, run_dir, (split.trainable, opt_state, split.mutable), fp, labels
         )
     except Exception:
@@ -302,6 +304,7 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
         param_shardings=session.shardings,
         grad_accum_steps=tcfg.grad_accum_steps,
         routing=session.routing,
+        num_languages=len(session.dataset.languages),
     )
     eval_step = make_eval_step(
         split,
@@ -310,6 +313,7 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
         param_shardings=session.shardings,
         routing=session.routing,
     )
+    weights = _start_weights(session, eval_step, resumed_record, primary)
     logger = MetricsLogger(
         run_dir, trackers=cfg.run.trackers, name=cfg.run.name, config=cfg.to_dict()
     )
@@ -317,10 +321,11 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
     progress = Progress(start, tcfg.steps)
     progress.write(_mesh_line(session.mesh))
     if start == 0:  # a resumed run's log has it already
-        logger.log(start, "sampling", {"weight": dict(session.dataset.probabilities)})
+        logger.log(start, "sampling", {"weight": session.dataset.weights_at(start)})
     step = start
     all_finite = jnp.bool_(True)
     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+    window_languages: list[tuple[Any, Any]] = []
     first_loss: float | None = None
 
     saved = [ckpt.all_steps()[-1] if ckpt.all_steps() else -1]
@@ -342,6 +347,8 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
             "history": list(history),
             "metrics": metrics,
         }
+        if weights is not None:
+            record["dynamic"] = weights.state()
         ckpt.save(step_now, (split.trainable, opt_state, split.mutable), record, metrics)
         saved[0] = step_now
 
@@ -357,6 +364,10 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
                 step += 1
                 all_finite = all_finite & jnp.isfinite(metrics["loss"])
                 window_loss.append(metrics["loss"])
+                language_sums = (metrics["language_loss_sum"], metrics["language_count"])
+                window_languages.append(language_sums)
+                if weights is not None:
+                    weights.add_step(*language_sums)
                 if step % tcfg.log_every == 0 or step == tcfg.steps:
                     losses = np.asarray(jax.device_get(window_loss))
                     if first_loss is None:
@@ -368,12 +379,17 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
                         "grad_norm": float(metrics["grad_norm"]),
                         "learning_rate": float(_lr(tcfg, step, segments)),
                         "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                        **_language_means(session.dataset.languages, window_languages),
                     }
                     logger.log(step, "train", rec)
                     progress.update(
                         len(losses), loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}"
                     )
                     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+                    window_languages = []
+                if weights is not None and weights.due(step) and step < tcfg.steps:
+                    _update_weights(session, weights, step, eval_step, logger, primary)
+                    batches = session.dataset.train_batches(tcfg.batch_size, start_step=step)
                 eval_metrics = None
                 if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.steps:
                     result = evaluate(session, cfg.eval.split, eval_step)
@@ -401,6 +417,65 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
         _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step)
     logger.close()
     return run_dir
+
+
+def _language_means(languages: list[str], window: list[tuple[Any, Any]]) -> dict[str, float]:
+    """``loss/<language>``: mean train loss per language over the steps of a log window."""
+    sums = np.sum([np.asarray(jax.device_get(pair), np.float64) for pair in window], axis=0)
+    return {f"loss/{lang}": float(s / c) for lang, s, c in zip(languages, *sums) if c > 0}
+
+
+def _write_plan(run_dir: Path, plan, weights) -> None:
+    """plan.json of the run folder; with dynamic weights it also holds their record and
+    ``weight_segments`` (rewritten at every update point)."""
+    if weights is not None:
+        plan.dynamic = weights.to_dict()
+    data = plan.to_dict()
+    old = run_folder.read_json(run_dir / "plan.json") or {}
+    if old.get("segments"):  # the --extend segments (run_folder.extend_segments) stay
+        data["segments"] = old["segments"]
+    (run_dir / "plan.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def _start_weights(session: Session, eval_step, resumed_record, primary: bool):
+    """The dynamic-weight record at the start step: restored from the checkpoint, or new (with
+    the base model's loss when the config needs it); None for static strategies."""
+    weights = session.dataset.weights
+    if weights is None:
+        return None
+    dyn = session.cfg.sampling.dynamic
+    if dyn.signal == "eval" and not session.dataset.has_split(session.cfg.eval.split):
+        raise ConfigError(
+            f"sampling.dynamic.signal is 'eval' but the data has no {session.cfg.eval.split!r} "
+            "split; add one to data.sources or use signal: train"
+        )
+    if resumed_record is not None and "dynamic" in resumed_record:
+        weights.restore(resumed_record["dynamic"])
+    elif dyn.needs_base_loss:
+        probe = session.dataset.probe_batches(dyn.probe_examples, session.cfg.eval.batch_size)
+        weights.set_base_loss(language_losses(session, probe, eval_step))
+    session.dataset.set_weight_segments(weights.segments())
+    if primary:
+        _write_plan(session.run_dir, session.dataset.plan, weights)
+        if weights.base_loss is not None:
+            print("\n".join(data_lib.dynamic_lines(session.dataset.plan.dynamic)))
+    return weights
+
+
+def _update_weights(session: Session, weights, step: int, eval_step, logger, primary) -> None:
+    """An update point: record the per-language losses (train window or eval split), move the
+    weights, hand the new segments to the data pipeline and the plan."""
+    cfg = session.cfg
+    losses = weights.window_losses()
+    if cfg.sampling.dynamic.signal == "eval":
+        batches = session.dataset.eval_batches(cfg.eval.split, batch_size=cfg.eval.batch_size)
+        losses = language_losses(session, batches, eval_step)
+    new = weights.record(step, losses)
+    session.dataset.set_weight_segments(weights.segments())
+    # Tags sampling/weight/<language> and sampling/signal/<language> (the losses recorded).
+    logger.log(step, "sampling", {"weight": new, "signal": dict(weights.updates[-1]["losses"])})
+    if primary:
+        _write_plan(session.run_dir, session.dataset.plan, weights)
 
 
 def _lr(tcfg, step: int, segments) -> float:
@@ -498,6 +573,10 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
                 metric=cfg.eval.metric,
             )
             print(f"[{cfg.run.name}] {split_name}:\n{eval_lib.markdown_table(result)}")
+    weights = session.dataset.weights
+    if weights is not None and jax.process_index() == 0:
+        segments = {"weight_segments": weights.to_dict()["weight_segments"], "steps": step}
+        eval_lib.plot_weight_segments({cfg.run.name: segments}, run_dir / "eval" / "weights.png")
     if cfg.peft.method != "none":
         # Every process: the export gathers arrays sharded across hosts (a collective), then
         # process 0 writes.

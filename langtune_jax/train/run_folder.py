@@ -344,12 +344,12 @@ def truncate_metrics(run_dir: Path, step: int) -> int:
 
 def restore_or_refuse(
     ckpt: Any, run_dir: Path, abstract_state: Any, fp: dict[str, Any], labels: list
-) -> tuple[int, Any, list[dict[str, Any]]]:
+) -> tuple[int, Any, list[dict[str, Any]], dict[str, Any] | None]:
     """Restore the newest checkpoint of a run whose fingerprint matches ``fp``.
 
     Returns:
-      ``(step, state, history)``: ``(0, None, [])`` for a new run; else the restored step, state and
-      the eval history recorded with it.
+      ``(step, state, history, record)``: ``(0, None, [], None)`` for a new run; else the restored
+      step, state, the eval history recorded with it and the checkpoint's whole record.
 
     Raises:
       RunFolderRefused: the fingerprint in ``run.json`` or in the checkpoint differs, or there are
@@ -361,7 +361,7 @@ def restore_or_refuse(
     )
     steps = ckpt.all_steps()
     if not steps:
-        return 0, None, []
+        return 0, None, [], None
     restored = ckpt.restore_latest(abstract_state)
     if restored is None:
         raise RunFolderRefused(
@@ -373,7 +373,7 @@ def restore_or_refuse(
     check_fingerprint(
         run_dir, record.get("fingerprint"), fp, old_labels=info.get("labels"), new_labels=labels
     )
-    return step, state, list(record.get("history") or [])
+    return step, state, list(record.get("history") or []), record
 
 
 def check_steps_change(run_dir: Path, old_steps: int | None, new_steps: int, extend: bool) -> None:

@@ -299,3 +299,26 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
             host = data_lib.unpack_segments(host, cfg.model.task)
         acc.update(host)
     return acc.compute(source_language=cfg.eval.source_language)
+
+
+def language_losses(session: Session, batches, eval_step) -> dict[str, float]:
+    """Mean loss per language of the current state over eval-style ``batches`` (all hosts).
+
+    Languages with no counted target in the batches are left out.
+    """
+    from jax.experimental import multihost_utils
+
+    languages = session.dataset.languages
+    sums = np.zeros((2, len(languages)))  # loss sums, counts (float64)
+    for local in batches:
+        batch = mesh_lib.put_batch(local, session.mesh)
+        out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
+        keys = ("nll_sum", "token_count", "language_id", "example_mask")
+        host = multihost_utils.process_allgather(
+            {k: v for k, v in {**out, **batch}.items() if k in keys}, tiled=True
+        )
+        keep = np.asarray(host["example_mask"]) > 0
+        lang = np.asarray(host["language_id"])[keep]
+        np.add.at(sums[0], lang, np.asarray(host["nll_sum"], np.float64)[keep])
+        np.add.at(sums[1], lang, np.asarray(host["token_count"], np.float64)[keep])
+    return {lang: float(s / c) for lang, s, c in zip(languages, *sums) if c > 0}

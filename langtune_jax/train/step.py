@@ -88,12 +88,8 @@ def _forward(model: nnx.Module, batch: dict[str, jax.Array], routing: Routing | 
         return model(**inputs)
 
 
-def task_loss(logits: jax.Array, batch: dict[str, jax.Array], task: str):
-    """Summed loss and number of counted targets for one (micro-)batch.
-
-    Returns:
-      ``(loss_sum, count)``: float32 scalars; the mean loss is ``loss_sum / count``.
-    """
+def _token_nll(logits: jax.Array, batch: dict[str, jax.Array], task: str):
+    """Per-target negative log-likelihood and 0/1 weights (``[B]`` or ``[B, T']``, float32)."""
     logits = logits.astype(jnp.float32)
     labels = batch["labels"]
     if task == "sequence-classification":
@@ -116,7 +112,33 @@ def task_loss(logits: jax.Array, batch: dict[str, jax.Array], task: str):
     safe = jnp.where(weights, labels, 0)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     weights = weights.astype(jnp.float32)
-    return jnp.sum(nll * weights), jnp.sum(weights)
+    return nll * weights, weights
+
+
+def task_loss(logits: jax.Array, batch: dict[str, jax.Array], task: str):
+    """Summed loss and number of counted targets for one (micro-)batch.
+
+    Returns:
+      ``(loss_sum, count)``: float32 scalars; the mean loss is ``loss_sum / count``.
+    """
+    nll, weights = _token_nll(logits, batch, task)
+    return jnp.sum(nll), jnp.sum(weights)
+
+
+def example_losses(logits: jax.Array, batch: dict[str, jax.Array], task: str):
+    """Per-row summed loss and counted targets: ``(nll_sum [B], count [B])`` float32.
+
+    Padding rows (``example_mask`` 0) and ignored labels count 0; ``task_loss`` is their sum.
+    """
+    nll, weights = _token_nll(logits, batch, task)
+    if nll.ndim == 1:
+        return nll, weights
+    return nll.sum(axis=tuple(range(1, nll.ndim))), weights.sum(axis=tuple(range(1, nll.ndim)))
+
+
+def language_sums(values: jax.Array, language_id: jax.Array, num_languages: int) -> jax.Array:
+    """Per-language sums ``[L]`` of per-row ``values [B]`` (``language_id [B]`` indexes L)."""
+    return jax.ops.segment_sum(values, language_id, num_segments=num_languages)
 
 
 def _under_mesh(fn: Callable, mesh: Mesh) -> Callable:
@@ -139,6 +161,7 @@ def make_train_step(
     param_shardings: dict[str, Any],
     grad_accum_steps: int = 1,
     routing: Routing | None = None,
+    num_languages: int | None = None,
 ) -> Callable:
     """Build the jitted train step.
 
@@ -150,32 +173,43 @@ def make_train_step(
       param_shardings: ``{"trainable", "frozen", "mutable", "opt_state"}`` sharding trees.
       grad_accum_steps: micro-batches per step (the global batch is split on its first axis).
       routing: optional context around the forward pass (per-language adapter routing).
+      num_languages: L, the number of training languages; the metrics then also hold the
+        per-language loss sums and target counts of the step (``batch["language_id"]`` indexes
+        them; a packed row counts for its first segment's language).
 
     Returns:
       ``step(trainable, opt_state, mutable, frozen, batch) -> (trainable, opt_state, mutable,
-      metrics)`` with ``metrics = {"loss", "grad_norm", "count"}`` (float32 scalars).
+      metrics)`` with ``metrics = {"loss", "grad_norm", "count"}`` (float32 scalars), plus
+      ``language_loss_sum`` and ``language_count`` (``[L]`` float32, global over all hosts) when
+      ``num_languages`` is given.
     """
     graph = split.train_graph
     diff = nnx.DiffState(0, split.trainable_filter)
+    per_language = num_languages is not None
 
     def loss_fn(model, batch):
         out = _forward(model, batch, routing)
-        loss_sum, count = task_loss(out.logits, batch, task)
-        return loss_sum, count
+        nll, count = example_losses(out.logits, batch, task)  # [B], [B]
+        aux = {"count": jnp.sum(count)}
+        if per_language:
+            lang = batch["language_id"]
+            aux["language_loss_sum"] = language_sums(nll, lang, num_languages)
+            aux["language_count"] = language_sums(count, lang, num_languages)
+        return jnp.sum(nll), aux
 
     def grad_fn(trainable, mutable, frozen, batch):
         # Merge in the current trace and let NNX's value_and_grad differentiate only the trainable
         # variables; dropout RNG counters advance on the module and are read back afterwards.
         model = nnx.merge(graph, trainable, frozen, mutable)
-        (loss_sum, count), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(
+        (loss_sum, aux), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(
             model, batch
         )
         *_, mutable = nnx.state(model, split.trainable_filter, nnx.Param, ...)
-        return (loss_sum, (count, mutable)), grads
+        return (loss_sum, (aux, mutable)), grads
 
     def step(trainable, opt_state, mutable, frozen, batch):
         if grad_accum_steps == 1:
-            (loss_sum, (count, mutable)), grads = grad_fn(trainable, mutable, frozen, batch)
+            (loss_sum, (aux, mutable)), grads = grad_fn(trainable, mutable, frozen, batch)
         else:
             micro = jax.tree.map(
                 lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
@@ -184,19 +218,24 @@ def make_train_step(
 
             # Parameters travel in the carry (unchanged) so NNX sees them at the loop's trace level.
             def body(carry, mb):
-                params, grads_acc, loss_acc, count_acc, mut = carry
-                (loss_sum, (count, mut)), grads = grad_fn(params[0], mut, params[1], mb)
+                params, grads_acc, loss_acc, aux_acc, mut = carry
+                (loss_sum, (aux, mut)), grads = grad_fn(params[0], mut, params[1], mb)
                 grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-                return (params, grads_acc, loss_acc + loss_sum, count_acc + count, mut), None
+                aux_acc = jax.tree.map(jnp.add, aux_acc, aux)
+                return (params, grads_acc, loss_acc + loss_sum, aux_acc, mut), None
 
             zeros = jax.tree.map(jnp.zeros_like, trainable)
-            init = ((trainable, frozen), zeros, jnp.float32(0), jnp.float32(0), mutable)
-            (_, grads, loss_sum, count, mutable), _ = jax.lax.scan(body, init, micro)
-        denom = jnp.maximum(count, 1.0)
+            aux0 = {"count": jnp.float32(0)}
+            if per_language:
+                aux0["language_loss_sum"] = jnp.zeros(num_languages, jnp.float32)
+                aux0["language_count"] = jnp.zeros(num_languages, jnp.float32)
+            init = ((trainable, frozen), zeros, jnp.float32(0), aux0, mutable)
+            (_, grads, loss_sum, aux, mutable), _ = jax.lax.scan(body, init, micro)
+        denom = jnp.maximum(aux["count"], 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), "count": count}
+        metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), **aux}
         return trainable, opt_state, mutable, metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -220,7 +259,8 @@ def make_eval_step(
     """Build the jitted eval step: ``eval(trainable, mutable, frozen, batch) -> outputs``.
 
     Outputs per task (batch-sharded arrays):
-      * classification: ``predictions`` (argmax class ids, ``[B]`` or ``[B, T]``);
+      * classification: ``predictions`` (argmax class ids, ``[B]`` or ``[B, T]``), and the
+        per-example loss ``nll_sum [B]`` over ``token_count [B]`` counted targets;
       * causal-lm: per-example ``nll_sum [B]``, ``token_count [B]`` and ``correct [B]`` (argmax
         hits), from which perplexity and token accuracy are accumulated.
     """
@@ -230,7 +270,12 @@ def make_eval_step(
         model = nnx.merge(graph, trainable, frozen, mutable)
         logits = _forward(model, batch, routing).logits
         if task != "causal-lm":
-            return {"predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
+            nll_sum, count = example_losses(logits, batch, task)
+            return {
+                "predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32),
+                "nll_sum": nll_sum,
+                "token_count": count,
+            }
         logits = logits[:, :-1].astype(jnp.float32)
         labels = batch["labels"][:, 1:]
         weights = labels >= 0

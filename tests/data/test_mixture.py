@@ -147,3 +147,55 @@ def test_bulk_and_per_batch_calls_agree():
     per = [m.locate(np.arange(s, s + 32)) for s in range(0, 20_000, 32)]
     assert np.array_equal(np.concatenate([p[0] for p in per]), bulk[0][: len(per) * 32])
     assert np.array_equal(np.concatenate([p[1] for p in per]), bulk[1][: len(per) * 32])
+
+
+# ----------------------------------------------------------------------------- weight segments
+
+LATER = {"en": 0.1, "es": 0.2, "qu": 0.3, "sw": 0.2, "yo": 0.2}
+
+
+def test_segments_with_equal_weights_read_exactly_one_mixture():
+    plain = _mixture(block_size=8)
+    split = _mixture(block_size=8, segments=[(800, WEIGHTS), (1600, dict(WEIGHTS))])
+    idx = np.arange(4000)
+    for a, b in zip(plain.locate(idx), split.locate(idx)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_segments_switch_shares_and_keep_language_epochs_going():
+    # block_size 1: draw order is index order, so epochs can be cut from the sequence.
+    m = _mixture(segments=[(10_000, LATER)])
+    lang, ex = m.locate(np.arange(40_000))
+    before = np.bincount(lang[:10_000], minlength=5) / 10_000
+    after = np.bincount(lang[10_000:], minlength=5) / 30_000
+    names = m.languages
+    np.testing.assert_allclose(before, [WEIGHTS[k] for k in names], atol=1e-3)
+    np.testing.assert_allclose(after, [LATER[k] for k in names], atol=1e-3)
+    # Each language's draws continue its epochs across the switch: no example repeats inside an
+    # epoch and no epoch restarts at the boundary.
+    for lang_id, name in enumerate(names):
+        seq = ex[lang == lang_id]
+        n = SIZES[name]
+        for e in range(len(seq) // n):
+            assert np.array_equal(np.sort(seq[e * n : (e + 1) * n]), np.arange(n)), name
+    # The first segment is the unsegmented mixture up to the switch.
+    plain = _mixture()
+    np.testing.assert_array_equal(plain.locate(np.arange(10_000))[1], ex[:10_000])
+
+
+def test_segments_are_stateless_under_any_read_order():
+    m = _mixture(block_size=4, segments=[(400, LATER), (1200, WEIGHTS)])
+    idx = np.arange(2000)
+    whole = m.locate(idx)
+    rng = np.random.default_rng(0)
+    shuffled = rng.permutation(idx)
+    parts = m.locate(shuffled)
+    for a, b in zip(whole, parts):
+        np.testing.assert_array_equal(a[shuffled], b)
+
+
+def test_bad_segment_starts_are_errors():
+    with pytest.raises(ValueError, match="multiples of block_size"):
+        _mixture(block_size=8, segments=[(12, LATER)])
+    with pytest.raises(ValueError, match="must increase"):
+        _mixture(segments=[(100, LATER), (50, LATER)])

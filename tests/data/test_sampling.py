@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from langtune_jax.data import DataError, SamplingConfig, build_plan, language_weights
+from langtune_jax.data import (
+    DataError,
+    DynamicConfig,
+    SamplingConfig,
+    build_plan,
+    language_weights,
+)
 
 COUNTS = {"en": 1000, "es": 400, "qu": 10}
 
@@ -160,3 +166,112 @@ def test_plan_in_tokens_sets_token_shares():
 def test_plan_unimax_defaults_budget_to_run():
     plan = build_plan(COUNTS, SamplingConfig(strategy="unimax", max_epochs=2), 900)
     assert plan.probabilities == pytest.approx({"en": 440 / 900, "es": 440 / 900, "qu": 20 / 900})
+
+
+# ----------------------------------------------------------------------------- dynamic weights
+
+PRIOR = {"en": 0.7, "es": 0.25, "qu": 0.05}
+
+
+def _record(**dynamic):
+    from langtune_jax.data import WeightRecord
+
+    cfg = SamplingConfig(strategy="dynamic", dynamic=DynamicConfig(prior="natural", **dynamic))
+    plan = build_plan({"en": 700, "es": 250, "qu": 50}, cfg, total_samples=1000)
+    return WeightRecord(cfg, plan, steps=100)
+
+
+def test_dro_update_hand_computed():
+    from langtune_jax.data.sampling import dro_update
+
+    got = dro_update(
+        {"a": 0.5, "b": 0.5},
+        {"a": 1.0, "b": 2.0},
+        {"a": 1.0, "b": 1.0},
+        {"a": 0.8, "b": 0.2},
+        eta=math.log(3),
+        smoothing=0.5,
+    )  # exp: a 1, b 3 -> 0.25, 0.75; half toward the prior
+    _close(got, {"a": 0.5 * 0.25 + 0.5 * 0.8, "b": 0.5 * 0.75 + 0.5 * 0.2})
+
+
+def test_power_and_bounds_hand_computed():
+    from langtune_jax.data.sampling import bounded_weights, power_weights
+
+    got = power_weights({"a": 0.5, "b": 0.5}, {"a": 1.0, "b": 3.0}, beta=1.0)
+    _close(got, {"a": 0.25, "b": 0.75})
+    # b capped at 0.6: a takes the rest; a floor at 0.3 lifts c and scales the others.
+    _close(
+        bounded_weights({"a": 0.2, "b": 0.8}, {"a": 0, "b": 0}, {"a": 1, "b": 0.6}),
+        {"a": 0.4, "b": 0.6},
+    )
+    got = bounded_weights(
+        {"a": 0.5, "b": 0.45, "c": 0.05}, dict.fromkeys("abc", 0.3), dict.fromkeys("abc", 1.0)
+    )
+    _close(got, {"a": 0.7 * 0.5 / 0.95, "b": 0.7 * 0.45 / 0.95, "c": 0.3})
+
+
+def test_eta_zero_and_beta_zero_keep_the_prior_exactly():
+    for rec in (_record(eta=0.0, every=5), _record(method="power", beta=0.0, every=5)):
+        for step in (5, 10, 15):
+            rec.record(step, {"en": 0.2, "es": 0.9, "qu": 2.5})
+        assert rec.segments() == [(0, rec.prior)]
+        assert rec.weights_at(99) == rec.prior
+
+
+def test_dro_moves_toward_the_hardest_language_and_replays_identically():
+    rec = _record(eta=2.0, smoothing=0.1, every=5, floor=0.02)
+    rec.record(5, {"en": 1.0, "es": 1.0, "qu": 1.0})  # the reference window: nothing moves
+    assert rec.segments() == [(0, rec.prior)]
+    rec.record(10, {"en": 0.5, "es": 0.8, "qu": 1.0})  # qu improved least
+    rec.record(15, {"en": 0.3, "es": 0.7, "qu": 0.9})
+    segments = rec.segments()
+    assert [s for s, _ in segments] == [0, 10, 15]
+    assert segments[-1][1]["qu"] > segments[1][1]["qu"] > rec.prior["qu"]
+    assert segments[-1][1]["en"] < rec.prior["en"]
+    # UniMax's cap: qu has 50 examples in a 1000-draw run, max_epochs 4 -> at most 0.2.
+    assert segments[-1][1]["qu"] <= 0.2 + 1e-12
+    assert all(abs(sum(w.values()) - 1) < 1e-12 for _, w in segments)
+    # A fresh record restored from the state replays the same segments (resume).
+    other = _record(eta=2.0, smoothing=0.1, every=5, floor=0.02)
+    other.restore(rec.state())
+    assert other.segments() == segments
+
+
+def test_window_losses_are_the_mean_per_language_and_fill_missing():
+    rec = _record(every=2)
+    rec.add_step(np.array([2.0, 3.0, 0.0], np.float32), np.array([2.0, 1.0, 0.0], np.float32))
+    rec.add_step(np.array([1.0, 1.0, 0.0], np.float32), np.array([2.0, 1.0, 0.0], np.float32))
+    losses = rec.window_losses()
+    assert losses == {"en": 0.75, "es": 2.0}  # qu not drawn
+    rec.record(2, losses)
+    assert rec.updates[-1]["losses"] == {"en": 0.75, "es": 2.0, "qu": 1.375}
+    assert rec.window_losses() == {}  # the window starts over
+
+
+def test_dynamic_config_validation_names_field():
+    with pytest.raises(ValueError, match="dynamic.prior"):
+        DynamicConfig(prior="dynamic")
+    with pytest.raises(ValueError, match="dynamic.eta"):
+        DynamicConfig(eta=-1.0)
+    with pytest.raises(ValueError, match="dynamic.smoothing"):
+        DynamicConfig(smoothing=1.5)
+    with pytest.raises(ValueError, match="dynamic.every"):
+        DynamicConfig(every=-1)
+    with pytest.raises(ValueError, match="dynamic.floor"):
+        DynamicConfig(floor=1.0)
+    # The prior's options are the sampling section's: manual needs weights.
+    with pytest.raises(ValueError, match="sampling.weights"):
+        SamplingConfig(strategy="dynamic", dynamic=DynamicConfig(prior="manual"))
+
+
+def test_plan_of_a_dynamic_run_is_its_prior_and_lists_segments():
+    rec = _record(every=5)
+    cfg = SamplingConfig(strategy="dynamic", dynamic=DynamicConfig(prior="natural"))
+    plan = build_plan({"en": 700, "es": 250, "qu": 50}, cfg, total_samples=1000)
+    _close(plan.probabilities, PRIOR)
+    plan.dynamic = rec.to_dict()
+    d = plan.to_dict()
+    assert d["weight_segments"] == [{"start_step": 0, "weights": plan.probabilities}]
+    assert d["dynamic"]["prior"] == "natural" and d["dynamic"]["steps"] == 100
+    assert "weights from step 0" in plan.table()

@@ -16,6 +16,7 @@ from langtune_jax.eval import (
     markdown_table,
     per_language_report,
     plot_comparison,
+    plot_weight_segments,
     write_report,
 )
 
@@ -223,3 +224,18 @@ def test_history_entries_from_reports_and_zero_scores(tmp_path):
         write_report(tmp_path, reports[1], config_hash=None, step=1, metric="perplexity")
     _check_png(paths["bars"])  # a 0.0 score is drawn as a zero bar labelled 0.0
     assert load_report(tmp_path)["history"] == history
+
+
+def test_compare_runs_reads_and_plots_weight_segments(tmp_path):
+    static = _fake_run(tmp_path, "static", {"en": 0.9, "de": 0.8, "sw": 0.35})
+    dynamic = _fake_run(tmp_path, "dynamic", {"en": 0.85, "de": 0.8, "sw": 0.6})
+    segments = [
+        {"start_step": 0, "weights": {"en": 0.5, "de": 0.3, "sw": 0.2}},
+        {"start_step": 40, "weights": {"en": 0.4, "de": 0.3, "sw": 0.3}},
+    ]
+    plan = {"weight_segments": segments, "dynamic": {"steps": 100}}
+    (dynamic / "plan.json").write_text(json.dumps(plan))
+    (static / "plan.json").write_text(json.dumps({"strategy": "natural"}))
+    _, data = compare_runs([static, dynamic])
+    assert data["weights"] == {"dynamic": {"weight_segments": segments, "steps": 100}}
+    _check_png(plot_weight_segments(data["weights"], tmp_path / "weights.png"))
