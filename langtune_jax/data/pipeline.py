@@ -45,7 +45,6 @@ from langtune_jax.data.mixture import LanguageMixture
 from langtune_jax.data.sampling import SamplingConfig, SamplingPlan, build_plan
 from langtune_jax.data.sources import (
     DataConfig,
-    DataError,
     MissingSplitError,
     SplitData,
     infer_labels,
@@ -90,6 +89,8 @@ class DataPipeline:
 
     Attributes:
       languages: sorted training languages (`language_id` indexes this list).
+      zero_shot: evaluation languages absent from train, in the order their splits were loaded;
+        an eval batch's `language_id` indexes `all_languages` = languages + zero_shot.
       labels: label (tag) vocabulary, sorted from train unless `data.labels` gives it.
       train: the training `SplitData`; `stores`: language -> `Tokenized` train rows.
       plan: the `SamplingPlan`; `probabilities`: per-draw probability per language.
@@ -130,6 +131,7 @@ class DataPipeline:
             self.probabilities = self.plan.probabilities
         for w in self.plan.warnings:
             log.warning(w)
+        self.zero_shot: list[str] = []
         self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
         self._eval_order: dict[str, list[tuple[str, int]]] = {}
         self._mixtures: dict[int, LanguageMixture] = {}
@@ -264,21 +266,34 @@ class DataPipeline:
     # ---------------------------------------------------------------- eval
 
     def split(self, split: str) -> tuple[SplitData, dict[str, Tokenized]]:
-        """A validated, tokenized evaluation split (cached). Labels outside the vocabulary and
-        languages not in train are errors (or skipped rows with on_bad_row: skip)."""
+        """A validated, tokenized evaluation split (cached). Labels outside the vocabulary are
+        errors (or skipped rows with on_bad_row: skip). Languages absent from train are
+        evaluated zero-shot: they join `zero_shot` (and `all_languages`) in first-seen order."""
         if split == "train":
             return self.train, self.stores
         if split not in self._eval_cache:
-            labels = self.labels if self.task != "causal-lm" else None
+            labels = (
+                self.labels
+                if self.task in ("sequence-classification", "token-classification")
+                else None
+            )
             data = load_split(self.data_cfg, split, task=self.task, labels=labels)
-            unknown = sorted(set(data.languages) - set(self.languages))
-            if unknown:
-                raise DataError(
-                    f"split {split!r} has language(s) {', '.join(map(repr, unknown))} that train "
-                    "does not; add training data for them or remove them from the split"
-                )
+            for lang in data.languages:
+                if lang not in self.languages and lang not in self.zero_shot:
+                    self.zero_shot.append(lang)
             self._eval_cache[split] = (data, self._tokenize(data))
         return self._eval_cache[split]
+
+    @property
+    def all_languages(self) -> list[str]:
+        """Training languages, then the zero-shot languages found so far (`language_id` of an
+        eval batch indexes this list; training ids are the same, a prefix of it)."""
+        return self.languages + self.zero_shot
+
+    def zero_shot_languages(self, split: str) -> list[str]:
+        """The languages of `split` that train does not have (the split is loaded and cached)."""
+        data, _ = self.split(split)
+        return [lang for lang in data.languages if lang not in self.languages]
 
     def has_split(self, split: str) -> bool:
         """Whether any source has data for `split` (bad rows in it still raise)."""
@@ -322,7 +337,7 @@ class DataPipeline:
             batch["labels"] = np.where(mask > 0, batch["labels"], 0).astype(np.int32)
         else:
             batch["labels"] = np.where(mask[:, None] > 0, batch["labels"], IGNORE).astype(np.int32)
-        lang_index = {lang: i for i, lang in enumerate(self.languages)}
+        lang_index = {lang: i for i, lang in enumerate(self.all_languages)}
         batch["language_id"] = np.array([lang_index[lang] for lang, _ in part], np.int32)[local]
         batch["example_mask"] = mask
         return batch

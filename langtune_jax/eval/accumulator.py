@@ -324,11 +324,16 @@ class PerLanguageAccumulator:
             "per_type_f1": per_type,
         }
 
-    def compute(self, source_language: str | None = None) -> dict[str, Any]:
+    def compute(
+        self, source_language: str | None = None, zero_shot: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """The report: per-language and overall metrics and gap statistics (no side effects).
 
         Args:
           source_language: overrides the constructor's (adds the transfer gap).
+          zero_shot: languages absent from the training data. Those with examples are listed in
+            the report's ``zero_shot`` and the transfer gap is measured to them (see
+            :func:`gap_statistics`); those without examples are not reported as empty.
 
         Returns:
           A dict with the keys documented in :func:`per_language_report`.
@@ -351,7 +356,12 @@ class PerLanguageAccumulator:
             "metrics": list(metrics),
             "higher_is_better": {m: m not in LOWER_IS_BETTER for m in metrics},
             "languages": list(per_language),
-            "empty_languages": [lang for lang in self.languages if lang not in per_language],
+            "empty_languages": [
+                lang
+                for lang in self.languages
+                if lang not in per_language and lang not in zero_shot
+            ],
+            "zero_shot": [lang for lang in per_language if lang in zero_shot],
             "source_language": source,
             "label_names": self.label_names,
             "per_language": per_language,
@@ -361,6 +371,7 @@ class PerLanguageAccumulator:
                     {lang: r[m] for lang, r in per_language.items()},
                     source,
                     higher_is_better=m not in LOWER_IS_BETTER,
+                    zero_shot=zero_shot,
                 )
                 for m in metrics
             },
@@ -377,6 +388,7 @@ def per_language_report(
     source_language: str | None = None,
     zero_division: float = 0.0,
     language_order: Sequence[str] | None = None,
+    zero_shot: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Per-language metrics, overall metrics and gap statistics for one evaluation set.
 
@@ -395,11 +407,13 @@ def per_language_report(
       zero_division: see :class:`PerLanguageAccumulator`.
       language_order: the languages in report order (e.g. the config's); languages listed here
         without examples go to ``empty_languages``. Default: order of first appearance.
+      zero_shot: languages evaluated zero-shot (absent from training): listed in ``zero_shot``;
+        the transfer gap is measured to them (:func:`gap_statistics`).
 
     Returns:
       ``{"schema_version", "task", "primary_metric", "metrics" (scalar metric names, primary
       first), "higher_is_better" {metric: bool}, "languages" (with data, in first-seen order),
-      "empty_languages", "source_language", "label_names", "per_language" {language: metrics},
+      "empty_languages", "zero_shot" (languages evaluated zero-shot), "source_language", "label_names", "per_language" {language: metrics},
       "overall" (all examples pooled), "gaps" {metric: gap_statistics(...)}}``. Metric values
       are fractions in [0, 1] except loss (nats) and perplexity.
     """
@@ -428,4 +442,4 @@ def per_language_report(
     if len(labels) != len(langs):
         raise ValueError(f"{len(labels)} labels but {len(langs)} language entries")
     acc.update(predictions, labels, lang_ids)
-    return acc.compute()
+    return acc.compute(zero_shot=zero_shot)

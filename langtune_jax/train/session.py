@@ -88,6 +88,45 @@ def _routing(model: nnx.Module, languages: list[str]):
     return lambda m, batch: peft_lib.with_routing(m, batch["language_id"], table=table)
 
 
+def eval_splits(cfg: RunConfig) -> list[str]:
+    """The splits a run evaluates: ``eval.split`` then ``eval.final_splits``."""
+    return list(dict.fromkeys([cfg.eval.split, *cfg.eval.final_splits]))
+
+
+def check_zero_shot(cfg: RunConfig, dataset: data_lib.DataPipeline, splits: list[str]) -> list[str]:
+    """Load the evaluation ``splits`` and check how their zero-shot languages are served.
+
+    A language an evaluation split has but train does not is evaluated zero-shot: with
+    per-language adapters through its own adapter (a language adapter library), ``fallback`` or
+    ``default_fallback``; otherwise through the shared adapter. Called before step 0, so a language
+    that no adapter would serve stops the run before training.
+
+    Returns:
+      The zero-shot languages (``dataset.zero_shot``).
+
+    Raises:
+      DataError: with per-language adapters and no shared task adapter, a zero-shot language
+        that neither has an adapter nor a fallback (it would run the bare base model).
+    """
+    for split in splits:
+        if dataset.has_split(split):
+            dataset.split(split)
+    adapters = cfg.peft.adapters
+    if "adapters" in cfg.peft.method and adapters.languages is not None:
+        rows = peft_lib.language_rows(adapters, dataset.zero_shot)
+        bare = [z for z, r in zip(dataset.zero_shot, rows) if r < 0]
+        if bare and not adapters.shared_task_adapter:
+            raise data_lib.DataError(
+                f"evaluation language(s) {', '.join(map(repr, bare))} are not in train and have "
+                "no adapter: set peft.adapters.fallback (e.g. {"
+                f"{bare[0]}: {adapters.languages[0]}}}) or peft.adapters.default_fallback to one "
+                f"of {adapters.languages}, or keep shared_task_adapter: true"
+            )
+    for z in dataset.zero_shot:
+        log.info("language %r is not in train: evaluated zero-shot", z)
+    return list(dataset.zero_shot)
+
+
 # ----------------------------------------------------------------------------- the session
 
 
@@ -104,6 +143,7 @@ class Session:
     split: Any
     shardings: dict[str, Any]
     routing: Any
+    routing_size: int  # languages the routing table covers (dataset.all_languages then)
 
     @property
     def label_names(self) -> list[str] | None:
@@ -131,6 +171,7 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     )
     dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
     rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
+    check_zero_shot(cfg, dataset, eval_splits(cfg))
     model, trainable = apply_peft(model, cfg, rngs)
     split = split_model(model, trainable)
     shardings = {
@@ -149,7 +190,8 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
         model,
         split,
         shardings,
-        _routing(model, dataset.languages),
+        _routing(model, dataset.all_languages),
+        len(dataset.all_languages),
     )
 
 
@@ -177,6 +219,13 @@ def sampling_plan(cfg: RunConfig) -> data_lib.SamplingPlan:
 def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any]:
     """Per-language metrics of the current state on a data split (all rows, padding excluded)."""
     cfg = session.cfg
+    languages = session.dataset.all_languages
+    session.dataset.split(split_name)  # may add zero-shot languages (`langtune eval --split`)
+    if len(session.dataset.all_languages) != session.routing_size:
+        languages = session.dataset.all_languages
+        session.routing = _routing(session.model, languages)
+        session.routing_size = len(languages)
+        eval_step = None  # the routing table is part of the compiled step
     if eval_step is None:
         eval_step = make_eval_step(
             session.split,
@@ -186,7 +235,7 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
             routing=session.routing,
         )
     acc = eval_lib.PerLanguageAccumulator(
-        cfg.model.task, session.dataset.languages, label_names=session.label_names
+        cfg.model.task, languages, label_names=session.label_names
     )
     from jax.experimental import multihost_utils
 
@@ -196,4 +245,6 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
         host = multihost_utils.process_allgather({**out, **batch}, tiled=True)
         host = {k: np.asarray(v) for k, v in host.items()}
         acc.update(host)
-    return acc.compute(source_language=cfg.eval.source_language)
+    return acc.compute(
+        source_language=cfg.eval.source_language, zero_shot=session.dataset.zero_shot
+    )
