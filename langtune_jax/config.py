@@ -32,7 +32,7 @@ from langtune_jax.data import DataConfig, SamplingConfig
 from langtune_jax.peft.adapters import AdapterConfig
 from langtune_jax.peft.lora import LoraConfig
 
-TASKS = ("sequence-classification", "token-classification", "causal-lm")
+TASKS = ("sequence-classification", "token-classification", "causal-lm", "masked-lm")
 
 
 class ConfigError(ValueError):
@@ -65,14 +65,16 @@ class ModelSection:
     Attributes:
       name_or_path: a local Hugging Face folder (tried first) or a Hub id.
       tokenizer: tokenizer folder or Hub id; defaults to ``name_or_path``.
-      task: the head put on top of the base model.
+      task: the head put on top of the base model. ``masked-lm`` (BERT family): masked-LM
+        training on plain text (``text`` and ``language`` per row), the MLM head loaded from the
+        checkpoint (e.g. language adapters, MAD-X); ``causal-lm`` also takes plain ``text`` rows.
       dtype: compute dtype. ``bfloat16`` keeps float32 parameters, softmax, norms and loss.
       param_dtype: storage dtype of the parameters.
     """
 
     name_or_path: str
     tokenizer: str | None = None
-    task: Literal["sequence-classification", "token-classification", "causal-lm"] = (
+    task: Literal["sequence-classification", "token-classification", "causal-lm", "masked-lm"] = (
         "sequence-classification"
     )
     dtype: Literal["float32", "bfloat16"] = "float32"

@@ -38,6 +38,7 @@ from langtune_jax.data.features import (
     Tokenized,
     choose_bucket,
     collate,
+    mask_tokens,
     pack,
     tokenize,
 )
@@ -45,6 +46,7 @@ from langtune_jax.data.mixture import LanguageMixture
 from langtune_jax.data.sampling import SamplingConfig, SamplingPlan, build_plan
 from langtune_jax.data.sources import (
     DataConfig,
+    DataError,
     MissingSplitError,
     SplitData,
     infer_labels,
@@ -113,6 +115,11 @@ class DataPipeline:
         self.pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
         )
+        if task == "masked-lm" and getattr(tokenizer, "mask_token_id", None) is None:
+            raise DataError(
+                f"model.task masked-lm needs a tokenizer with a mask token; "
+                f"{type(tokenizer).__name__} has none (use the model's own tokenizer)"
+            )
         self.train: SplitData = load_split(data_cfg, "train", task=task, labels=data_cfg.labels)
         self.languages = self.train.languages
         self.labels = (
@@ -157,6 +164,19 @@ class DataPipeline:
             tokens=self.tokens,
             skipped=self.train.skipped,
             skipped_reasons=self.train.reasons,
+        )
+
+    def _mask(self, batch: dict[str, np.ndarray], where: tuple[int, int], local: slice):
+        """Masked LM: BERT's corruption keyed by (seed, train 0 / eval 1, step, global row)."""
+        if self.task != "masked-lm":
+            return batch
+        keys = [(self.seed, *where, row) for row in range(local.start, local.stop)]
+        return mask_tokens(
+            batch,
+            keys,
+            mask_token_id=self.tokenizer.mask_token_id,
+            vocab_size=len(self.tokenizer),
+            probability=self.data_cfg.mlm_probability,
         )
 
     # ---------------------------------------------------------------- train
@@ -236,6 +256,7 @@ class DataPipeline:
         lengths = np.array([s.offsets[e + 1] - s.offsets[e] for s, e in rows])
         t = choose_bucket(int(lengths.max()), self.buckets)
         batch = collate(rows[local], t, pad_id=self.pad_id, task=self.task)
+        batch = self._mask(batch, (0, step), local)
         batch["language_id"] = lang[local].astype(np.int32)
         batch["example_mask"] = np.ones(local.stop - local.start, dtype=np.int32)
         return batch
@@ -332,6 +353,7 @@ class DataPipeline:
         lengths = [int(s.offsets[r + 1] - s.offsets[r]) for s, r in rows]
         t = choose_bucket(max(lengths), self.buckets)
         batch = collate(rows[local], t, pad_id=self.pad_id, task=self.task)
+        batch = self._mask(batch, (1, k), local)
         mask = (np.arange(batch_size) < real).astype(np.int32)[local]
         if self.task == "sequence-classification":
             batch["labels"] = np.where(mask > 0, batch["labels"], 0).astype(np.int32)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from langtune_jax.data.sources import SourceConfig
 
-TASKS = ("sequence-classification", "token-classification", "causal-lm")
+TASKS = ("sequence-classification", "token-classification", "causal-lm", "masked-lm")
 _FORMATS = {
     ".jsonl": "jsonl",
     ".json": "jsonl",
@@ -242,6 +242,8 @@ def _example(row: dict, src: SourceConfig, task: str, where: str) -> dict:
             }
         else:
             ex = {"text": _text(row, src.text_column, where, "text_column")}
+    elif task == "masked-lm":  # unlabelled text: other columns (a label, say) are not read
+        ex = {"text": _text(row, src.text_column, where, "text_column")}
     else:
         raise DataError(f"unknown task {task!r}; the data pipeline supports {', '.join(TASKS)}")
     ex["where"] = where

@@ -107,6 +107,7 @@ class DataConfig:
         one); empty = max_length/4, /2 and max_length. Few buckets = few recompiles.
       labels: label vocabulary (tags for token classification); None = sorted labels of train.
       packing: causal LM only: pack several examples per row (segment_ids, position_ids).
+      mlm_probability: masked LM only: the share of maskable tokens chosen per row (BERT: 0.15).
       on_bad_row: error (stop with file:line) or skip (skip and count).
     """
 
@@ -116,6 +117,7 @@ class DataConfig:
     length_buckets: list[int] = dataclasses.field(default_factory=list)
     labels: list[str] | None = None
     packing: bool = False
+    mlm_probability: float = 0.15
     on_bad_row: Literal["error", "skip"] = "error"
 
     def __post_init__(self):
@@ -129,6 +131,8 @@ class DataConfig:
                 raise ValueError(
                     f"data.length_buckets: {b} is outside [1, max_length={self.max_length}]"
                 )
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"data.mlm_probability must be in (0, 1) (got {self.mlm_probability})")
         if self.on_bad_row not in ("error", "skip"):
             raise ValueError(f"data.on_bad_row must be 'error' or 'skip' (got {self.on_bad_row!r})")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):

@@ -17,6 +17,7 @@ import numpy as np
 from langtune_jax.eval.inputs import _as_ids, _derive_label_names, _maybe_argmax
 from langtune_jax.eval.metrics import (
     IGNORE_INDEX,
+    LM_TASKS,
     LOWER_IS_BETTER,
     PRIMARY_METRIC,
     SCALAR_METRICS,
@@ -161,7 +162,7 @@ class PerLanguageAccumulator:
             raise ValueError("update needs predictions, labels and language_id (or one mapping)")
         index = {n: i for i, n in enumerate(self.label_names)} if self.label_names else None
         labels = _as_ids(labels, index, "labels")
-        if self.task == "causal-lm":
+        if self.task in LM_TASKS:
             if token_nll is None:
                 token_nll, predictions = lm_token_stats(np.asarray(predictions), labels)
             preds, nll = np.asarray(predictions, np.int64), np.asarray(token_nll, np.float64)
@@ -191,7 +192,7 @@ class PerLanguageAccumulator:
             self._update_entities(preds, labels, lang)
 
     def _update_from_mapping(self, batch: Mapping[str, Any]) -> None:
-        if self.task == "causal-lm" and "nll_sum" in batch:
+        if self.task in LM_TASKS and "nll_sum" in batch:
             needed = ("nll_sum", "token_count", "correct", "language_id")
         else:
             needed = ("predictions", "labels", "language_id")
@@ -257,8 +258,10 @@ class PerLanguageAccumulator:
           correct_count: ``[B]`` counted tokens whose argmax prediction equals the label.
           language_id: ``[B]``; example_mask: ``[B]``, 0 for padding rows.
         """
-        if self.task != "causal-lm":
-            raise ValueError(f"update_lm_totals is for causal-lm, this accumulator is {self.task}")
+        if self.task not in LM_TASKS:
+            raise ValueError(
+                f"update_lm_totals is for the LM tasks, this accumulator is {self.task}"
+            )
         nll_sum = np.asarray(nll_sum, np.float64).reshape(-1)
         keep, lang = self._rows(language_id, example_mask, len(nll_sum))
         np.add.at(self.num_examples, lang, 1)
@@ -273,6 +276,7 @@ class PerLanguageAccumulator:
             "sequence-classification": ["confusion"],
             "token-classification": ["entities", "tokens"],
             "causal-lm": ["nll_sum", "tokens"],
+            "masked-lm": ["nll_sum", "tokens"],
         }[self.task]
         return [self.num_examples] + [getattr(self, n) for n in names]
 
@@ -305,7 +309,7 @@ class PerLanguageAccumulator:
             conf = self.confusion[sel].sum(0)
             return classification_metrics(conf, self.label_names, self.zero_division)
         tokens = self.tokens[:, sel].sum(-1)
-        if self.task == "causal-lm":
+        if self.task in LM_TASKS:
             out = lm_metrics(float(np.sum(self.nll_sum[sel])), int(tokens[0]), int(tokens[1]))
             return {"num_examples": n, "num_tokens": int(tokens[0]), **out}
         ent = self.entities[:, sel].sum(1)  # [3, K]
@@ -420,7 +424,7 @@ def per_language_report(
     task = check_task(task)
     langs = [str(x) for x in languages]
     order = list(dict.fromkeys([*(language_order or []), *langs]))
-    if label_names is None and task != "causal-lm":
+    if label_names is None and task not in LM_TASKS:
         label_names = _derive_label_names(predictions, labels, task)
     acc = PerLanguageAccumulator(
         task,

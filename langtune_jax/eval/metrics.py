@@ -46,8 +46,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-Task = Literal["sequence-classification", "token-classification", "causal-lm"]
-TASKS: tuple[str, ...] = ("sequence-classification", "token-classification", "causal-lm")
+Task = Literal["sequence-classification", "token-classification", "causal-lm", "masked-lm"]
+TASKS: tuple[str, ...] = (
+    "sequence-classification",
+    "token-classification",
+    "causal-lm",
+    "masked-lm",
+)
+#: Language-model tasks: metrics from the token NLL (masked LM: over the masked positions only).
+LM_TASKS = frozenset({"causal-lm", "masked-lm"})
 IGNORE_INDEX = -100
 SCHEMA_VERSION = 1
 
@@ -56,12 +63,14 @@ PRIMARY_METRIC: dict[str, str] = {
     "sequence-classification": "macro_f1",
     "token-classification": "f1",
     "causal-lm": "perplexity",
+    "masked-lm": "perplexity",
 }
 #: The scalar (per-language comparable) metrics each task reports, primary first.
 SCALAR_METRICS: dict[str, tuple[str, ...]] = {
     "sequence-classification": ("macro_f1", "accuracy"),
     "token-classification": ("f1", "precision", "recall", "token_accuracy"),
     "causal-lm": ("perplexity", "loss", "token_accuracy"),
+    "masked-lm": ("perplexity", "loss", "token_accuracy"),
 }
 #: Metrics where a smaller value is better (gap statistics pick best = min for these).
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})

@@ -83,7 +83,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -102,6 +101,7 @@ from langtune_jax.peft.adapter_config import (  # noqa: F401
     get_adapter_config,
     has_language_adapters,
 )
+from langtune_jax.peft.adapter_io import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder
 from langtune_jax.peft.bottleneck import (  # noqa: F401
     AdapterParam,
     AdapterWrapper,
@@ -111,11 +111,6 @@ from langtune_jax.peft.bottleneck import (  # noqa: F401
     adapter_trainable_filter,
 )
 from langtune_jax.peft.routing import language_rows, with_routing  # noqa: F401
-
-#: File names of an adapter-only checkpoint folder.
-CONFIG_FILE = "adapters_config.json"
-WEIGHTS_FILE = "adapters.safetensors"
-_FORMAT = "langtune_jax.bottleneck_adapters"
 
 # Adapted sites per model family, relative to one layer: (path, mode). Modes:
 #   serial             y = base(...); y + adapter(y)
@@ -287,6 +282,15 @@ def remove_adapters(model: nnx.Module) -> nnx.Module:
 # Adapter-only checkpoints
 
 
+def host_array(value: Any) -> np.ndarray:
+    """A (possibly sharded, multi-host) array as a contiguous numpy array on every process."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        value = multihost_utils.process_allgather(value, tiled=True)
+    return np.ascontiguousarray(np.asarray(jax.device_get(value)))
+
+
 def save_adapters(model: nnx.Module, folder: str | Path) -> Path:
     """Write the adapter weights (+ ``modules_to_save``) and their config to ``folder``.
 
@@ -298,33 +302,19 @@ def save_adapters(model: nnx.Module, folder: str | Path) -> Path:
     Returns:
       The folder.
     """
-    from safetensors.numpy import save_file
-
     config = get_adapter_config(model)
     _, layer_paths = _find_layers(model)
-    hidden = _hidden_size(model)
-    tensors = {}
-    for key, var in _trainable_variables(model).items():
-        value = var[...]
-        if isinstance(value, jax.Array) and not value.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
-            value = multihost_utils.process_allgather(value, tiled=True)
-        tensors[key] = np.ascontiguousarray(np.asarray(jax.device_get(value)))
+    tensors = {key: host_array(var[...]) for key, var in _trainable_variables(model).items()}
     folder = Path(folder)
     if jax.process_index() == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": _FORMAT,
-            "version": 1,
-            "config": dataclasses.asdict(config),
-            "hidden_size": hidden,
-            "num_layers": len(layer_paths),
-            "model_class": type(model).__name__,
-            "num_adapter_params": count_adapter_params(config, hidden, len(layer_paths)),
-        }
-        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": _FORMAT})
+        write_folder(
+            folder,
+            config,
+            tensors,
+            hidden_size=_hidden_size(model),
+            num_layers=len(layer_paths),
+            model_class=type(model).__name__,
+        )
     return folder
 
 
@@ -341,26 +331,17 @@ def load_adapters(model: nnx.Module, folder: str | Path, *, rngs: nnx.Rngs | Non
       ValueError: missing files, a config or shape that does not fit the model, missing or
         unexpected keys.
     """
-    from safetensors.numpy import load_file
-
-    folder = Path(folder)
-    cfg_file, weights_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    for f in (cfg_file, weights_file):
-        if not f.is_file():
-            raise ValueError(f"load_adapters: {f} does not exist (write it with save_adapters)")
-    meta = json.loads(cfg_file.read_text(encoding="utf-8"))
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"load_adapters: {cfg_file} is not a {_FORMAT} config")
+    weights_file = Path(folder) / WEIGHTS_FILE
+    meta, tensors = read_folder(folder)
     saved = AdapterConfig(**meta["config"])
     if getattr(model, "_adapter_config_json", None):
         if get_adapter_config(model) != saved:
             raise ValueError(
                 f"load_adapters: the model's adapters were built with {get_adapter_config(model)} "
-                f"but {cfg_file} holds {saved}; load into a model without adapters instead"
+                f"but {Path(folder) / CONFIG_FILE} holds {saved}; load into a model without adapters instead"
             )
     else:
         apply_adapters(model, saved, rngs=rngs)
-    tensors = load_file(str(weights_file))
     variables = _trainable_variables(model)
     missing = sorted(set(variables) - set(tensors))
     unexpected = sorted(set(tensors) - set(variables))

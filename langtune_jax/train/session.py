@@ -156,7 +156,7 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
     dataset = _pipeline(cfg, tokenizer)
-    num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
+    num_labels = len(dataset.labels) if "classification" in cfg.model.task else None
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
     model = from_pretrained(
