@@ -58,10 +58,12 @@ from langtune_jax.peft.adapters import (  # noqa: E402
     load_adapters,
     remove_adapters,
     save_adapters,
+    save_language_library,
 )
 from langtune_jax.peft.bottleneck import (  # noqa: E402
     AdapterParam,
     AdapterWrapper,
+    LanguageAdapterParam,
     adapter_summary,
     adapter_trainable_filter,
 )
@@ -71,6 +73,7 @@ __all__ += [
     "AdapterConfig",
     "AdapterParam",
     "AdapterWrapper",
+    "LanguageAdapterParam",
     "adapter_summary",
     "adapter_trainable_filter",
     "apply_adapters",
@@ -81,5 +84,6 @@ __all__ += [
     "load_adapters",
     "remove_adapters",
     "save_adapters",
+    "save_language_library",
     "with_routing",
 ]

@@ -83,6 +83,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ from langtune_jax.peft import targets as _targets
 from langtune_jax.peft.adapter_config import (  # noqa: F401
     _PLACEMENT_SITES,
     DEFAULT_REDUCTION_FACTOR,
+    LIBRARY_FILE,
     AdapterConfig,
     count_adapter_params,
     get_adapter_config,
@@ -106,9 +108,16 @@ from langtune_jax.peft.bottleneck import (  # noqa: F401
     AdapterParam,
     AdapterWrapper,
     BottleneckAdapter,
+    LanguageAdapterParam,
     _trainable_variables,
     adapter_summary,
     adapter_trainable_filter,
+)
+from langtune_jax.peft.language_library import (
+    ADAPTER_WEIGHTS,
+    LIBRARY_FORMAT,
+    library_stack,
+    single_language_config,
 )
 from langtune_jax.peft.routing import language_rows, with_routing  # noqa: F401
 
@@ -234,34 +243,45 @@ def apply_adapters(
     m = config.bottleneck_size(hidden)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     deterministic = _is_deterministic(model)
-    for i in config.layer_indices(len(layer_paths)):
-        for site in _PLACEMENT_SITES[config.placement]:
-            rel, mode = _SITES[family][site]
-            path = f"{layer_paths[i]}.{rel}"
-            base = _targets.module_at(model, path)
-            kw = dict(
-                non_linearity=config.non_linearity,
-                init=config.init,
-                param_dtype=_param_dtype(base),
-                rngs=rngs,
-            )
-            shared = None
-            if config.languages is None or config.shared_task_adapter:
-                shared = BottleneckAdapter(hidden, m, **kw)
-            per_lang = None
-            if config.languages is not None:
-                per_lang = BottleneckAdapter(hidden, m, num=len(config.languages), **kw)
-            wrapper = AdapterWrapper(
-                base,
-                mode=mode,
-                adapter=shared,
-                language_adapters=per_lang,
-                dropout=config.dropout,
-                scaling=config.scaling,
-                deterministic=deterministic,
-                rngs=rngs,
-            )
-            _targets.set_module_at(model, path, wrapper)
+    sites = [
+        (f"{layer_paths[i]}.{_SITES[family][site][0]}", _SITES[family][site][1])
+        for i in config.layer_indices(len(layer_paths))
+        for site in _PLACEMENT_SITES[config.placement]
+    ]
+    stack = None
+    if config.language_adapters is not None:
+        stack = library_stack(config, [p for p, _ in sites], hidden, len(layer_paths))
+    for path, mode in sites:
+        base = _targets.module_at(model, path)
+        kw = dict(
+            non_linearity=config.non_linearity,
+            init=config.init,
+            param_dtype=_param_dtype(base),
+            rngs=rngs,
+        )
+        shared = None
+        if config.languages is None or config.shared_task_adapter:
+            shared = BottleneckAdapter(hidden, m, **kw)
+        per_lang = None
+        if stack is not None:  # frozen, pretrained rows from the library (MAD-X)
+            kw.update(non_linearity=stack.non_linearity, param_type=LanguageAdapterParam)
+            per_lang = BottleneckAdapter(hidden, stack.bottleneck, num=len(config.languages), **kw)
+            for w, value in stack.rows[path].items():
+                var = getattr(per_lang, w)
+                var[...] = jnp.asarray(value, var[...].dtype)
+        elif config.languages is not None:
+            per_lang = BottleneckAdapter(hidden, m, num=len(config.languages), **kw)
+        wrapper = AdapterWrapper(
+            base,
+            mode=mode,
+            adapter=shared,
+            language_adapters=per_lang,
+            dropout=config.dropout,
+            scaling=config.scaling,
+            deterministic=deterministic,
+            rngs=rngs,
+        )
+        _targets.set_module_at(model, path, wrapper)
     model._adapter_config_json = config.to_json()
     return model
 
@@ -364,3 +384,49 @@ def load_adapters(model: nnx.Module, folder: str | Path, *, rngs: nnx.Rngs | Non
             new = jax.device_put(new, sharding)
         var[...] = new
     return model
+
+
+def save_language_library(model: nnx.Module, folder: str | Path) -> Path:
+    """Write each language's adapter as its own folder: a library of language adapters.
+
+    ``folder/<language>/`` is a single-adapter folder (``adapters_config.json`` +
+    ``adapters.safetensors``, the language's row at every site, no ``modules_to_save``), loadable on
+    its own with :func:`load_adapters` into a fresh model; ``folder/library.json`` lists the
+    languages. A task run stacks on it with ``AdapterConfig(language_adapters=folder)``. Call it on
+    every process (sharded arrays are gathered), process 0 writes.
+
+    Raises:
+      ValueError: the model has no per-language adapters.
+    """
+    config = get_adapter_config(model)
+    if config.languages is None:
+        raise ValueError(
+            "save_language_library: this model has no per-language adapters "
+            "(AdapterConfig.languages); there is no language row to save"
+        )
+    _, layer_paths = _find_layers(model)
+    wrappers = adapter_layers(model)
+    stacks = {p: w.language_adapters for p, w in wrappers.items()}
+    first = next(iter(stacks.values()))
+    m, act = first.down_kernel[...].shape[-1], first.non_linearity
+    weights = {
+        f"{p}.adapter.{w}": host_array(getattr(a, w)[...])
+        for p, a in stacks.items()
+        for w in ADAPTER_WEIGHTS
+    }
+    folder = Path(folder)
+    if jax.process_index() == 0:
+        single = single_language_config(config, m, act)
+        for i, lang in enumerate(config.languages):
+            write_folder(
+                folder / lang,
+                single,
+                {k: np.ascontiguousarray(v[i]) for k, v in weights.items()},
+                hidden_size=_hidden_size(model),
+                num_layers=len(layer_paths),
+                model_class=type(model).__name__,
+                extra={"language": lang},
+            )
+        listing = {"format": LIBRARY_FORMAT, "languages": list(config.languages)}
+        (folder / LIBRARY_FILE).write_text(json.dumps(listing, indent=2) + "\n", encoding="utf-8")
+    return folder

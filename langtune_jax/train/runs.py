@@ -22,13 +22,18 @@ from langtune_jax.train.session import Session, build_session, evaluate
 
 
 def export_adapter(session: Session, folder: Path) -> None:
-    """Write the trained PEFT weights beside the checkpoints (PEFT format for LoRA)."""
+    """Write the trained PEFT weights beside the checkpoints (PEFT format for LoRA); a run that
+    trained per-language adapters also writes them as ``RUN_DIR/language_adapters/<language>/``."""
     model = session.split.merge()
     method = session.cfg.peft.method
     if "lora" in method:
         peft_lib.export_peft(model, folder, base_model_name_or_path=session.cfg.model.name_or_path)
     if "adapters" in method:
         peft_lib.save_adapters(model, folder / "bottleneck" if "lora" in method else folder)
+        adapters = peft_lib.get_adapter_config(model)
+        if adapters.languages is not None and adapters.language_adapters is None:
+            # Per-language adapters trained in this run: also a library a task run can stack on.
+            peft_lib.save_language_library(model, folder.parent / "language_adapters")
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, Session]:
