@@ -91,11 +91,23 @@ class PeftSection:
 
     Attributes:
       method: ``lora``, ``adapters``, ``lora+adapters`` (both) or ``none`` (full fine-tuning).
+      lora_languages: per-language LoRA: one LoRA adapter (``lora``'s options) per language,
+        named after it, each example routed to its language's adapter in the same batches; a
+        language without one runs the base model. Written as one PEFT folder per language,
+        ``RUN_DIR/language_adapters/<language>/``. ``None``: one shared LoRA adapter.
     """
 
     method: Literal["lora", "adapters", "lora+adapters", "none"] = "lora"
+    lora_languages: list[str] | None = None
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     adapters: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
+
+    def __post_init__(self):
+        if self.lora_languages is not None:
+            if "lora" not in self.method:
+                raise ValueError("lora_languages needs peft.method lora (or lora+adapters)")
+            if not self.lora_languages or len(set(self.lora_languages)) != len(self.lora_languages):
+                raise ValueError("lora_languages must be a non-empty list of distinct languages")
 
 
 @dataclasses.dataclass

@@ -122,7 +122,7 @@ class AdapterConfig:
             if len(set(self.layers)) != len(self.layers):
                 raise bad("layers", "contains a layer twice")
         if self.language_adapters is not None:
-            self._resolve_language_adapters()
+            self._check_language_adapters()
         if self.languages is not None:
             self.languages = list(self.languages)
             if not self.languages or len(set(self.languages)) != len(self.languages):
@@ -140,26 +140,55 @@ class AdapterConfig:
                     )
             if self.default_fallback != "shared" and self.default_fallback not in self.languages:
                 raise bad("default_fallback", f"expected 'shared' or one of {self.languages}")
-        else:
+        elif self.language_adapters is None:  # else checked once the library is read
             if self.fallback:
                 raise bad("fallback", "needs per-language adapters: set languages too")
             if self.default_fallback != "shared":
                 raise bad("default_fallback", "needs per-language adapters: set languages too")
 
-    def _resolve_language_adapters(self) -> None:
+    def _check_language_adapters(self) -> None:
+        # The folders are read by resolve_language_adapters (when the model is built), so a
+        # config naming a library that a previous step will write still parses.
+        if not self.language_adapters:
+            raise ValueError("AdapterConfig.language_adapters is empty; name a library or folders")
+        if not self.shared_task_adapter:
+            raise ValueError(
+                "AdapterConfig.shared_task_adapter=False: stacking on language_adapters trains the "
+                "shared task adapter; set shared_task_adapter: true"
+            )
+        if isinstance(self.language_adapters, dict):
+            self.language_adapters = dict(self.language_adapters)
+            if self.languages is None:
+                self.languages = list(self.language_adapters)
+        if self.languages is not None and (
+            isinstance(self.language_adapters, dict)
+            and sorted(self.languages) != sorted(self.language_adapters)
+        ):
+            raise ValueError(
+                f"AdapterConfig.languages={self.languages} differs from the languages of "
+                f"language_adapters {sorted(self.language_adapters)}; drop languages (they come "
+                "from the library)"
+            )
+
+    def resolve_language_adapters(self) -> AdapterConfig:
+        """This config with ``language_adapters`` read: ``{language: folder}`` and ``languages``.
+
+        Raises:
+          ValueError: the library or a folder does not exist or holds no adapter; ``languages``
+            differs from the library's.
+        """
+        if self.language_adapters is None:
+            return self
         paths = resolve_library(self.language_adapters)
         if self.languages is not None and sorted(self.languages) != sorted(paths):
             raise ValueError(
                 f"AdapterConfig.languages={self.languages} differs from the languages of "
                 f"language_adapters {sorted(paths)}; drop languages (they come from the library)"
             )
-        self.languages = list(self.languages or paths)
-        self.language_adapters = {lang: paths[lang] for lang in self.languages}
-        if not self.shared_task_adapter:
-            raise ValueError(
-                "AdapterConfig.shared_task_adapter=False: stacking on language_adapters trains the "
-                "shared task adapter; set shared_task_adapter: true"
-            )
+        langs = list(self.languages or paths)
+        return dataclasses.replace(
+            self, languages=langs, language_adapters={lang: paths[lang] for lang in langs}
+        )
 
     def bottleneck_size(self, hidden_size: int) -> int:
         """The bottleneck width ``m`` for a model of width ``hidden_size``."""

@@ -239,6 +239,7 @@ def apply_adapters(
         )
     family, layer_paths = _find_layers(model)
     hidden = _hidden_size(model)
+    config = config.resolve_language_adapters()  # reads the library's folders (MAD-X)
     config = dataclasses.replace(config, modules_to_save=_resolve_modules_to_save(model, config))
     m = config.bottleneck_size(hidden)
     rngs = nnx.Rngs(0) if rngs is None else rngs

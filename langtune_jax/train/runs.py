@@ -26,8 +26,18 @@ def export_adapter(session: Session, folder: Path) -> None:
     trained per-language adapters also writes them as ``RUN_DIR/language_adapters/<language>/``."""
     model = session.split.merge()
     method = session.cfg.peft.method
-    if "lora" in method:
-        peft_lib.export_peft(model, folder, base_model_name_or_path=session.cfg.model.name_or_path)
+    base = session.cfg.model.name_or_path
+    if "lora" in method and session.cfg.peft.lora_languages:
+        # Per-language LoRA: one PEFT folder per language, each loadable on its own.
+        for lang in session.cfg.peft.lora_languages:
+            peft_lib.export_peft(
+                model,
+                folder.parent / "language_adapters" / lang,
+                adapter_name=lang,
+                base_model_name_or_path=base,
+            )
+    elif "lora" in method:
+        peft_lib.export_peft(model, folder, base_model_name_or_path=base)
     if "adapters" in method:
         peft_lib.save_adapters(model, folder / "bottleneck" if "lora" in method else folder)
         adapters = peft_lib.get_adapter_config(model)

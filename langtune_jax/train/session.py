@@ -7,6 +7,7 @@ computes the per-language metrics of a session's current state on one data split
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -70,7 +71,8 @@ def apply_peft(model: nnx.Module, cfg: RunConfig, rngs: nnx.Rngs) -> tuple[nnx.M
     method = cfg.peft.method
     filters = []
     if "lora" in method:
-        model = peft_lib.apply_lora(model, cfg.peft.lora, rngs=rngs)
+        for name in cfg.peft.lora_languages or ["default"]:
+            model = peft_lib.apply_lora(model, cfg.peft.lora, adapter_name=name, rngs=rngs)
         filters.append(peft_lib.trainable_filter(model))
     if "adapters" in method:
         model = peft_lib.apply_adapters(model, cfg.peft.adapters, rngs=rngs)
@@ -81,11 +83,29 @@ def apply_peft(model: nnx.Module, cfg: RunConfig, rngs: nnx.Rngs) -> tuple[nnx.M
 
 
 def _routing(model: nnx.Module, languages: list[str]):
-    """Per-language adapter routing for the step, or None when the model has no such adapters."""
-    if not peft_lib.has_language_adapters(model):
+    """Per-language routing for the step (bottleneck rows and / or per-language LoRA adapters),
+    or None when the model has neither."""
+    contexts = []
+    if peft_lib.has_language_adapters(model):
+        table = jnp.asarray(peft_lib.language_rows(model, languages))
+        contexts.append(lambda m, b: peft_lib.with_routing(m, b["language_id"], table=table))
+    names = peft_lib.adapter_names_of(model)
+    if names and names != ("default",):  # per-language LoRA: adapter index, -1 = base model
+        lora = jnp.asarray([names.index(x) if x in names else -1 for x in languages], jnp.int32)
+        contexts.append(
+            lambda m, b: peft_lib.adapter_routing(m, jnp.take(lora, b["language_id"]), names)
+        )
+    if not contexts:
         return None
-    table = jnp.asarray(peft_lib.language_rows(model, languages))
-    return lambda m, batch: peft_lib.with_routing(m, batch["language_id"], table=table)
+
+    @contextlib.contextmanager
+    def routing(m, batch):
+        with contextlib.ExitStack() as stack:
+            for open_context in contexts:
+                stack.enter_context(open_context(m, batch))
+            yield
+
+    return routing
 
 
 def eval_splits(cfg: RunConfig) -> list[str]:
@@ -93,8 +113,10 @@ def eval_splits(cfg: RunConfig) -> list[str]:
     return list(dict.fromkeys([cfg.eval.split, *cfg.eval.final_splits]))
 
 
-def check_zero_shot(cfg: RunConfig, dataset: data_lib.DataPipeline, splits: list[str]) -> list[str]:
-    """Load the evaluation ``splits`` and check how their zero-shot languages are served.
+def check_zero_shot(
+    model: nnx.Module, dataset: data_lib.DataPipeline, splits: list[str]
+) -> list[str]:
+    """Load the evaluation ``splits`` and check how ``model`` serves their zero-shot languages.
 
     A language an evaluation split has but train does not is evaluated zero-shot: with
     per-language adapters through its own adapter (a language adapter library), ``fallback`` or
@@ -111,8 +133,8 @@ def check_zero_shot(cfg: RunConfig, dataset: data_lib.DataPipeline, splits: list
     for split in splits:
         if dataset.has_split(split):
             dataset.split(split)
-    adapters = cfg.peft.adapters
-    if "adapters" in cfg.peft.method and adapters.languages is not None:
+    if peft_lib.has_language_adapters(model):
+        adapters = peft_lib.get_adapter_config(model)  # languages resolved from a library
         rows = peft_lib.language_rows(adapters, dataset.zero_shot)
         bare = [z for z, r in zip(dataset.zero_shot, rows) if r < 0]
         if bare and not adapters.shared_task_adapter:
@@ -171,8 +193,8 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     )
     dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
     rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
-    check_zero_shot(cfg, dataset, eval_splits(cfg))
     model, trainable = apply_peft(model, cfg, rngs)
+    check_zero_shot(model, dataset, eval_splits(cfg))
     split = split_model(model, trainable)
     shardings = {
         name: mesh_lib.state_shardings(getattr(split, name), mesh)

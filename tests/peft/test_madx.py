@@ -164,14 +164,16 @@ def test_library_languages_route_and_zero_shot_fallback(tmp_path):
 
 def test_stacking_config_errors(tmp_path):
     _, lib = _library(tmp_path)
+    # A config may name a library a previous step writes; the folders are read with the model.
+    later = AdapterConfig(language_adapters=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="is not a language adapter library"):
-        AdapterConfig(language_adapters=str(tmp_path / "nowhere"))
+        apply_adapters(make_model("bert"), later)
     with pytest.raises(ValueError, match=r"language_adapters\['en'\].*holds no adapter"):
-        AdapterConfig(language_adapters={"en": str(tmp_path)})
+        AdapterConfig(language_adapters={"en": str(tmp_path)}).resolve_language_adapters()
     with pytest.raises(ValueError, match="shared_task_adapter: true"):
         AdapterConfig(language_adapters=str(lib), shared_task_adapter=False)
     with pytest.raises(ValueError, match="differs from the languages of language_adapters"):
-        AdapterConfig(language_adapters=str(lib), languages=["en"])
+        AdapterConfig(language_adapters=str(lib), languages=["en"]).resolve_language_adapters()
     with pytest.raises(ValueError, match="use the same model, placement, layers and scaling"):
         _stacked(lib, placement="houlsby", layers=[1])
     with pytest.raises(ValueError, match="no per-language adapters"):

@@ -123,3 +123,33 @@ def nnx_flat(state):
     from flax import nnx
 
     return nnx.to_flat_state(state)
+
+
+def test_per_language_lora_in_one_run_writes_one_peft_folder_per_language(assets, tmp_path):
+    from langtune_jax.models import from_pretrained
+    from langtune_jax.peft import adapter_routing, import_peft
+
+    cfg = _base(assets, "lora-lang")
+    cfg["model"]["task"] = "masked-lm"
+    cfg["peft"] = {
+        "method": "lora",
+        "lora_languages": sorted(LANGS),
+        "lora": {"r": 4, "lora_alpha": 8, "modules_to_save": []},
+    }
+    cfg["data"] = {"sources": [{"path": str(assets / "data" / "{split}")}], "max_length": 16}
+    cfg["train"]["steps"] = 2
+    run = train(from_dict(RunConfig, cfg), run_dir=tmp_path / "run")
+    _, session = load_run(run)
+    trained = session.split.merge()
+    ids = np.asarray([[2, 10, 11, 12, 3], [2, 13, 14, 15, 3]], np.int32)
+    mask = np.ones_like(ids)
+    for i, lang in enumerate(sorted(LANGS)):
+        # Each language's folder loads alone and gives what the run's routed model gives.
+        alone = import_peft(
+            from_pretrained(str(assets / "model"), task="masked-lm"),
+            run / "language_adapters" / lang,
+        )
+        alone.eval()
+        with adapter_routing(trained, np.full((2,), i, np.int32), sorted(LANGS)):
+            want = np.asarray(trained(ids, mask).logits)
+        np.testing.assert_allclose(np.asarray(alone(ids, mask).logits), want, atol=1e-5)
