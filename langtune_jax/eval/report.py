@@ -6,7 +6,8 @@
   ``PerLanguageAccumulator.compute()``) plus run context. Schema (``schema_version`` 1)::
 
       schema_version    int, 1; readers refuse other versions
-      task              "sequence-classification" | "token-classification" | "causal-lm"
+      task              "sequence-classification" | "token-classification" | "causal-lm" |
+                         "masked-lm" (metrics over the masked positions)
       primary_metric    "macro_f1" | "f1" | "perplexity": the metric tables and plots lead with
       metrics           [str], the scalar metrics of this task, primary first
       higher_is_better  {metric: bool}; false for loss and perplexity
