@@ -12,15 +12,20 @@ from the type hints:
 * each dataclass validates its own invariants in ``__post_init__``; the message is prefixed with the
   dotted key of the section.
 
-Overrides use dotted keys, as on the command line: ``--set train.steps=200 --set
-sampling.strategy=temperature``; the value is parsed as YAML (``[q_proj, v_proj]``, ``null``, ``1e-3``).
+Overrides use dotted keys, as on the command line: ``--set train.steps=200
+sampling.strategy=temperature``; the value is parsed as YAML (``[q_proj, v_proj]``, ``null``, ``1e-3``)
+and a number indexes a list (``data.sources.0.path=...``). Relative input paths in a config file
+resolve against the file's folder (:func:`load_config`). :mod:`langtune_jax.config_reference` lists
+every key with its type, default and doc (``langtune config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -46,12 +51,17 @@ class RunSection:
     Attributes:
       name: the run folder is ``<output_dir>/<name>`` unless ``--run-dir`` says otherwise.
       seed: seeds parameter init, dropout and data order (the sampler is a pure function of it).
-      output_dir: parent folder of run folders.
+      output_dir: parent folder of run folders (relative to the current directory).
+      trackers: where scalars go besides metrics.jsonl: tensorboard (event files in the run
+        folder), wandb, mlflow (each imported only when named; see train/logging_utils.py).
     """
 
     name: str = "run"
     seed: int = 0
     output_dir: str = "runs"
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = dataclasses.field(
+        default_factory=lambda: ["tensorboard"]
+    )
 
     def __post_init__(self):
         if not self.name or "/" in self.name:
@@ -128,7 +138,9 @@ class TrainConfig:
       eval_every: steps between per-language evaluations; 0 evaluates only at the end.
       checkpoint_every: steps between checkpoints; 0 saves only at the end.
       keep_checkpoints: how many recent checkpoints to keep.
-      best_metric: eval metric (e.g. ``mean_f1``) whose best checkpoint is also kept.
+      best_metric: eval metric whose best checkpoint is also kept: a metric of the task's report
+        (``macro_f1``, ``accuracy``; ``f1`` for token classification; ``perplexity``) or its
+        mean / gap / worst over languages (``macro_f1_mean``; ``mean_f1`` is read the same).
       rng_impl: JAX PRNG implementation of the dropout keys (``jax.random.key(seed, impl=...)``).
         ``threefry4x32`` draws dropout masks about 4x faster than JAX's default ``threefry2x32``
         on CPU (``docs/benchmarks.md``) and is, like it, counter-based and splittable; ``rbg`` /
@@ -179,7 +191,8 @@ class EvalConfig:
       split: split evaluated during training (``eval_every``) and for the final report.
       final_splits: splits evaluated at the end of training, each written to ``eval/<split>/``.
       batch_size: global evaluation batch size (the last batch is padded; padding never counts).
-      metric: headline metric for gap statistics and best-checkpoint selection.
+      metric: headline metric of the reports and plots (``macro_f1``, ``accuracy``, ``f1``,
+        ``perplexity`` ... as the task's report has it); default the task's primary metric.
       source_language: language the cross-lingual transfer gap is measured from (optional).
     """
 
@@ -237,6 +250,47 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+    def __post_init__(self):
+        # Metric names are checked against the task's report now, not after training.
+        from langtune_jax.eval.metrics import canonical_metric
+
+        for key, section, name, statistics in (
+            ("eval.metric", self.eval, "metric", False),
+            ("train.best_metric", self.train, "best_metric", True),
+        ):
+            value = getattr(section, name)
+            if value is None:
+                continue
+            try:
+                setattr(
+                    section, name, canonical_metric(value, self.model.task, statistics=statistics)
+                )
+            except ValueError as err:
+                raise ConfigError(f"config key '{key}': {err}") from None
+        if self.train.best_metric and not self.train.eval_every:
+            raise ConfigError(
+                "config key 'train.best_metric': the best checkpoint is chosen at evaluations, "
+                "but train.eval_every is 0; set train.eval_every (and train.checkpoint_every to "
+                "the same cadence) or drop train.best_metric"
+            )
+        self._normalize_languages()
+
+    def _normalize_languages(self) -> None:
+        """Languages the config names are read in BCP-47 case, as the data's are."""
+        from langtune_jax.data.readers import normalize_language
+
+        if self.eval.source_language is not None:
+            self.eval.source_language = normalize_language(self.eval.source_language)
+        for name in ("weights", "multipliers"):
+            table = getattr(self.sampling, name)
+            normalized = {normalize_language(k): v for k, v in table.items()}
+            if len(normalized) != len(table):
+                raise ConfigError(
+                    f"config key 'sampling.{name}': {', '.join(map(repr, table))} name the same "
+                    "language twice (codes are case-insensitive: EN = en)"
+                )
+            setattr(self.sampling, name, normalized)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe)."""
@@ -389,37 +443,131 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else str(name)
 
 
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split one ``a.b.0.c=value`` override into its key parts and its YAML-parsed value."""
+    if "=" not in item:
+        raise ConfigError(
+            f"override {item!r} must look like section.key=value (e.g. train.steps=100)"
+        )
+    dotted, raw = item.split("=", 1)
+    parts = [p for p in dotted.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+    return parts, value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place.
+
+    A numeric part indexes a list: ``data.sources.0.path=x`` sets the first source's path, and the
+    index one past the end appends an item (``data.sources.1.path=y`` adds a second source).
+    """
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        dotted, raw = item.split("=", 1)
-        parts = [p for p in dotted.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"override {item!r} has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
+        parts, value = parse_override(item)
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            here = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                node, part = _list_slot(node, part, item, ".".join(parts[:i]))
+            elif not isinstance(node, dict):
                 raise ConfigError(
-                    f"override {item!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section"
+                    f"override {item!r}: '{'.'.join(parts[:i])}' is a value, not a section"
                 )
+            if last:
+                node[part] = value
+                break
+            child = node[part] if isinstance(node, list) else node.get(part)
+            if child is None:
+                child = [] if parts[i + 1].isdigit() else {}
+                node[part] = child
+            if not isinstance(child, (dict, list)):
+                raise ConfigError(f"override {item!r}: '{here}' is a value, not a section")
             node = child
-        node[parts[-1]] = value
+    return data
+
+
+def _list_slot(items: list, part: str, item: str, where: str) -> tuple[list, int]:
+    """``(items, index)`` for a numeric key part; the index one past the end appends a slot."""
+    if not part.isdigit():
+        raise ConfigError(
+            f"override {item!r}: '{where}' is a list; index its items by number "
+            f"(e.g. {where}.0.{part})"
+        )
+    index = int(part)
+    if index > len(items):
+        raise ConfigError(
+            f"override {item!r}: '{where}' has {len(items)} item(s); use an index up to "
+            f"{len(items) - 1}, or {len(items)} to append one"
+        )
+    if index == len(items):
+        items.append(None)
+    return items, index
+
+
+# ----------------------------------------------------------------------------- relative paths
+
+
+def _local_path(value: str, base: Path, *, hub_name_possible: bool) -> str:
+    """``value`` as an absolute path under ``base``, or unchanged when it is a Hub name.
+
+    A relative value that exists under ``base`` (placeholders ``{split}``/``{language}`` read as
+    globs) or starts with ``./``, ``../`` or ``~`` is a path. Otherwise, where a Hub name is
+    possible (a model id, a Hub dataset), the value is left as given.
+    """
+    expanded = os.path.expanduser(value)
+    if os.path.isabs(expanded):
+        return expanded
+    joined = os.path.abspath(os.path.join(base, expanded))
+    if not hub_name_possible or value.startswith(("./", "../", "~")):
+        return joined
+    pattern = joined.replace("{split}", "*").replace("{language}", "*")
+    return joined if glob.glob(pattern) else value
+
+
+def resolve_paths(data: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """Make the input paths of plain config data absolute, relative to ``base``, in place.
+
+    Input paths are ``model.name_or_path``, ``model.tokenizer``, ``data.sources[].path`` and
+    ``peft.adapters.language_adapters`` (the library, or each language's folder); a
+    model or ``format: hf`` dataset that names no local folder stays a Hub id. ``run.output_dir``
+    (where runs are written) stays relative to the current directory.
+    """
+    base = Path(base)
+    model = data.get("model")
+    if isinstance(model, dict):
+        for key in ("name_or_path", "tokenizer"):
+            if isinstance(model.get(key), str) and model[key]:
+                model[key] = _local_path(model[key], base, hub_name_possible=True)
+    section = data.get("data")
+    sources = section.get("sources") if isinstance(section, dict) else None
+    for src in sources if isinstance(sources, list) else []:
+        if isinstance(src, dict) and isinstance(src.get("path"), str) and src["path"]:
+            hub = src.get("format") == "hf"
+            src["path"] = _local_path(src["path"], base, hub_name_possible=hub)
+    peft = data.get("peft")
+    adapters = peft.get("adapters") if isinstance(peft, dict) else None
+    library = adapters.get("language_adapters") if isinstance(adapters, dict) else None
+    if isinstance(library, str) and library:  # a language adapter library (MAD-X)
+        adapters["language_adapters"] = _local_path(library, base, hub_name_possible=False)
+    elif isinstance(library, dict):
+        for lang, folder in library.items():
+            if isinstance(folder, str) and folder:
+                library[lang] = _local_path(folder, base, hub_name_possible=False)
     return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config, apply ``--set`` overrides and validate everything.
 
-    Relative paths inside the config stay relative to the current directory (run from the repo root).
+    Relative input paths (``model.name_or_path``, ``model.tokenizer``, ``data.sources[].path``)
+    written in the file resolve against the file's folder, so a config works from any current
+    directory; those given in ``overrides`` resolve against the current directory, like any
+    command-line path. ``run.output_dir`` stays relative to the current directory.
 
     Raises:
       ConfigError: a missing or unreadable file, invalid YAML, unknown key, wrong type or bad value.
@@ -433,7 +581,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    resolve_paths(data, path.resolve().parent)
     apply_overrides(data, list(overrides or []))
+    # Paths from the file are absolute by now; this makes those from --set absolute too.
+    resolve_paths(data, Path.cwd())
     try:
         return from_dict(RunConfig, data)
     except ConfigError as err:

@@ -102,3 +102,152 @@ def test_cli_bad_config_exits_nonzero_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "unknown config key 'train.stepz'" in err[0]
+
+
+# --- the config reference (`langtune config`) ------------------------------------------------
+
+
+def _dataclass_keys(cls, prefix=""):
+    """Every leaf key of a config dataclass tree, walked independently of config_reference."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _dataclass_keys(tp, f"{prefix}{f.name}.")
+        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            yield f"{prefix}{f.name}"
+            yield from _dataclass_keys(typing.get_args(tp)[0], f"{prefix}{f.name}.<i>.")
+        else:
+            yield f"{prefix}{f.name}"
+
+
+def test_config_lists_every_dataclass_field_with_a_doc(capsys):
+    assert main(["config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[0]: line for line in lines if line.startswith("  ")}
+    keys = list(_dataclass_keys(RunConfig))
+    assert len(keys) > 80
+    missing = [k for k in keys if k not in listed]
+    assert not missing, missing
+    from langtune_jax.config_reference import config_reference
+
+    rows = {r.key: r for r in config_reference()}
+    undocumented = [k for k in keys if not rows[k].doc]
+    assert not undocumented, undocumented
+    assert rows["train.steps"].type == "int" and rows["train.steps"].default == "1000"
+    assert rows["model.name_or_path"].default == "required"
+    assert rows["train.max_grad_norm"].type == "float | null"
+    assert "default 1000" in listed["train.steps"] and "optimizer steps" in listed["train.steps"]
+
+
+def test_config_shows_the_values_of_a_config(capsys):
+    path = ROOT / "configs" / "demo.yaml"
+    assert (
+        main(["config", str(path), "--set", "train.steps=7", "data.sources.0.splits=[train]"]) == 0
+    )
+    out = capsys.readouterr().out
+    line = next(s for s in out.splitlines() if s.split()[:1] == ["train.steps"])
+    assert "default 1000" in line and "*7 " in line
+    line = next(s for s in out.splitlines() if s.split()[:1] == ["data.sources.0.splits"])
+    assert "[train]" in line
+    assert "data.sources.<i>.path" not in out  # one row set per source actually there
+
+
+def test_set_takes_several_pairs_after_one_flag_and_repeats(tmp_path, capsys):
+    import argparse
+
+    from langtune_jax.cli import _config_arg, _parser
+
+    parser = _parser()
+    args = parser.parse_args(
+        ["train", "c.yaml", "--set", "train.steps=3", "run.seed=4", "--set", "run.name=x", "-v"]
+    )
+    _config_arg(parser, args)
+    assert args.config == "c.yaml" and args.verbose is True
+    assert args.overrides == ["train.steps=3", "run.seed=4", "run.name=x"]
+    # CONFIG after --set: argparse hands it to --set; it is taken back.
+    args = parser.parse_args(["plan", "--set", "train.steps=3", "run.seed=4", "c.yaml"])
+    _config_arg(parser, args)
+    assert args.config == "c.yaml" and args.overrides == ["train.steps=3", "run.seed=4"]
+    assert isinstance(args, argparse.Namespace) and args.verbose is False
+
+
+def test_version_and_verbose_after_the_subcommand(capsys):
+    from langtune_jax import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"langtune {__version__}"
+    assert main(["config", "-v"]) == 0
+
+
+def test_every_cli_argument_has_help():
+    import argparse
+
+    from langtune_jax.cli import _parser
+
+    parser = _parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in [("langtune", parser), *subs.choices.items()]:
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{name}: {action.dest} has no help"
+
+
+def test_list_items_are_overridden_by_index():
+    data = {"data": {"sources": [{"path": "a"}, {"path": "b"}]}}
+    apply_overrides(
+        data, ["data.sources.1.path=c", "data.sources.2.path=d", "data.sources.0.splits=[x]"]
+    )
+    assert data["data"]["sources"] == [
+        {"path": "a", "splits": ["x"]},
+        {"path": "c"},
+        {"path": "d"},
+    ]
+    fresh = apply_overrides({}, ["data.sources.0.path=e"])
+    assert fresh == {"data": {"sources": [{"path": "e"}]}}
+    with pytest.raises(ConfigError, match="has 2 item"):
+        apply_overrides({"data": {"sources": [{}, {}]}}, ["data.sources.5.path=x"])
+    with pytest.raises(ConfigError, match="is a list; index its items by number"):
+        apply_overrides({"data": {"sources": [{}]}}, ["data.sources.path=x"])
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (tmp_path / "model").mkdir()
+    path = folder / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": "../model"},
+                "data": {
+                    "sources": [
+                        {"path": "../data/{split}"},
+                        {"path": "someone/hub-dataset", "format": "hf", "splits": ["train"]},
+                    ]
+                },
+            }
+        )
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(path, ["model.tokenizer=tok"])
+    assert cfg.model.name_or_path == str(tmp_path / "model")
+    assert cfg.data.sources[0].path == str(tmp_path / "data" / "{split}")
+    assert cfg.data.sources[1].path == "someone/hub-dataset"  # a Hub name stays one
+    assert cfg.model.tokenizer == "tok"  # no such folder here: a Hub id
+    assert cfg.run.output_dir == "runs"  # written where you run
+
+
+def test_shipped_demo_plans_from_another_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", str(ROOT / "configs" / "demo.yaml")]) == 0
+    out = capsys.readouterr().out
+    for lang in ("en", "es", "qu", "sw", "yo"):
+        assert lang in out

@@ -65,14 +65,32 @@ def _ragged(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return flat, offsets
 
 
-def _chat_parts(tokenizer, messages: list[dict]) -> tuple[str, str]:
-    """Prompt text (all but the last message, with a generation prompt) and the response text."""
-    history, last = messages[:-1], messages[-1]
-    if getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
-    else:  # plain fallback for tokenizers without a chat template
-        prompt = "".join(f"{m['role']}: {m['content']}\n" for m in history) + "assistant: "
-    return prompt, str(last["content"])
+def has_chat_template(tokenizer) -> bool:
+    """Whether the tokenizer brings its own chat template (else `format_chat` falls back)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_chat(tokenizer, history: Sequence[dict]) -> tuple[str, bool]:
+    """The prompt text of a chat: ``history`` then the assistant's turn (generation prompt).
+
+    Training on ``messages`` and ``langtune generate`` both format chats with this function, so a
+    model is prompted the way it was trained.
+
+    Args:
+      tokenizer: a Hugging Face tokenizer.
+      history: the messages before the response, ``[{"role", "content"}]``.
+
+    Returns:
+      ``(text, templated)``: with the tokenizer's chat template, its rendering and True (the
+      template writes its own special tokens); without one, the fallback ``"role: content\n"`` per
+      message then ``"assistant: "`` and False (the caller prepends BOS, as for plain prompts).
+    """
+    if has_chat_template(tokenizer):
+        text = tokenizer.apply_chat_template(
+            list(history), tokenize=False, add_generation_prompt=True
+        )
+        return text, True
+    return "".join(f"{m['role']}: {m['content']}\n" for m in history) + "assistant: ", False
 
 
 def tokenize(
@@ -169,22 +187,24 @@ def tokenize(
 def _causal_rows(part, tokenizer, max_length):
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    prompts, responses = [], []
+    prompts, responses, heads = [], [], []
     for ex in part:
+        templated = False
         if "messages" in ex:
-            p, r = _chat_parts(tokenizer, ex["messages"])
+            p, templated = format_chat(tokenizer, ex["messages"][:-1])
+            r = str(ex["messages"][-1]["content"])
         elif "prompt" in ex:
             p, r = ex["prompt"], ex["response"]
         else:
             p, r = "", ex["text"]
         prompts.append(p)
         responses.append(r)
+        # A chat template writes its own special tokens; everything else gets BOS.
+        heads.append([] if templated else bos)
     enc_p = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     enc_r = tokenizer(responses, add_special_tokens=False)["input_ids"]
     ids, labels = [], []
-    for p, r, ex in zip(enc_p, enc_r, part):
-        # A chat template already starts with its own tokens; plain text gets BOS.
-        head = [] if "messages" in ex else bos
+    for p, r, head in zip(enc_p, enc_r, heads):
         row = (head + p + r + eos)[:max_length]
         lab = ([IGNORE] * (len(head) + len(p)) + r + eos)[:max_length]
         ids.append(row)

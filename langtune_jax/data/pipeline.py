@@ -28,21 +28,26 @@ import functools
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import grain
 import jax
 import numpy as np
 
+from langtune_jax.data import cache as cache_lib
 from langtune_jax.data.features import (
     IGNORE,
     Tokenized,
     choose_bucket,
     collate,
     mask_tokens,
+    has_chat_template,
     pack,
     tokenize,
 )
+from langtune_jax.data.holdout import hold_out_validation
 from langtune_jax.data.mixture import LanguageMixture
+from langtune_jax.data.readers import class_names
 from langtune_jax.data.sampling import SamplingConfig, SamplingPlan, build_plan
 from langtune_jax.data.sources import (
     DataConfig,
@@ -64,6 +69,45 @@ def _local_rows(global_batch: int, process_index: int, process_count: int) -> sl
         )
     per = global_batch // process_count
     return slice(process_index * per, (process_index + 1) * per)
+
+
+def check_eval_languages(split: str, languages: list[str], train_languages: list[str]) -> list[str]:
+    """The one rule for which languages an evaluation split may hold: any. A language train lacks
+    is evaluated zero-shot (through a fallback or language adapter, else the shared adapter; the
+    session checks that some adapter serves it before step 0).
+
+    Returns:
+      The split's zero-shot languages (sorted), logged once per split.
+    """
+    unknown = sorted(set(languages) - set(train_languages))
+    if unknown:
+        log.info(
+            "split %r: language(s) %s not in train: evaluated zero-shot",
+            split,
+            ", ".join(map(repr, unknown)),
+        )
+    return unknown
+
+
+def check_targets(split: str, stores: dict[str, Tokenized], task: str, max_length: int) -> None:
+    """Every language of a split keeps at least one trainable target after truncation.
+
+    Token classification and causal LM carry their targets per token; truncation to
+    `data.max_length` can cut all of them (a prompt longer than `max_length` leaves no response
+    token), and such a language would train on nothing or score as empty.
+
+    Raises:
+      DataError: naming the split, the language and `data.max_length`.
+    """
+    if task == "sequence-classification":
+        return
+    for lang, store in stores.items():
+        if store.token_labels is None or not np.any(store.token_labels != IGNORE):
+            raise DataError(
+                f"split {split!r}, language {lang!r}: no example keeps a target token after "
+                f"truncation to data.max_length={max_length}; raise data.max_length or shorten "
+                "the prompts"
+            )
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -88,12 +132,17 @@ class DataPipeline:
       batch_size: the run's global batch size. With packing a step draws
         `examples_per_step(batch_size)` examples, not `batch_size`, so the plan (expected samples
         and epochs, UniMax's budget) counts `total_samples / batch_size` steps of that many.
+      cache_dir: a folder (the run folder's ``data_cache``) where tokenized splits are kept,
+        keyed by a data + tokenizer fingerprint (`langtune_jax.data.cache`); None = no cache.
+      warn: log the warnings of reading the data (off when reopening a trained run, whose
+        training already showed them).
 
     Attributes:
       languages: sorted training languages (`language_id` indexes this list).
       zero_shot: evaluation languages absent from train, in the order their splits were loaded;
         an eval batch's `language_id` indexes `all_languages` = languages + zero_shot.
-      labels: label (tag) vocabulary, sorted from train unless `data.labels` gives it.
+      labels: label (tag) vocabulary: `data.labels`, else the `ClassLabel` names of Hugging
+        Face sources (in their order), else the sorted labels of train.
       train: the training `SplitData`; `stores`: language -> `Tokenized` train rows.
       plan: the `SamplingPlan`; `probabilities`: per-draw probability per language.
     """
@@ -108,6 +157,9 @@ class DataPipeline:
         seed: int = 0,
         total_samples: int | None = None,
         batch_size: int | None = None,
+        cache_dir: str | Path | None = None,
+        warn: bool = True,
+        defer_cache: bool = False,
     ):
         self.data_cfg, self.sampling_cfg, self.tokenizer = data_cfg, sampling_cfg, tokenizer
         self.task, self.seed = task, int(seed)
@@ -120,13 +172,27 @@ class DataPipeline:
                 f"model.task masked-lm needs a tokenizer with a mask token; "
                 f"{type(tokenizer).__name__} has none (use the model's own tokenizer)"
             )
-        self.train: SplitData = load_split(data_cfg, "train", task=task, labels=data_cfg.labels)
-        self.languages = self.train.languages
-        self.labels = (
-            list(data_cfg.labels) if data_cfg.labels is not None else infer_labels(self.train, task)
+        # With defer_cache, tokenized splits are written only by `commit_cache` (after the run's
+        # checks passed: a refused run leaves its folder untouched).
+        self._pending: list[tuple[str, SplitData, dict[str, Tokenized]]] | None = (
+            [] if defer_cache else None
         )
-        self.label_to_id = {label: i for i, label in enumerate(self.labels)}
-        self.stores = self._tokenize(self.train)
+        self.zero_shot: list[str] = []
+        self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
+        self._eval_order: dict[str, list[tuple[str, int]]] = {}
+        self._mixtures: dict[int, LanguageMixture] = {}
+        self._cache = (
+            Path(cache_dir) / cache_lib.data_fingerprint(data_cfg, task, tokenizer)
+            if cache_dir is not None
+            else None
+        )
+        cached = cache_lib.load_split(self._cache, "train") if self._cache else None
+        if cached is not None:
+            self.train, self.stores, self.labels = cached
+            self.label_to_id = {label: i for i, label in enumerate(self.labels)}
+        else:
+            self._read_train()
+        self.languages = self.train.languages
         self.tokens = {lang: int(s.offsets[-1]) for lang, s in self.stores.items()}
         self.plan = self.make_plan(total_samples or 0)
         self.probabilities = self.plan.probabilities
@@ -136,12 +202,61 @@ class DataPipeline:
             steps = total_samples // batch_size
             self.plan = self.make_plan(steps * self.examples_per_step(batch_size))
             self.probabilities = self.plan.probabilities
-        for w in self.plan.warnings:
-            log.warning(w)
-        self.zero_shot: list[str] = []
-        self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
-        self._eval_order: dict[str, list[tuple[str, int]]] = {}
-        self._mixtures: dict[int, LanguageMixture] = {}
+        # The plan's own warnings print with its table (`plan.table()`), once.
+        if warn and self._chat_fallback():
+            log.warning(
+                "the tokenizer has no chat template: chat messages are formatted as "
+                "'role: content' lines, then 'assistant: ' (langtune generate does the same)"
+            )
+
+    def _chat_fallback(self) -> bool:
+        chat = any(s.messages_column for s in self.data_cfg.sources)
+        return self.task == "causal-lm" and chat and not has_chat_template(self.tokenizer)
+
+    def _read_train(self) -> None:
+        """Read, validate and tokenize train (and the held-out validation rows); cache them."""
+        data_cfg, task = self.data_cfg, self.task
+        self.train = load_split(data_cfg, "train", task=task, labels=data_cfg.labels)
+        self.labels = (
+            list(data_cfg.labels)
+            if data_cfg.labels is not None
+            else class_names(data_cfg, task) or infer_labels(self.train, task)
+        )
+        self.label_to_id = {label: i for i, label in enumerate(self.labels)}
+        held = self._hold_out() if data_cfg.validation_fraction > 0 else None
+        self.stores = self._tokenize(self.train)
+        check_targets("train", self.stores, task, data_cfg.max_length)
+        self._save("train", self.train, self.stores)
+        if held is not None:
+            self._eval_cache["validation"] = (held, self._tokenize(held))
+            self._save("validation", *self._eval_cache["validation"])
+
+    def _hold_out(self) -> SplitData:
+        """Carve validation from train (``data.validation_fraction``) when the data has none."""
+        labels = self.labels if "classification" in self.task else None
+        try:
+            load_split(self.data_cfg, "validation", task=self.task, labels=labels)
+        except MissingSplitError:
+            pass
+        else:
+            raise DataError(
+                "data.validation_fraction is set but the data has a validation split; remove "
+                "data.validation_fraction or that split"
+            )
+        self.train, held = hold_out_validation(self.train, self.data_cfg.validation_fraction)
+        return held
+
+    def _save(self, name: str, data: SplitData, stores: dict[str, Tokenized]) -> None:
+        if self._pending is not None:
+            self._pending.append((name, data, stores))
+        elif self._cache is not None and jax.process_index() == 0:
+            cache_lib.save_split(self._cache, name, data, stores, self.labels)
+
+    def commit_cache(self) -> None:
+        """Write the tokenized splits held back by ``defer_cache``; later splits write at once."""
+        pending, self._pending = self._pending or [], None
+        for item in pending:
+            self._save(*item)
 
     def _tokenize(self, split: SplitData) -> dict[str, Tokenized]:
         return {
@@ -164,6 +279,7 @@ class DataPipeline:
             tokens=self.tokens,
             skipped=self.train.skipped,
             skipped_reasons=self.train.reasons,
+            notes=self.train.notes(),
         )
 
     def _mask(self, batch: dict[str, np.ndarray], where: tuple[int, int], local: slice):
@@ -292,6 +408,13 @@ class DataPipeline:
         evaluated zero-shot: they join `zero_shot` (and `all_languages`) in first-seen order."""
         if split == "train":
             return self.train, self.stores
+        if split not in self._eval_cache and self._cache is not None:
+            cached = cache_lib.load_split(self._cache, split)
+            if cached is not None:
+                self._eval_cache[split] = cached[:2]
+                self._add_zero_shot(
+                    check_eval_languages(split, cached[0].languages, self.languages)
+                )
         if split not in self._eval_cache:
             labels = (
                 self.labels
@@ -299,11 +422,15 @@ class DataPipeline:
                 else None
             )
             data = load_split(self.data_cfg, split, task=self.task, labels=labels)
-            for lang in data.languages:
-                if lang not in self.languages and lang not in self.zero_shot:
-                    self.zero_shot.append(lang)
-            self._eval_cache[split] = (data, self._tokenize(data))
+            self._add_zero_shot(check_eval_languages(split, data.languages, self.languages))
+            stores = self._tokenize(data)
+            check_targets(split, stores, self.task, self.data_cfg.max_length)
+            self._eval_cache[split] = (data, stores)
+            self._save(split, *self._eval_cache[split])
         return self._eval_cache[split]
+
+    def _add_zero_shot(self, languages: list[str]) -> None:
+        self.zero_shot += [lang for lang in languages if lang not in self.zero_shot]
 
     @property
     def all_languages(self) -> list[str]:

@@ -32,6 +32,32 @@ _FORMATS = {
 }
 
 
+_BOM = b"\xef\xbb\xbf"
+_BCP47_PRIMARY = re.compile(r"^[A-Za-z]{2,3}$")
+
+
+def normalize_language(code: str) -> str:
+    """A language code in BCP-47 case: ``EN`` -> ``en``, ``zh-hant`` -> ``zh-Hant``,
+    ``pt-br`` -> ``pt-BR``.
+
+    Only codes whose first subtag looks like an ISO 639 code (2-3 letters) are changed, so
+    free-form names (``lang_a``) stay as they are. Surrounding whitespace is removed.
+    """
+    code = code.strip()
+    parts = code.split("-")
+    if not _BCP47_PRIMARY.match(parts[0]):
+        return code
+    out = [parts[0].lower()]
+    for part in parts[1:]:
+        if len(part) == 4 and part.isalpha():  # script: Hant, Latn
+            out.append(part.title())
+        elif (len(part) == 2 and part.isalpha()) or (len(part) == 3 and part.isdigit()):
+            out.append(part.upper())  # region: BR, 419
+        else:
+            out.append(part.lower())
+    return "-".join(out)
+
+
 class DataError(ValueError):
     """Bad data or data configuration; the message names file:line or the language and the fix."""
 
@@ -64,6 +90,8 @@ def _read_jsonl(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(_BOM):  # editors on Windows write one
+                raw = raw[len(_BOM) :]
             if not raw.strip():
                 continue
             try:
@@ -82,12 +110,14 @@ def _read_jsonl(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
             yield where, row
 
 
-def _read_csv(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
+def _read_csv(path: str, delimiter: str | None = None) -> Iterator[tuple[str, dict | _BadRow]]:
     with open(path, "rb") as f:
-        # surrogateescape keeps bad bytes visible as lone surrogates, so we can point at the row.
-        text = f.read().decode("utf-8", errors="surrogateescape")
-    delimiter = "\t" if path.endswith(".tsv") else ","
+        raw = f.read()
+    # surrogateescape keeps bad bytes visible as lone surrogates, so we can point at the row.
+    text = raw.removeprefix(_BOM).decode("utf-8", errors="surrogateescape")
+    delimiter = delimiter or ("\t" if path.endswith(".tsv") else ",")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    _check_header(path, reader.fieldnames or [], delimiter)
     line = 1
     for row in reader:
         where = f"{path}:{line + 1}"
@@ -101,6 +131,18 @@ def _read_csv(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
         yield where, {k: v for k, v in row.items()}
 
 
+def _check_header(path: str, fields: list[str], delimiter: str) -> None:
+    """A header that does not split on the delimiter means the file uses another one."""
+    if len(fields) != 1:
+        return
+    for other in (";", "\t", "|", ","):
+        if other != delimiter and other in fields[0]:
+            raise DataError(
+                f"{path}:1: the header {fields[0]!r} does not split on {delimiter!r} but does on "
+                f"{other!r}; set delimiter: {other!r} on this entry of data.sources"
+            )
+
+
 def _read_parquet(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
     import pyarrow.parquet as pq
 
@@ -109,29 +151,98 @@ def _read_parquet(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
         yield f"{path}:row {i}", row
 
 
-def _read_hf(src: SourceConfig, split: str) -> Iterator[tuple[str, dict | _BadRow]]:
-    """Opens the split eagerly (so a missing split fails here), then yields its rows."""
+def open_hf(src: SourceConfig, split: str) -> Any:
+    """The ``datasets.Dataset`` of one split of a ``format: hf`` source, opened eagerly (so a
+    missing split fails here): an in-memory ``Dataset``/``DatasetDict`` given from Python, a
+    ``save_to_disk`` folder, or a Hub dataset name.
+
+    Raises:
+      MissingSplitError: the source has no such split.
+    """
     import datasets
 
     hf_split = src.hf_split.replace("{split}", split)
     path = src.path.replace("{split}", split)
-    if os.path.isdir(path):
+    ds = src.dataset
+    if ds is None and path.startswith("<datasets."):
+        raise DataError(
+            f"{path}: this run read an in-memory datasets object, which a config file cannot "
+            "hold; pass it again from Python (SourceConfig.from_dataset) or keep the run "
+            "folder's data_cache"
+        )
+    if ds is None and os.path.isdir(path):
         ds = datasets.load_from_disk(path)
-        if isinstance(ds, datasets.DatasetDict):
-            if hf_split not in ds:
-                raise MissingSplitError(
-                    f"{path}: no split {hf_split!r} (has {', '.join(ds)}); set "
-                    "data.sources[].hf_split or split_names"
-                )
-            ds = ds[hf_split]
-    else:
+    if ds is None:
         try:
-            ds = datasets.load_dataset(path, src.hf_config, split=hf_split)
+            return datasets.load_dataset(path, src.hf_config, split=hf_split)
         except ValueError as e:  # datasets raises ValueError for an unknown split
             if "split" in str(e).lower():
                 raise MissingSplitError(f"{path}: {e}") from e
             raise
-    return ((f"{path}[{hf_split}]:row {i}", row) for i, row in enumerate(ds))
+    if isinstance(ds, datasets.DatasetDict):
+        if hf_split not in ds:
+            raise MissingSplitError(
+                f"{path}: no split {hf_split!r} (has {', '.join(ds)}); set "
+                "data.sources[].hf_split or split_names"
+            )
+        ds = ds[hf_split]
+    elif src.dataset is not None and src.splits == []:
+        raise DataError(
+            f"{path}: a single datasets.Dataset has no splits; pass a DatasetDict or set the "
+            "source's splits (e.g. [train])"
+        )
+    return ds
+
+
+def class_label_names(ds: Any, column: str) -> list[str] | None:
+    """The ``ClassLabel`` names of ``column`` (or of its items, for a list of tags), else None."""
+    import datasets
+
+    feature = ds.features.get(column) if getattr(ds, "features", None) else None
+    feature = getattr(feature, "feature", feature)  # List(ClassLabel) / Sequence(ClassLabel)
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def class_names(data_cfg: Any, task: str) -> list[str] | None:
+    """The label (tag) vocabulary in ``ClassLabel`` order, when every training source is a
+    Hugging Face dataset whose label (tags) column is a ``ClassLabel`` with the same names;
+    else None (the vocabulary is then the sorted labels of train)."""
+    if "classification" not in task:
+        return None
+    found = []
+    for src in data_cfg.sources:
+        if src.splits and "train" not in src.splits:
+            continue
+        if src.format != "hf":
+            return None
+        ds = open_hf(src, data_cfg.split_names.get("train", "train"))
+        column = src.label_column if task == "sequence-classification" else src.tags_column
+        names = class_label_names(ds, column)
+        if names is None:
+            return None
+        found.append(names)
+    return found[0] if found and all(f == found[0] for f in found) else None
+
+
+def _read_hf(src: SourceConfig, split: str) -> Iterator[tuple[str, dict | _BadRow]]:
+    """Opens the split eagerly, then yields its rows with ``ClassLabel`` ids turned into names
+    (labels, per-token tags, or any other class column such as a language id)."""
+    ds = open_hf(src, split)
+    where = f"{src.path.replace('{split}', split)}[{src.hf_split.replace('{split}', split)}]"
+    names = {c: n for c in ds.column_names if (n := class_label_names(ds, c)) is not None}
+    return ((f"{where}:row {i}", _named(row, names)) for i, row in enumerate(ds))
+
+
+def _named(row: dict, names: dict[str, list[str]]) -> dict:
+    for column, vocab in names.items():
+        value = row.get(column)
+        if isinstance(value, int) and 0 <= value < len(vocab):
+            row[column] = vocab[value]
+        elif isinstance(value, list):
+            row[column] = [
+                vocab[v] if isinstance(v, int) and 0 <= v < len(vocab) else v for v in value
+            ]
+    return row
 
 
 # --------------------------------------------------------------------------------------------

@@ -251,6 +251,8 @@ class SamplingPlan:
         max_epochs.
       strategy, unit, total_samples, max_epochs: the inputs.
       skipped_reasons: reason -> bad training rows skipped for it (on_bad_row: skip).
+      notes: what reading the data changed or found that the user should know (language codes
+        normalised, duplicate rows), one sentence each.
     """
 
     rows: list[PlanRow]
@@ -259,6 +261,7 @@ class SamplingPlan:
     total_samples: int
     max_epochs: float
     skipped_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def languages(self) -> list[str]:
@@ -283,6 +286,7 @@ class SamplingPlan:
             "languages": [dataclasses.asdict(r) for r in self.rows],
             "skipped_reasons": dict(self.skipped_reasons),
             "warnings": self.warnings,
+            "notes": list(self.notes),
         }
 
     def to_json(self) -> str:
@@ -326,6 +330,7 @@ class SamplingPlan:
         if self.skipped_reasons:
             why = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.skipped_reasons.items()))
             out.append(f"skipped bad rows: {sum(self.skipped_reasons.values()):,} ({why})")
+        out += [f"note: {n}" for n in self.notes]
         out += [f"warning: {w}" for w in self.warnings]
         return "\n".join(out)
 
@@ -338,6 +343,7 @@ def build_plan(
     tokens: Mapping[str, int] | None = None,
     skipped: Mapping[str, int] | None = None,
     skipped_reasons: Mapping[str, int] | None = None,
+    notes: list[str] | None = None,
 ) -> SamplingPlan:
     """Computes the sampling plan of a run.
 
@@ -348,6 +354,7 @@ def build_plan(
       tokens: language -> number of training tokens (needed with unit tokens).
       skipped: language -> bad rows skipped (shown in the plan).
       skipped_reasons: reason -> bad rows skipped (shown under the table).
+      notes: sentences shown under the table (see `SamplingPlan.notes`).
 
     Returns:
       A `SamplingPlan`; its `probabilities` feed `LanguageMixture`.
@@ -405,4 +412,5 @@ def build_plan(
         total_samples=int(total_samples),
         max_epochs=sampling_cfg.max_epochs,
         skipped_reasons=dict(skipped_reasons or {}),
+        notes=list(notes or []),
     )

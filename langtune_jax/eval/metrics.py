@@ -76,6 +76,52 @@ SCALAR_METRICS: dict[str, tuple[str, ...]] = {
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 
 
+#: Statistics over languages that a metric name may carry (``macro_f1_mean``): the loop logs and
+#: selects best checkpoints by ``<metric>_<statistic>``.
+STATISTICS: tuple[str, ...] = ("mean", "gap", "worst")
+# Short forms users type -> the metric they mean (None: the task's own F1).
+_METRIC_ALIASES = {"f1": None, "acc": "accuracy", "ppl": "perplexity", "entity_f1": "f1"}
+
+
+def metric_names(task: str, *, statistics: bool = False) -> list[str]:
+    """The metric names a report of ``task`` has; with ``statistics`` also
+    ``<metric>_<mean|gap|worst>`` (what ``train.best_metric`` may name)."""
+    names = list(SCALAR_METRICS[check_task(task)])
+    if statistics:
+        names += [f"{m}_{s}" for m in SCALAR_METRICS[check_task(task)] for s in STATISTICS]
+    return names
+
+
+def canonical_metric(name: str, task: str, *, statistics: bool = False) -> str:
+    """The report's name for a metric as a user may write it.
+
+    ``f1`` is the task's F1 (``macro_f1`` for sequence classification), ``acc`` / ``ppl`` are
+    accuracy / perplexity, and with ``statistics`` ``mean_f1``, ``f1_mean`` and
+    ``macro_f1_mean`` all name the mean over languages of that F1 (likewise ``gap``, ``worst``).
+
+    Raises:
+      ValueError: not a metric of this task; the message lists the names that are.
+    """
+    valid = metric_names(task, statistics=statistics)
+    if name in valid:
+        return name
+    base, stat = name, None
+    for s in STATISTICS:
+        if name.startswith(s + "_"):
+            base, stat = name[len(s) + 1 :], s
+        elif name.endswith("_" + s):
+            base, stat = name[: -len(s) - 1], s
+    if base in _METRIC_ALIASES:
+        alias = _METRIC_ALIASES[base]
+        base = alias or ("macro_f1" if check_task(task) == "sequence-classification" else "f1")
+    candidate = base if stat is None else f"{base}_{stat}"
+    if candidate in valid and (stat is None or statistics):
+        return candidate
+    raise ValueError(
+        f"{name!r} is not a metric of {check_task(task)} reports; choose one of {', '.join(valid)}"
+    )
+
+
 def check_task(task: str) -> str:
     """The canonical task name (``_`` read as ``-``), or a ValueError that lists the tasks."""
     canonical = str(task).replace("_", "-")

@@ -84,7 +84,9 @@ def _plan_shares(plan: Any) -> dict[str, tuple[float, float]]:
     out = {}
     for row in rows:
         share = row.get("data_share", row.get("share"))
-        prob = row.get("probability", row.get("target"))
+        # The strategy's target is in the plan's unit, like the share (with unit tokens the
+        # per-draw probability is in examples, so it is not comparable with a token share).
+        prob = row.get("target", row.get("probability"))
         if share is None or prob is None or "language" not in row:
             raise ValueError(
                 f"sampling plan row {dict(row)} lacks language / data_share (or share) / "
@@ -97,10 +99,16 @@ def _plan_shares(plan: Any) -> dict[str, tuple[float, float]]:
 
 
 def plot_sampling_vs_data(plan: Any, path: str | Path) -> Path:
-    """Per language, its share of the training data next to its sampling probability."""
+    """Per language, its share of the training data next to the share sampling gives it.
+
+    Both bars are in the plan's unit (``sampling.unit``: examples or tokens), so they compare:
+    with ``unit: tokens`` they are token shares (the strategy's target), not draw probabilities.
+    """
     import numpy as np
 
     shares = _plan_shares(plan)
+    plan_dict = plan.to_dict() if hasattr(plan, "to_dict") else plan
+    unit = plan_dict.get("unit", "examples") if isinstance(plan_dict, Mapping) else "examples"
     langs = list(shares)
     x = np.arange(len(langs))
     fig, ax = _figure(len(langs))
@@ -109,16 +117,18 @@ def plot_sampling_vs_data(plan: Any, path: str | Path) -> Path:
         plan.get("strategy") if isinstance(plan, Mapping) else getattr(plan, "strategy", None)
     )
     for i, (label, color) in enumerate(
-        [("data share", "tab:gray"), ("sampling probability", "tab:orange")]
+        [(f"data share ({unit})", "tab:gray"), (f"sampling share ({unit})", "tab:orange")]
     ):
         vals = [100 * shares[lang][i] for lang in langs]
         bars = ax.bar(x + (i - 0.5) * w, vals, w, label=label, color=color)
         ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=8)
     ax.set_xticks(x, langs)
     ax.set_xlabel("language")
-    ax.set_ylabel("% of examples")
+    ax.set_ylabel(f"% of {unit}")
     ax.set_ylim(0, max(100 * max(s) for s in shares.values()) * 1.18)
-    ax.set_title("sampling vs data share" + (f" (strategy: {strategy})" if strategy else ""))
+    ax.set_title(
+        f"sampling vs data share, in {unit}" + (f" (strategy: {strategy})" if strategy else "")
+    )
     ax.legend()
     return _save(fig, path)
 

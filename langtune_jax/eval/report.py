@@ -180,7 +180,15 @@ def load_report(path: str | Path, split: str | None = None) -> dict[str, Any]:
       split: the split to read from a run folder (``eval/<split>/report.json``).
     """
     path = find_report(Path(path), split)
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path}: not a readable report ({err}); it may be truncated: re-run `langtune eval` "
+            "on the run to rewrite it"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a report (a JSON object); re-run `langtune eval`")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ValueError(

@@ -140,6 +140,19 @@ def _model_module(hf_config: dict[str, Any], folder: Path):
 # ----------------------------------------------------------------------------------- files
 
 
+def _open_safetensors(path: Path, safe_open):
+    """``safe_open`` with an error that names the file (a truncated download, a copy cut short)."""
+    from safetensors import SafetensorError
+
+    try:
+        return safe_open(path, framework="np")
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({err}); it may be truncated: re-download "
+            "or re-save the model"
+        ) from err
+
+
 class _Checkpoint:
     """Read access to ``model.safetensors`` or a sharded ``model.safetensors.index.json``."""
 
@@ -149,7 +162,13 @@ class _Checkpoint:
         index = folder / "model.safetensors.index.json"
         single = folder / "model.safetensors"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"{index}: not a safetensors index ({type(err).__name__}: {err}); re-download "
+                    "or re-save the model"
+                ) from err
             files = sorted(set(weight_map.values()))
         elif single.is_file():
             files, weight_map = [single.name], None
@@ -162,7 +181,7 @@ class _Checkpoint:
         for name in files:
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{index}: lists shard {name}, missing from {folder}")
-        self.handles = {name: safe_open(folder / name, framework="np") for name in files}
+        self.handles = {name: _open_safetensors(folder / name, safe_open) for name in files}
         if weight_map is None:
             weight_map = {k: files[0] for k in self.handles[files[0]].keys()}
         self.weight_map: dict[str, str] = weight_map
@@ -451,8 +470,51 @@ def save_pretrained(model: nnx.Module, folder: str | Path) -> Path:
     return folder
 
 
+#: Files one of which a tokenizer folder holds (fast, WordPiece, BPE, SentencePiece, tiktoken).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "tokenizer.tiktoken",
+)
+
+
 def load_tokenizer(name_or_path: str | Path):
-    """The transformers ``AutoTokenizer`` of a local folder (first) or Hub repo id."""
+    """The transformers ``AutoTokenizer`` of a local folder (first) or Hub repo id.
+
+    Raises:
+      FileNotFoundError: the folder holds no tokenizer file. (transformers would otherwise build
+        a tokenizer of only its special tokens, which maps every word to ``[UNK]``.)
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(resolve(name_or_path)))
+    folder = resolve(name_or_path)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the base "
+            "model's tokenizer files into it (tokenizer.save_pretrained) or set model.tokenizer"
+        )
+    if (folder / "config.json").is_file():
+        _read_config(folder)  # transformers reads it too; a corrupt one is named here, precisely
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise ValueError(
+            f"{folder}: the tokenizer has only its {len(tokenizer)} special tokens; its "
+            "vocabulary file is empty or unreadable: copy the base model's tokenizer files"
+        )
+    return tokenizer
+
+
+def position_limit(name_or_path: str | Path) -> int | None:
+    """Longest input (tokens) the model's position table allows, from its ``config.json``;
+    None when the config sets no limit. Read without building the model."""
+    folder = resolve(name_or_path)
+    hf = _read_config(folder)
+    module = _model_module(hf, folder)
+    if hasattr(module, "BertConfig"):  # RoBERTa-style tables spend pad_token_id + 1 slots
+        return module.BertConfig.from_hf(hf).max_length
+    limit = hf.get("max_position_embeddings")
+    return int(limit) if limit else None

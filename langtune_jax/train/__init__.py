@@ -1,7 +1,7 @@
 """Training: device mesh and shardings, optimizer, the jitted step, Orbax checkpoints, the loop."""
 
 from langtune_jax.train.checkpoint import Checkpointer
-from langtune_jax.train.loop import TrainingDiverged, train
+from langtune_jax.train.loop import RunFolderError, TrainingDiverged, train
 from langtune_jax.train.mesh import make_mesh, put_batch, state_shardings
 from langtune_jax.train.optim import make_optimizer, make_schedule
 from langtune_jax.train.runs import evaluate_run, export_run, load_run
@@ -10,6 +10,7 @@ from langtune_jax.train.step import make_eval_step, make_train_step, split_model
 
 __all__ = [
     "Checkpointer",
+    "RunFolderError",
     "TrainingDiverged",
     "evaluate_run",
     "export_run",

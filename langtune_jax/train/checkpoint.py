@@ -15,6 +15,7 @@ before it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,21 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Orbax and absl log (with tracebacks) what :meth:`Checkpointer.restore_latest` handles
+    itself; their records would bury the one warning that says what happened."""
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 class Checkpointer:
@@ -61,11 +77,13 @@ class Checkpointer:
             create=True,
             cleanup_tmp_directories=True,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet_libraries():  # a corrupt step's metadata is reported by restore_latest
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def all_steps(self) -> list[int]:
         """Steps with a complete checkpoint, oldest first."""
-        return sorted(self._manager.all_steps())
+        with _quiet_libraries():
+            return sorted(self._manager.all_steps())
 
     def save(
         self,
@@ -136,7 +154,8 @@ class Checkpointer:
         """
         for step in reversed(self.all_steps()):
             try:
-                state, record = self.restore(step, abstract_state)
+                with _quiet_libraries():
+                    state, record = self.restore(step, abstract_state)
             except Exception as err:  # noqa: BLE001 - any unreadable checkpoint falls back
                 log.warning(
                     "checkpoint at step %d in %s is unreadable (%s: %s); falling back to the "

@@ -1,8 +1,9 @@
 """Text generation from a trained causal-LM run: ``langtune generate RUN_DIR --prompt ...``.
 
 Prompts are encoded the way the data pipeline encodes training prompts (``langtune_jax.data``
-features: ``<s>`` + prompt tokens, no other special tokens; a chat template when the run trains on
-``messages``), left-padded into one batch, and decoded by ``langtune_jax.models.llama.generate``
+features: ``<s>`` + prompt tokens, no other special tokens; for a run trained on ``messages``
+the same chat formatting, ``format_chat``, with the same fallback when the tokenizer has no
+template), left-padded into one batch, and decoded by ``langtune_jax.models.llama.generate``
 (KV cache, one compiled loop): greedy by default, temperature + nucleus (top-p) sampling when
 ``temperature > 0``. The trained adapter is used as trained (un-merged LoRA, bottleneck adapters);
 with per-language adapters each prompt runs through its language's adapter (``--language``).
@@ -41,24 +42,25 @@ def encode_prompts(
     Args:
       tokenizer: the run's Hugging Face fast tokenizer.
       prompts: prompt texts.
-      chat: wrap each prompt as one user message through the tokenizer's chat template (with the
-        generation prompt), as training on ``messages`` does; otherwise ``<s>`` + prompt tokens.
+      chat: wrap each prompt as one user message formatted as training on ``messages`` formats
+        chats (``langtune_jax.data.features.format_chat``: the tokenizer's chat template, or
+        the ``role: content`` fallback after ``<s>``); otherwise ``<s>`` + prompt tokens.
 
     Returns:
       ``(input_ids, attention_mask)``, both ``[B, T]`` int32; padding (mask 0) on the left.
     """
     if not prompts:
         raise ValueError("no prompts given: pass at least one --prompt")
+    from langtune_jax.data.features import format_chat
+
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     rows = []
     for prompt in prompts:
-        if chat and getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-            rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-        else:
-            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-            rows.append(bos + tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        templated = False
+        if chat:  # as training on `messages` formats a chat (its fallback included)
+            prompt, templated = format_chat(tokenizer, [{"role": "user", "content": prompt}])
+        head = [] if templated else bos
+        rows.append(head + tokenizer(prompt, add_special_tokens=False)["input_ids"])
     pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     t = max(len(r) for r in rows)
     ids = np.full((len(rows), t), pad, np.int32)  # [B, T]

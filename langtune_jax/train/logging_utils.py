@@ -1,4 +1,17 @@
-"""Run-time reporting of the training loop: a progress bar, ``metrics.jsonl`` and TensorBoard events.
+"""Run-time reporting of the training loop: a progress bar, ``metrics.jsonl`` and the trackers.
+
+``metrics.jsonl`` always gets one JSON object per record. Scalars also go to the trackers named in
+``run.trackers``: ``tensorboard`` (tensorboardX event files in ``RUN_DIR/tensorboard``, the
+default), ``wandb`` (Weights & Biases; ``WANDB_MODE=offline`` writes ``RUN_DIR/wandb`` only) and
+``mlflow`` (``MLFLOW_TRACKING_URI``, or a SQLite store ``RUN_DIR/mlflow.db``). A tracker's package is
+imported only when it is named.
+
+Tags put the split before the metric and the language last, so every tracker groups them:
+
+    train/loss, train/loss/<language>, train/learning_rate, train/tokens_per_s, train/grad_norm
+    sampling/weight/<language>              per-draw probability of each language
+    eval/<split>/<metric>                   all languages pooled, and gap statistics (macro_f1_gap)
+    eval/<split>/<metric>/<language>        one curve per language
 
 Only process 0 writes; other processes get a silent logger, so multi-host runs write one log.
 """
@@ -6,60 +19,170 @@ Only process 0 writes; other processes get a silent logger, so multi-host runs w
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+class _TensorBoard:
+    def __init__(self, run_dir: Path, name: str, config: dict[str, Any]):
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self._writer.add_scalar(tag, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _Wandb:
+    def __init__(self, run_dir: Path, name: str, config: dict[str, Any]):
+        import wandb
+
+        self._run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "langtune"),
+            name=name,
+            dir=str(run_dir),
+            config=config,
+            reinit="create_new",
+        )
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        self._run.log(values, step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class _Mlflow:
+    def __init__(self, run_dir: Path, name: str, config: dict[str, Any]):
+        import mlflow
+
+        self._mlflow = mlflow
+        if not os.environ.get("MLFLOW_TRACKING_URI"):  # MLflow's local default: a SQLite store
+            mlflow.set_tracking_uri(f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "langtune"))
+        self._run = mlflow.start_run(run_name=name)
+        self.run_id = self._run.info.run_id
+        flat = {k: str(v)[:500] for k, v in _flatten(config, sep=".").items()}
+        mlflow.log_params(flat)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        self._mlflow.log_metrics(values, step=step)
+
+    def close(self) -> None:
+        self._mlflow.end_run()
+
+
+_TRACKER_CLASSES = {"tensorboard": _TensorBoard, "wandb": _Wandb, "mlflow": _Mlflow}
+
 
 class MetricsLogger:
-    """Appends one JSON object per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+    """Appends one JSON object per record to ``metrics.jsonl`` and sends scalars to trackers.
 
     Args:
-      run_dir: the run folder; files go to ``run_dir/metrics.jsonl`` and ``run_dir/tensorboard``.
+      run_dir: the run folder.
+      trackers: tracker names (``TRACKERS``); default ``["tensorboard"]``.
+      name: the run's name (wandb / mlflow run name).
+      config: the resolved config, recorded by wandb (config) and mlflow (params).
       enabled: write anything at all (``jax.process_index() == 0`` by default).
     """
 
-    def __init__(self, run_dir: Path, *, enabled: bool | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        trackers: list[str] | None = None,
+        name: str | None = None,
+        config: dict[str, Any] | None = None,
+        enabled: bool | None = None,
+    ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._file = None
-        self._tb = None
-        if self.enabled:
-            self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._trackers: list[Any] = []
+        if not self.enabled:
+            return
+        run_dir = Path(run_dir)
+        self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        for tracker in trackers if trackers is not None else ["tensorboard"]:
+            if tracker not in _TRACKER_CLASSES:
+                raise ValueError(f"unknown tracker {tracker!r}; choose from {', '.join(TRACKERS)}")
             try:
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # pragma: no cover - tensorboardX is a dependency
-                self._tb = None
+                cls = _TRACKER_CLASSES[tracker]
+                self._trackers.append(cls(run_dir, name or run_dir.name, config or {}))
+            except ImportError as err:
+                raise ValueError(
+                    f"run.trackers names {tracker!r} but it is not installed ({err}); "
+                    f"pip install {tracker} or remove it from run.trackers"
+                ) from None
 
     def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
-        """Write ``values`` (scalars or nested dicts of scalars) for ``step`` under ``kind``."""
+        """Write ``values`` for ``step`` under ``kind`` (``train``, ``eval``, ``sampling``).
+
+        Scalars become tags ``kind/[split/]key`` (nested dicts join with ``/``); a ``split``
+        value goes into the tag, and ``per_language: {language: {metric: value}}`` gives
+        ``kind/[split/]metric/language``.
+        """
         if not self.enabled:
             return
         record = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(record, default=float) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            for key, value in _flatten(values).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+        if self._trackers:
+            tags = scalar_tags(kind, values)
+            for tracker in self._trackers:
+                tracker.scalars(step, tags)
+
+    def log_eval(self, step: int, split: str, headline: dict[str, float], result: dict) -> None:
+        """An evaluation: the pooled and gap scalars, and each language's scalar metrics."""
+        per_language = {
+            lang: {k: float(v) for k, v in metrics.items() if _is_scalar(v)}
+            for lang, metrics in result.get("per_language", {}).items()
+        }
+        self.log(step, "eval", {"split": split, **headline, "per_language": per_language})
 
     def close(self) -> None:
-        """Flush and close the files."""
+        """Flush and close the files and trackers."""
         if self._file is not None:
             self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def scalar_tags(kind: str, values: dict[str, Any]) -> dict[str, float]:
+    """The tracker tags of one record (see the module docstring)."""
+    prefix = f"{kind}/{values['split']}/" if isinstance(values.get("split"), str) else f"{kind}/"
+    out: dict[str, float] = {}
+    for key, value in _flatten({k: v for k, v in values.items() if k != "per_language"}).items():
+        if _is_scalar(value):
+            out[prefix + key] = float(value)
+    for lang, metrics in (values.get("per_language") or {}).items():
+        for metric, value in metrics.items():
+            if _is_scalar(value):
+                out[f"{prefix}{metric}/{lang}"] = float(value)
+    return out
+
+
+def _flatten(values: dict[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}/"))
+            out.update(_flatten(value, f"{name}{sep}", sep))
         else:
             out[name] = value
     return out
@@ -71,7 +194,8 @@ class Progress:
     def __init__(self, start: int, total: int, *, enabled: bool | None = None):
         from tqdm.auto import tqdm
 
-        enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._enabled = jax.process_index() == 0 if enabled is None else enabled
+        enabled = self._enabled
         self._bar = tqdm(
             total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True
         )
@@ -83,8 +207,10 @@ class Progress:
         self._bar.update(n)
 
     def write(self, line: str) -> None:
-        """Print a line without breaking the bar."""
-        self._bar.write(line)
+        """Print a line without breaking the bar (process 0 only: tqdm.write ignores disable)."""
+        if self._enabled:
+            self._bar.write(line)
 
     def close(self) -> None:
+        """Close the bar."""
         self._bar.close()

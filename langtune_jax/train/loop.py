@@ -21,6 +21,7 @@ Run folder::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -54,6 +55,7 @@ from langtune_jax.train.step import make_eval_step, make_train_step
 
 # Set-up and run-folder functions live in session.py / runs.py; importable from here as before.
 __all__ = [
+    "RunFolderError",
     "Session",
     "TrainingDiverged",
     "apply_peft",
@@ -73,7 +75,11 @@ log = logging.getLogger("langtune_jax")
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+    """The loss became NaN or infinite, or exploded; the last good checkpoint is left as it was."""
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be written (permissions, full disk); saved checkpoints are intact."""
 
 
 def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
@@ -87,7 +93,8 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     new = cfg.to_dict()
     # Cadence, step count and evaluation may change on resume; the rest may not.
     free = {("train", k) for k in ("steps", "log_every", "eval_every", "checkpoint_every")}
-    free |= {("eval", k) for k in new["eval"]} | {("run", "output_dir"), ("run", "name")}
+    free |= {("eval", k) for k in new["eval"]}
+    free |= {("run", k) for k in ("output_dir", "name", "trackers")}
     # How processes meet is per launch (config.yaml holds process 0's process_id and port).
     free |= {
         ("mesh", k) for k in ("distributed", "coordinator_address", "num_processes", "process_id")
@@ -109,24 +116,62 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
+    """Turns SIGTERM (preemptible VMs) and SIGINT (Ctrl-C) into a flag the loop checks between
+    steps: the run saves a checkpoint and ends cleanly. A second Ctrl-C interrupts at once."""
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self):
-        with contextlib.suppress(ValueError):  # not the main thread: no handler
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        for sig in self._SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: no handler
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
-        log.warning("SIGTERM received: saving a checkpoint, then exiting")
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # the next Ctrl-C is a plain KeyboardInterrupt
+            signal.signal(
+                signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler)
+            )
+        self.requested = name
+        log.warning("%s received: saving a checkpoint after this step, then exiting", name)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(sig, previous)
+
+
+#: A logged loss past this multiple of the run's first step loss (floored at 1) is divergence.
+DIVERGENCE_FACTOR = 100.0
+# OS errors that mean "cannot write here" (permissions, read-only, full disk, quota).
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _diverged(what: str, ckpt_dir: Path) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"{what}; lower train.learning_rate or set train.max_grad_norm. The last good checkpoint "
+        f"in {ckpt_dir} is intact"
+    )
+
+
+def _check_divergence(losses: np.ndarray, step: int, first: float, ckpt_dir: Path) -> None:
+    """The NaN guard, and its twin for a loss that explodes while staying finite."""
+    if not np.all(np.isfinite(losses)):
+        raise _diverged(
+            f"loss is {losses[~np.isfinite(losses)][0]} at or before step {step}", ckpt_dir
+        )
+    mean = float(losses.mean())
+    if mean > DIVERGENCE_FACTOR * max(first, 1.0):
+        raise _diverged(
+            f"loss is {mean:.3g} at step {step}, more than {DIVERGENCE_FACTOR:g}x its first "
+            f"value {first:.3g}: training diverged",
+            ckpt_dir,
+        )
 
 
 def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
@@ -134,9 +179,23 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
 
     Raises:
       ConfigError: the run folder holds a run with a different config.
-      TrainingDiverged: the loss became NaN/inf (the last good checkpoint is kept).
+      TrainingDiverged: the loss became NaN/inf or exploded (the last good checkpoint is kept).
+      RunFolderError: the run folder cannot be written (the last good checkpoint is kept).
     """
     run_dir = resolve_run_dir(cfg, run_dir)
+    try:
+        return _train(cfg, run_dir)
+    except OSError as err:
+        if err.errno not in _WRITE_ERRNOS:
+            raise
+        raise RunFolderError(
+            f"cannot write {err.filename or run_dir}: {err.strerror or err}; checkpoints already "
+            f"in {run_dir / 'checkpoints'} are intact: free space or fix the permissions, then "
+            "rerun the same command to resume"
+        ) from err
+
+
+def _train(cfg: RunConfig, run_dir: Path) -> Path:
     _check_resume_config(run_dir, cfg)
     # Before any JAX call: jax.process_index() would start the backend, and
     # jax.distributed.initialize refuses to run after that.
@@ -192,13 +251,18 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
         param_shardings=session.shardings,
         routing=session.routing,
     )
-    logger = MetricsLogger(run_dir)
+    logger = MetricsLogger(
+        run_dir, trackers=cfg.run.trackers, name=cfg.run.name, config=cfg.to_dict()
+    )
     history: list[dict[str, Any]] = []
     batches = session.dataset.train_batches(tcfg.batch_size, start_step=start)
     progress = Progress(start, tcfg.steps)
+    progress.write(_mesh_line(session.mesh))
+    logger.log(start, "sampling", {"weight": dict(session.dataset.probabilities)})
     step = start
     all_finite = jnp.bool_(True)
     window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+    first_loss: float | None = None
 
     saved = [ckpt.all_steps()[-1] if ckpt.all_steps() else -1]
 
@@ -229,12 +293,9 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
                 window_loss.append(metrics["loss"])
                 if step % tcfg.log_every == 0 or step == tcfg.steps:
                     losses = np.asarray(jax.device_get(window_loss))
-                    if not np.all(np.isfinite(losses)):
-                        raise TrainingDiverged(
-                            f"loss is {losses[~np.isfinite(losses)][0]} at or before step {step}; "
-                            "lower train.learning_rate or set train.max_grad_norm. The last good "
-                            f"checkpoint in {ckpt.directory} is intact"
-                        )
+                    if first_loss is None:
+                        first_loss = float(losses[0])
+                    _check_divergence(losses, step, first_loss, ckpt.directory)
                     elapsed = time.perf_counter() - window_start
                     rec = {
                         "loss": float(losses.mean()),
@@ -252,14 +313,17 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> Path:
                     result = evaluate(session, cfg.eval.split, eval_step)
                     eval_metrics = _headline(result)
                     history.append(eval_lib.history_entry(result, step))
-                    logger.log(step, "eval", {"split": cfg.eval.split, **eval_metrics})
+                    logger.log_eval(step, cfg.eval.split, eval_metrics, result)
                     progress.write(f"step {step}: " + _one_line(eval_metrics))
                 if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
                     save(step, eval_metrics)
                 if preemption.requested:
                     save(step, eval_metrics)
                     ckpt.wait()
-                    progress.write(f"preempted: saved step {step} to {ckpt.directory}")
+                    progress.write(
+                        f"stopped by {preemption.requested}: saved step {step} to "
+                        f"{ckpt.directory}; rerun the same command to resume"
+                    )
                     break
             else:
                 save(step)
@@ -277,6 +341,16 @@ def _lr(tcfg, step: int) -> float:
     from langtune_jax.train.optim import make_schedule
 
     return float(make_schedule(tcfg)(step))
+
+
+def _mesh_line(mesh) -> str:
+    """``mesh data=8 fsdp=1 tensor=1 over 8 cpu devices (1 process)``: shown once at start."""
+    axes = " ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    kinds = sorted({d.platform for d in mesh.devices.flat})
+    return (
+        f"mesh {axes} over {mesh.devices.size} {'/'.join(kinds)} device(s) "
+        f"({jax.process_count()} process(es))"
+    )
 
 
 def _headline(result: dict[str, Any]) -> dict[str, float]:
@@ -304,7 +378,10 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
             log.warning("no %r split in the data: skipped in the final report", split_name)
             continue
         result = evaluate(session, split_name, eval_step)
-        logger.log(step, "eval", {"split": split_name, **_headline(result)})
+        logger.log_eval(step, split_name, _headline(result), result)
+        curve = None
+        if split_name == cfg.eval.split:  # the curves end with this final evaluation
+            curve = [*history, eval_lib.history_entry(result, step)]
         if jax.process_index() == 0:
             out = run_dir / "eval" / split_name
             eval_lib.write_report(
@@ -313,7 +390,7 @@ def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step
                 config_hash=cfg.hash(),
                 step=step,
                 plan=plan.to_dict(),
-                history=history if split_name == cfg.eval.split else None,
+                history=curve,
                 run_name=cfg.run.name,
                 metric=cfg.eval.metric,
             )

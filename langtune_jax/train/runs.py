@@ -15,7 +15,7 @@ import yaml
 
 from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
-from langtune_jax.config import RunConfig, from_dict
+from langtune_jax.config import ConfigError, RunConfig, from_dict
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.optim import make_optimizer
 from langtune_jax.train.session import Session, build_session, evaluate
@@ -49,6 +49,8 @@ def export_adapter(session: Session, folder: Path) -> None:
 def load_run(run_dir: Path) -> tuple[RunConfig, Session]:
     """Rebuild a trained run from its folder: config, model, and the newest checkpoint."""
     config_path = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run folder")
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder: it has no config.yaml")
     cfg = from_dict(RunConfig, yaml.safe_load(config_path.read_text(encoding="utf-8")))
@@ -57,7 +59,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, Session]:
     cfg.mesh = dataclasses.replace(
         cfg.mesh, distributed=None, coordinator_address=None, num_processes=None, process_id=None
     )
-    session = build_session(cfg, run_dir)
+    session = build_session(cfg, run_dir, check=False, reopened=True)
     tx = make_optimizer(cfg.train)
     opt_state = tx.init(session.split.trainable)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints)
@@ -96,7 +98,13 @@ def _read_json(path: Path) -> Any:
 
 
 def export_run(run_dir: Path, fmt: str, out: Path) -> Path:
-    """``langtune export``: the run's LoRA as a PEFT adapter folder, or a merged HF checkpoint."""
+    """``langtune export``: the run's LoRA as a PEFT adapter folder, or a merged HF checkpoint.
+
+    Raises:
+      ConfigError: ``out`` is a file.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export --out {out} is a file, not a folder; pass a folder to write to")
     cfg, session = load_run(run_dir)
     model = session.split.merge()
     if fmt == "peft":

@@ -22,7 +22,7 @@ from flax import nnx
 from langtune_jax import data as data_lib
 from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
-from langtune_jax.config import RunConfig
+from langtune_jax.config import ConfigError, RunConfig
 from langtune_jax.models import from_pretrained, load_tokenizer
 from langtune_jax.train import mesh as mesh_lib
 from langtune_jax.train.step import make_eval_step, split_model
@@ -62,8 +62,16 @@ def maybe_initialize_distributed(cfg) -> None:
 
 
 def resolve_run_dir(cfg: RunConfig, run_dir: str | Path | None) -> Path:
-    """``--run-dir`` or ``<run.output_dir>/<run.name>``."""
-    return Path(run_dir) if run_dir else Path(cfg.run.output_dir) / cfg.run.name
+    """``--run-dir`` or ``<run.output_dir>/<run.name>``.
+
+    Raises:
+      ConfigError: the path exists and is not a folder.
+    """
+    path = Path(run_dir) if run_dir else Path(cfg.run.output_dir) / cfg.run.name
+    if path.exists() and not path.is_dir():
+        what = "--run-dir" if run_dir else "run.output_dir/run.name"
+        raise ConfigError(f"{what} {path} is a file, not a folder; pass a folder for the run")
+    return path
 
 
 def apply_peft(model: nnx.Module, cfg: RunConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, Any]:
@@ -106,11 +114,6 @@ def _routing(model: nnx.Module, languages: list[str]):
             yield
 
     return routing
-
-
-def eval_splits(cfg: RunConfig) -> list[str]:
-    """The splits a run evaluates: ``eval.split`` then ``eval.final_splits``."""
-    return list(dict.fromkeys([cfg.eval.split, *cfg.eval.final_splits]))
 
 
 def check_zero_shot(
@@ -172,29 +175,52 @@ class Session:
         return self.dataset.labels or None
 
 
-def build_session(cfg: RunConfig, run_dir: Path) -> Session:
-    """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh."""
+class _NoFreshHeadNote(logging.Filter):
+    """Drops the loader's "newly initialised" note while a trained run is reopened: its heads are
+    restored from the run's checkpoint right after loading."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "newly initialised" not in str(record.msg)
+
+
+def build_session(
+    cfg: RunConfig, run_dir: Path, *, check: bool = True, reopened: bool = False
+) -> Session:
+    """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh.
+
+    Args:
+      cfg: the run config.
+      run_dir: the run folder (its ``data_cache`` keeps the tokenized splits).
+      check: run the :func:`~langtune_jax.train.preflight.preflight` checks (training) after the
+        data is read and before the model is loaded.
+      reopened: rebuilding a trained run (eval, export, generate): training-time warnings and
+        notes (chat-template fallback, freshly initialised heads) are not repeated.
+    """
+    from langtune_jax.train.preflight import check_model_config, eval_splits, preflight
+
     maybe_initialize_distributed(cfg.mesh)
-    mesh = mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    mesh = _mesh(cfg)
+    if check:
+        check_model_config(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
-    dataset = _pipeline(cfg, tokenizer)
-    num_labels = len(dataset.labels) if "classification" in cfg.model.task else None
-    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
-    param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
-    model = from_pretrained(
-        cfg.model.name_or_path,
-        task=cfg.model.task,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        num_labels=num_labels,
-        mesh=mesh,
-        seed=cfg.run.seed,
-        rng_impl=cfg.train.rng_impl,
+    dataset = _pipeline(
+        cfg, tokenizer, cache_dir=run_dir / "data_cache", warn=not reopened, defer_cache=check
     )
+    if check:
+        preflight(cfg, dataset, mesh)
+    quiet = _NoFreshHeadNote() if reopened else None
+    hub_log = logging.getLogger("langtune_jax.models.hub")
+    if quiet:
+        hub_log.addFilter(quiet)
+    try:
+        model = _load_model(cfg, mesh, dataset)
+    finally:
+        if quiet:
+            hub_log.removeFilter(quiet)
     dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
     rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
     model, trainable = apply_peft(model, cfg, rngs)
-    check_zero_shot(model, dataset, eval_splits(cfg))
+    check_zero_shot(model, dataset, [split for _, split in eval_splits(cfg)])
     split = split_model(model, trainable)
     shardings = {
         name: mesh_lib.state_shardings(getattr(split, name), mesh)
@@ -203,6 +229,7 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     split.trainable = jax.device_put(split.trainable, shardings["trainable"])
     split.frozen = jax.device_put(split.frozen, shardings["frozen"])
     split.mutable = jax.device_put(split.mutable, shardings["mutable"])
+    dataset.commit_cache()  # the run's checks passed and its model loaded
     return Session(
         cfg,
         run_dir,
@@ -217,7 +244,36 @@ def build_session(cfg: RunConfig, run_dir: Path) -> Session:
     )
 
 
-def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
+def _mesh(cfg: RunConfig):
+    try:
+        return mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    except ValueError as err:
+        raise ConfigError(f"config section 'mesh': {err}") from None
+
+
+def _load_model(cfg: RunConfig, mesh, dataset) -> nnx.Module:
+    num_labels = len(dataset.labels) if "classification" in cfg.model.task else None
+    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+    param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
+    return from_pretrained(
+        cfg.model.name_or_path,
+        task=cfg.model.task,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        num_labels=num_labels,
+        mesh=mesh,
+        seed=cfg.run.seed,
+        rng_impl=cfg.train.rng_impl,
+    )
+
+
+def _pipeline(
+    cfg: RunConfig,
+    tokenizer,
+    cache_dir: Path | None = None,
+    warn: bool = True,
+    defer_cache: bool = False,
+) -> data_lib.DataPipeline:
     return data_lib.DataPipeline(
         cfg.data,
         cfg.sampling,
@@ -226,13 +282,26 @@ def _pipeline(cfg: RunConfig, tokenizer) -> data_lib.DataPipeline:
         seed=cfg.run.seed,
         total_samples=cfg.train.steps * cfg.train.batch_size,
         batch_size=cfg.train.batch_size,
+        cache_dir=cache_dir,
+        warn=warn,
+        defer_cache=defer_cache,
     )
 
 
 def sampling_plan(cfg: RunConfig) -> data_lib.SamplingPlan:
-    """The sampling plan of a config (``langtune plan``), without loading a model."""
+    """The sampling plan of a config (``langtune plan``), without loading a model.
+
+    Runs the same pre-step-0 checks as training (on this machine's devices), so a plan that
+    prints is a run that starts.
+    """
+    from langtune_jax.train.preflight import check_model_config, preflight
+
+    mesh = _mesh(cfg)
+    check_model_config(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
-    return _pipeline(cfg, tokenizer).plan
+    dataset = _pipeline(cfg, tokenizer)
+    preflight(cfg, dataset, mesh)
+    return dataset.plan
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -1,0 +1,119 @@
+"""Checks that run before step 0: everything a run will need later is read and refused now.
+
+A mistake found after training (a misspelt metric, a missing test split, a batch that does not
+split over the devices) costs the whole run. :func:`preflight` runs after the data is read and the
+mesh is built, before the model is loaded; ``langtune plan`` runs it too, so a plan that prints is
+a run that starts. Each check is a small function raising :class:`~langtune_jax.config.ConfigError`
+(or the data layer's ``DataError``) with the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langtune_jax.config import ConfigError, RunConfig
+from langtune_jax.data import DataPipeline
+from langtune_jax.data.sources import MissingSplitError
+from langtune_jax.train import mesh as mesh_lib
+
+
+def check_model_config(cfg: RunConfig) -> None:
+    """The checks that need only the model's ``config.json`` (run before the tokenizer is read,
+    which would warn about a config it does not understand): a supported ``model_type`` and
+    ``data.max_length`` within the position table."""
+    check_max_length(cfg)
+
+
+def preflight(cfg: RunConfig, dataset: DataPipeline, mesh: Any) -> None:
+    """Every check a run can make before its first step, once the data is read (see the module
+    docstring); :func:`check_model_config` runs before it.
+
+    Args:
+      cfg: the validated run config.
+      dataset: the run's data pipeline (train read and tokenized).
+      mesh: the device mesh the run will use.
+
+    Raises:
+      ConfigError: a key whose value cannot work with this data, model or mesh.
+      DataError: an evaluation split with bad rows, unknown labels or languages train lacks.
+    """
+    check_batch_sizes(cfg, mesh)
+    check_eval_splits(cfg, dataset)
+    check_source_language(cfg, dataset)
+
+
+def data_parallel_size(mesh: Any) -> int:
+    """Devices a batch is split over (the mesh's data x fsdp axes)."""
+    size = 1
+    for axis in mesh_lib.BATCH_AXES:
+        size *= int(mesh.shape[axis])
+    return size
+
+
+def check_batch_sizes(cfg: RunConfig, mesh: Any) -> None:
+    """Train micro-batches and eval batches must split evenly over the data-parallel devices."""
+    dp = data_parallel_size(mesh)
+    shape = " x ".join(f"{a}={mesh.shape[a]}" for a in mesh_lib.BATCH_AXES)
+    micro = cfg.train.batch_size // cfg.train.grad_accum_steps
+    for key, value, what in (
+        ("train.batch_size", micro, "micro-batch"),
+        ("eval.batch_size", cfg.eval.batch_size, "batch"),
+    ):
+        if value % dp:
+            accum = (
+                f" (batch_size / grad_accum_steps = {micro})"
+                if key == "train.batch_size" and cfg.train.grad_accum_steps > 1
+                else ""
+            )
+            raise ConfigError(
+                f"config key '{key}': the {what} of {value}{accum} does not divide over the {dp} "
+                f"data-parallel devices (mesh {shape}); use a multiple of {dp}, e.g. "
+                f"{max(dp, value // dp * dp)}"
+            )
+
+
+def check_max_length(cfg: RunConfig) -> None:
+    """``data.max_length`` must fit the model's position table (longer rows would index past it)."""
+    from langtune_jax.models.hub import position_limit
+
+    limit = position_limit(cfg.model.name_or_path)
+    if limit is not None and cfg.data.max_length > limit:
+        raise ConfigError(
+            f"config key 'data.max_length': {cfg.data.max_length} is longer than the "
+            f"{limit} positions of model {cfg.model.name_or_path}; set data.max_length <= {limit}"
+        )
+
+
+def eval_splits(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(config key, split) of every split the run evaluates, ``eval.split`` first."""
+    out = [("eval.split", cfg.eval.split)]
+    out += [("eval.final_splits", s) for s in cfg.eval.final_splits if s != cfg.eval.split]
+    return out
+
+
+def check_eval_splits(cfg: RunConfig, dataset: DataPipeline) -> None:
+    """Every evaluated split exists, and is read, validated and tokenized now (then cached)."""
+    for key, split in eval_splits(cfg):
+        try:
+            dataset.split(split)
+        except MissingSplitError as err:
+            fix = (
+                "set eval.split to a split the data has"
+                if key == "eval.split"
+                else f"remove {split!r} from eval.final_splits"
+            )
+            raise ConfigError(
+                f"config key '{key}': the data has no {split!r} split ({err}); add it to "
+                f"data.sources or {fix}"
+            ) from None
+
+
+def check_source_language(cfg: RunConfig, dataset: DataPipeline) -> None:
+    """``eval.source_language`` must be a training language (the transfer gap is measured
+    from it)."""
+    lang = cfg.eval.source_language
+    if lang is not None and lang not in dataset.languages:
+        raise ConfigError(
+            f"config key 'eval.source_language': {lang!r} is not a training language "
+            f"({', '.join(dataset.languages)})"
+        )

@@ -1,0 +1,113 @@
+"""Tracking: per-language scalars with the split in the tag, in metrics.jsonl and TensorBoard
+(read back from the event files), and the optional wandb / mlflow trackers in offline mode."""
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from langtune_jax.train import train
+from langtune_jax.train.logging_utils import MetricsLogger, scalar_tags
+from tests.train.conftest import LANGS, tiny_run_config
+
+
+def read_tensorboard(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value)]}`` from the TFRecord event files of a folder (tensorboardX's proto)."""
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            record = data[pos + 12 : pos + 12 + length]  # skip the length's crc
+            pos += 12 + length + 4  # and the data's crc
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
+
+
+RESULT = {
+    "per_language": {
+        "en": {"macro_f1": 0.9, "accuracy": 0.95, "num_examples": 10},
+        "qu": {"macro_f1": 0.5, "accuracy": 0.6, "num_examples": 4},
+    }
+}
+
+
+def test_tags_put_the_split_before_the_metric_and_the_language_last():
+    tags = scalar_tags("eval", {"split": "test", "macro_f1": 0.8, **RESULT})
+    assert tags["eval/test/macro_f1"] == 0.8
+    assert tags["eval/test/macro_f1/qu"] == 0.5 and tags["eval/test/accuracy/en"] == 0.95
+    assert "eval/test/split" not in tags
+    train_tags = scalar_tags("train", {"loss": 1.5, "loss/qu": 2.0, "learning_rate": 1e-3})
+    assert train_tags == {"train/loss": 1.5, "train/loss/qu": 2.0, "train/learning_rate": 1e-3}
+    assert scalar_tags("sampling", {"weight": {"en": 0.7, "qu": 0.3}}) == {
+        "sampling/weight/en": 0.7,
+        "sampling/weight/qu": 0.3,
+    }
+
+
+def test_logger_writes_every_tracker_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    logger = MetricsLogger(
+        tmp_path,
+        trackers=["tensorboard", "wandb", "mlflow"],
+        name="tiny",
+        config={"run": {"name": "tiny"}, "train": {"steps": 2}},
+        enabled=True,
+    )
+    logger.log(1, "train", {"loss": 1.25, "loss/qu": 2.5})
+    logger.log_eval(2, "validation", {"macro_f1": 0.7}, RESULT)
+    logger.log_eval(2, "test", {"macro_f1": 0.6}, RESULT)
+    logger.close()
+
+    tb = read_tensorboard(tmp_path / "tensorboard")
+    assert tb["train/loss/qu"] == [(1, 2.5)]
+    for split in ("validation", "test"):
+        assert tb[f"eval/{split}/macro_f1/qu"] == [(2, 0.5)]
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert (
+        records[1]["split"] == "validation" and records[1]["per_language"]["qu"]["macro_f1"] == 0.5
+    )
+
+    # wandb offline: a run folder with its .wandb log holding the tag.
+    (run_file,) = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert b"eval/test/macro_f1/qu" in run_file.read_bytes()
+    # mlflow's SQLite store in the run folder: the per-language history reads back.
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("langtune").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "eval/validation/macro_f1/qu")
+    assert [(m.step, m.value) for m in history] == [(2, 0.5)]
+    assert run.data.params["train.steps"] == "2"
+
+
+def test_unknown_or_missing_tracker_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown tracker 'neptune'"):
+        MetricsLogger(tmp_path, trackers=["neptune"], enabled=True)
+
+
+def test_training_run_logs_per_language_curves(assets, tmp_path, capsys):
+    cfg = tiny_run_config(
+        assets, name="tb", mesh={"data": 8, "fsdp": 1, "tensor": 1}, steps=4, eval_every=2
+    )
+    run = train(cfg, run_dir=tmp_path / "run")
+    tb = read_tensorboard(run / "tensorboard")
+    for lang in LANGS:
+        assert [s for s, _ in tb[f"eval/validation/macro_f1/{lang}"]] == [2, 4]
+        assert tb[f"sampling/weight/{lang}"][0][1] == pytest.approx(1 / len(LANGS), abs=1e-3)
+    for tag in ("train/loss", "train/learning_rate", "train/tokens_per_s"):
+        assert [s for s, _ in tb[tag]] == [2, 4], tag
+    assert "mesh data=8 fsdp=1 tensor=1 over 8 cpu device(s)" in capsys.readouterr().out
+    # The eval curves end with the final evaluation (step 4), not the last cadence one.
+    report = json.loads((run / "eval/validation/report.json").read_text())
+    assert [h["step"] for h in report["history"]] == [2, 4]
