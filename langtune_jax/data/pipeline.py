@@ -40,8 +40,8 @@ from langtune_jax.data.features import (
     Tokenized,
     choose_bucket,
     collate,
-    mask_tokens,
     has_chat_template,
+    mask_tokens,
     pack,
     tokenize,
 )
