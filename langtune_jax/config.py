@@ -78,7 +78,9 @@ class ModelSection:
       task: the head put on top of the base model. ``masked-lm`` (BERT family): masked-LM
         training on plain text (``text`` and ``language`` per row), the MLM head loaded from the
         checkpoint (e.g. language adapters, MAD-X); ``causal-lm`` also takes plain ``text`` rows.
-      dtype: compute dtype. ``bfloat16`` keeps float32 parameters, softmax, norms and loss.
+      dtype: compute dtype. ``bfloat16`` keeps float32 parameters, softmax, norms and loss;
+        ``auto`` (default) is ``bfloat16`` on GPU/TPU (their matmul units are bfloat16 units) and
+        ``float32`` on CPU (XLA:CPU has no faster bfloat16 GEMM).
       param_dtype: storage dtype of the parameters.
     """
 
@@ -87,12 +89,20 @@ class ModelSection:
     task: Literal["sequence-classification", "token-classification", "causal-lm", "masked-lm"] = (
         "sequence-classification"
     )
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
         if not self.name_or_path:
             raise ValueError("name_or_path must name a local model folder or a Hub id")
+
+    def compute_dtype(self, backend: str | None = None) -> str:
+        """The compute dtype on ``backend`` (default: JAX's), with ``auto`` resolved."""
+        if self.dtype != "auto":
+            return self.dtype
+        import jax  # the config module stays importable without initialising a backend
+
+        return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 @dataclasses.dataclass
@@ -141,6 +151,10 @@ class TrainConfig:
       best_metric: eval metric whose best checkpoint is also kept: a metric of the task's report
         (``macro_f1``, ``accuracy``; ``f1`` for token classification; ``perplexity``) or its
         mean / gap / worst over languages (``macro_f1_mean``; ``mean_f1`` is read the same).
+      remat: activation rematerialisation per layer (a ``jax.checkpoint`` policy): ``none`` keeps
+        every activation for the backward pass, ``dots-saveable`` keeps the matmul outputs and
+        recomputes the element-wise work, ``full`` keeps only each layer's input (least memory,
+        about one more forward pass of compute). For long sequences / big models on accelerators.
       rng_impl: JAX PRNG implementation of the dropout keys (``jax.random.key(seed, impl=...)``).
         ``threefry4x32`` draws dropout masks about 4x faster than JAX's default ``threefry2x32``
         on CPU (``docs/benchmarks.md``) and is, like it, counter-based and splittable; ``rbg`` /
@@ -164,6 +178,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     best_metric: str | None = None
     rng_impl: Literal["threefry4x32", "threefry2x32", "rbg", "unsafe_rbg"] = "threefry4x32"
+    remat: Literal["none", "dots-saveable", "full"] = "none"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum_steps", "log_every", "keep_checkpoints"):
@@ -273,6 +288,14 @@ class RunConfig:
                 "config key 'train.best_metric': the best checkpoint is chosen at evaluations, "
                 "but train.eval_every is 0; set train.eval_every (and train.checkpoint_every to "
                 "the same cadence) or drop train.best_metric"
+            )
+        adapters = self.peft.method in ("adapters", "lora+adapters")
+        if self.data.packing and adapters and self.peft.adapters.languages is not None:
+            # Routing picks one adapter per row; a packed row mixes languages.
+            raise ConfigError(
+                "config key 'data.packing': with per-language adapters (peft.adapters.languages) "
+                "every example of a packed row would go through its first example's language "
+                "adapter; set data.packing: false"
             )
         self._normalize_languages()
 

@@ -12,10 +12,26 @@ each in its own subprocess so peak memory is per configuration:
 
 Tokens/s counts ``batch * seq_len`` per step after ``--warmup`` steps (JAX compilation is reported
 separately). Peak memory is the subprocess's maximum resident set size (``ru_maxrss``), and the
-growth over the RSS after building the model. Example::
+growth over the RSS after building the model.
+
+Real lengths (``--lengths FILE`` or ``--lengths real`` = ``scripts/real_lengths.json``, the
+all-MiniLM-L6-v2 token lengths of the issue-15 real-data set): example lengths are drawn from the
+histogram and *real* (non-padding) tokens/s is reported for
+
+- ``jax-packed``: ``data.features.pack`` fills ``batch`` rows of ``seq`` tokens with as many
+  examples as the pipeline draws per packed step (block-diagonal attention, per-segment pooling);
+- ``jax-bucketed``: ``batch`` examples padded to the smallest of seq/4, seq/2, seq that fits;
+- ``torch-peft-dynamic``: ``batch`` examples padded to the longest in the batch (transformers'
+  ``DataCollatorWithPadding`` default);
+- ``torch-peft-max``: ``batch`` examples padded to ``seq`` (``padding="max_length"``).
+
+The JAX modes run the project's own ``train.step`` forward and loss (``_forward``, ``task_loss``).
+``--rounds`` repeats every mode, interleaved (A B C D A B C D ...), and reports the median: the
+machine is shared, so a slow phase of the neighbours hits all modes alike. Example::
 
     python scripts/bench_lora.py                       # the issue's configuration
     python scripts/bench_lora.py --layers 2 --hidden 128 --vocab 30522 --seq 64 --steps 3
+    python scripts/bench_lora.py --lengths real --rounds 3
 """
 
 from __future__ import annotations
@@ -29,6 +45,9 @@ import sys
 import time
 
 MODES = ("jax-lora", "jax-full", "torch-peft-lora", "torch-full")
+REAL_MODES = ("jax-packed", "jax-bucketed", "torch-peft-dynamic", "torch-peft-max")
+REAL_LENGTHS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "real_lengths.json")
+CLS, SEP = 101, 102
 
 
 def _rss_mb() -> float:
@@ -66,6 +85,141 @@ def _batches(a, n):
     rng = np.random.RandomState(0)
     for _ in range(n):
         yield rng.randint(1, a.vocab, (a.batch, a.seq)), rng.randint(0, 3, (a.batch,))
+
+
+def _length_stream(a, n: int):
+    """n example lengths drawn from the histogram (fixed seed: every mode sees the same stream)."""
+    import numpy as np
+
+    hist = json.load(open(REAL_LENGTHS if a.lengths == "real" else a.lengths))["lengths"]
+    lengths = np.array([int(k) for k in hist])
+    p = np.array([hist[k] for k in hist], float)
+    return np.minimum(np.random.RandomState(0).choice(lengths, size=n, p=p / p.sum()), a.seq)
+
+
+def _examples(a, lengths):
+    """Random examples of the given lengths: [CLS] ids [SEP], a label each (a ragged store)."""
+    import numpy as np
+
+    from langtune_jax.data.features import Tokenized
+
+    rng = np.random.RandomState(1)
+    rows = [np.concatenate([[CLS], rng.randint(1000, a.vocab, n - 2), [SEP]]) for n in lengths]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return Tokenized(
+        input_ids=np.concatenate(rows).astype(np.int32),
+        offsets=offsets,
+        labels=rng.randint(0, 3, len(lengths)).astype(np.int32),
+    )
+
+
+def _real_batches(a, mode: str, n: int) -> list[tuple[dict, int]]:
+    """(batch, real tokens) per step for a real-length mode (numpy; torch converts)."""
+
+    from langtune_jax.data.features import choose_bucket, collate, pack
+
+    mean = json.load(open(REAL_LENGTHS if a.lengths == "real" else a.lengths))["mean_length"]
+    # as DataPipeline.examples_per_step: 90% of the expected row capacity
+    per_step = max(a.batch, int(0.9 * a.batch * a.seq / mean)) if mode == "jax-packed" else a.batch
+    lengths = _length_stream(a, per_step * n)
+    store = _examples(a, lengths)
+    out = []
+    for s in range(n):
+        rows = [(store, i) for i in range(s * per_step, (s + 1) * per_step)]
+        if mode == "jax-packed":
+            batch, placed, _ = pack(rows, a.batch, a.seq, pad_id=0,
+                                    task="sequence-classification", num_segments=a.seq // 2)  # fmt: skip
+            batch["example_mask"] = batch.pop("segment_mask")
+            real = int(batch["attention_mask"].sum())
+        else:
+            longest = int(max(lengths[i] for _, i in rows))
+            t = {"jax-bucketed": choose_bucket(longest, [a.seq // 4, a.seq // 2, a.seq]),
+                 "torch-peft-dynamic": longest, "torch-peft-max": a.seq}[mode]  # fmt: skip
+            batch = collate(rows, t, pad_id=0, task="sequence-classification")
+            real = int(batch["attention_mask"].sum())
+        out.append((batch, real))
+    return out
+
+
+def run_jax_real(a, mode: str) -> dict:
+    """LoRA through the project's train-step forward and loss, on real-length batches."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from langtune_jax.models import bert
+    from langtune_jax.peft import LoraConfig, apply_lora, trainable_filter, trainable_summary
+    from langtune_jax.train.step import _forward, task_loss
+
+    rngs = nnx.Rngs(params=0, dropout=jax.random.key(1, impl=a.rng_impl))
+    model = bert.from_hf_config(_hf_config(a), "sequence-classification", rngs=rngs)
+    apply_lora(model, LoraConfig(**_lora_kwargs(a)), rngs=rngs)
+    filt = trainable_filter(model)
+    model.train()
+    opt = nnx.Optimizer(model, optax.adamw(1e-4), wrt=filt)
+    built_rss = _rss_mb()
+
+    def loss_fn(model, batch):
+        loss_sum, count = task_loss(
+            _forward(model, batch, None).logits, batch, "sequence-classification"
+        )
+        return loss_sum / jnp.maximum(count, 1.0)
+
+    @nnx.jit(donate_argnums=(0, 1))
+    def _step(model, opt, batch):
+        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, filt))(model, batch)
+        opt.update(model, grads)
+        return loss
+
+    step = nnx.cached_partial(_step, model, opt)
+    batches = _real_batches(a, mode, a.warmup + a.steps)
+    loss = jnp.zeros(())
+    t0 = time.perf_counter()
+    for i, (batch, _) in enumerate(batches):
+        if i == a.warmup:
+            jax.block_until_ready(loss)
+            t_warm = time.perf_counter()
+        loss = step({k: jnp.asarray(v) for k, v in batch.items()})
+    jax.block_until_ready(loss)
+    t1 = time.perf_counter()
+    real = sum(r for _, r in batches[a.warmup :])
+    rows = sum(b["input_ids"].size for b, _ in batches[a.warmup :])
+    return dict(seconds=t1 - t_warm, warmup_seconds=t_warm - t0, loss=float(loss),
+                built_rss_mb=built_rss, trainable=trainable_summary(model, filt),
+                real_tokens=real, padded_tokens=rows)  # fmt: skip
+
+
+def run_torch_real(a, mode: str) -> dict:
+    """PEFT LoRA + transformers on the same real-length examples, padded as ``mode`` says."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**_hf_config(a)))
+    model = get_peft_model(model, LoraConfig(**_lora_kwargs(a)))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    built_rss = _rss_mb()
+    batches = _real_batches(a, mode, a.warmup + a.steps)
+    t0 = time.perf_counter()
+    for i, (b, _) in enumerate(batches):
+        if i == a.warmup:
+            t_warm = time.perf_counter()
+        out = model(input_ids=torch.from_numpy(b["input_ids"]).long(),
+                    attention_mask=torch.from_numpy(b["attention_mask"]).long(),
+                    labels=torch.from_numpy(b["labels"]).long())  # fmt: skip
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    t1 = time.perf_counter()
+    real = sum(r for _, r in batches[a.warmup :])
+    rows = sum(b["input_ids"].size for b, _ in batches[a.warmup :])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return dict(seconds=t1 - t_warm, warmup_seconds=t_warm - t0, loss=float(out.loss),
+                built_rss_mb=built_rss, trainable=f"trainable params: {trainable:,d}",
+                real_tokens=real, padded_tokens=rows)  # fmt: skip
 
 
 def run_jax(a, full: bool) -> dict:
@@ -150,8 +304,17 @@ def run_torch(a, full: bool) -> dict:
 
 def worker(a) -> None:
     full = a.worker.endswith("full")
-    result = run_jax(a, full) if a.worker.startswith("jax") else run_torch(a, full)
-    result["tokens_per_s"] = a.batch * a.seq * a.steps / result["seconds"]
+    if a.threads and a.worker.startswith("torch"):
+        import torch
+
+        torch.set_num_threads(a.threads)
+    if a.worker in REAL_MODES:
+        run = run_jax_real if a.worker.startswith("jax") else run_torch_real
+        result = run(a, a.worker)
+        result["tokens_per_s"] = result["real_tokens"] / result["seconds"]
+    else:
+        result = run_jax(a, full) if a.worker.startswith("jax") else run_torch(a, full)
+        result["tokens_per_s"] = a.batch * a.seq * a.steps / result["seconds"]
     result["peak_rss_mb"] = _peak_mb()
     print("RESULT " + json.dumps(result))
 
@@ -174,48 +337,105 @@ def main() -> None:
     p.add_argument(
         "--warmup", type=int, default=2, help="untimed steps (JAX compiles in the first)"
     )
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
+    p.add_argument("--modes", help=f"comma list of {MODES} (or, with --lengths, {REAL_MODES})")
+    p.add_argument("--lengths", help="real | a length-histogram JSON: real-length modes")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved repeats; median reported")
+    p.add_argument("--threads", type=int, default=0,
+                   help="1 = one compute thread per framework (torch.set_num_threads(1); XLA "
+                        "without its multi-threaded Eigen pool): fairer on an overloaded CPU")  # fmt: skip
     p.add_argument("--json", help="also write the results here")
-    p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=MODES + REAL_MODES, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         return worker(a)
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")  # fmt: skip
-    env.pop("XLA_FLAGS", None)  # one real CPU device, as a user would run it
-    results = {}
-    for mode in a.modes.split(","):
-        sizes = ("layers", "hidden", "heads", "vocab", "batch", "seq", "r", "lora_dropout", "dropout",
-                 "rng_impl", "steps", "warmup")  # fmt: skip
-        args = [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in sizes]
-        cmd = [sys.executable, os.path.abspath(__file__), *args, "--worker", mode]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(f"{mode} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results[mode] = json.loads(line[-1][len("RESULT ") :])
-        print(f"{mode}: done ({results[mode]['tokens_per_s']:.0f} tokens/s)", file=sys.stderr)
-
-    load = os.getloadavg()[0]
-    print(f"\nBERT {a.layers} layers, hidden {a.hidden}, vocab {a.vocab:,}; batch {a.batch} x "
-          f"{a.seq}; LoRA r={a.r} on query/value, dropout {a.lora_dropout}; JAX dropout keys {a.rng_impl}; {a.steps} timed steps after {a.warmup}; "
-          f"CPU cores {os.cpu_count()}, load average {load:.1f}\n")  # fmt: skip
-    header = "| mode | tokens/s | s/step | warm-up s | peak RSS MB | RSS growth MB | trainable |"
-    print(header)
-    print("|" + "---|" * 7)
-    for mode, r in results.items():
-        print(f"| {mode} | {r['tokens_per_s']:.0f} | {r['seconds'] / a.steps:.2f} | "
-              f"{r['warmup_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['peak_rss_mb'] - r['built_rss_mb']:.0f} | {r['trainable'].replace(' || ', ', ')} |")  # fmt: skip
-    if "jax-lora" in results and "torch-peft-lora" in results:
-        ratio = results["jax-lora"]["tokens_per_s"] / results["torch-peft-lora"]["tokens_per_s"]
-        print(f"\njax-lora / torch-peft-lora tokens/s: {ratio:.2f}x")
+    a.modes = a.modes or ",".join(REAL_MODES if a.lengths else MODES)
+    print(_machine(), file=sys.stderr)
+    results = _run_modes(a)
+    _table(a, results)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(dict(args=vars(a), results=results), f, indent=2)
+            json.dump(dict(args=vars(a), machine=_machine(), results=results), f, indent=2)
+
+
+def _machine() -> str:
+    """CPU model, cores, load and library versions, for the table header."""
+    import importlib.metadata as md
+    import platform
+
+    model = platform.processor() or "?"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln)
+    except (OSError, StopIteration):
+        pass
+    vers = []
+    for pkg in ("jax", "flax", "torch", "transformers", "peft"):
+        try:
+            vers.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            pass
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"CPU {model}, {os.cpu_count()} cores, load average {load}; " + ", ".join(vers)
+
+
+def _run_modes(a) -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # JAX runs on the default backend (a GPU when there is one; JAX_PLATFORMS=cpu forces CPU).
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    env.pop("XLA_FLAGS", None)  # one real device, as a user would run it
+    if a.threads == 1:
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
+    sizes = ("layers", "hidden", "heads", "vocab", "batch", "seq", "r", "lora_dropout", "dropout",
+             "rng_impl", "steps", "warmup", "threads")  # fmt: skip
+    args = [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in sizes]
+    if a.lengths:
+        args.append(f"--lengths={a.lengths}")
+    runs: dict[str, list[dict]] = {}
+    for rnd in range(a.rounds):  # interleaved: every mode once per round
+        for mode in a.modes.split(","):
+            cmd = [sys.executable, os.path.abspath(__file__), *args, "--worker", mode]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(f"{mode} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                continue
+            r = json.loads(line[-1][len("RESULT ") :])
+            r["load"] = os.getloadavg()[0]
+            runs.setdefault(mode, []).append(r)
+            print(f"round {rnd + 1} {mode}: {r['tokens_per_s']:.0f} tokens/s "
+                  f"(load {r['load']:.1f})", file=sys.stderr)  # fmt: skip
+    results = {}
+    for mode, rs in runs.items():
+        rs = sorted(rs, key=lambda r: r["tokens_per_s"])
+        med = dict(rs[len(rs) // 2])
+        med["all_tokens_per_s"] = [round(r["tokens_per_s"]) for r in rs]
+        results[mode] = med
+    return results
+
+
+def _table(a, results: dict) -> None:
+    what = f"real lengths from {a.lengths}" if a.lengths else f"batch {a.batch} x {a.seq}"
+    print(f"\n{_machine()}\nBERT {a.layers} layers, hidden {a.hidden}, vocab {a.vocab:,}; {what}; "
+          f"rows of {a.seq}, batch {a.batch}; LoRA r={a.r} on query/value, dropout "
+          f"{a.lora_dropout}; {a.steps} timed steps after {a.warmup}; {a.rounds} interleaved "
+          f"round(s), median; threads {a.threads or 'default'}\n")  # fmt: skip
+    unit = "real tokens/s" if a.lengths else "tokens/s"
+    print(
+        f"| mode | {unit} | all rounds | padding % | s/step | warm-up s | peak RSS MB | trainable |"
+    )
+    print("|" + "---|" * 8)
+    for mode, r in results.items():
+        pad = 100 * (1 - r["real_tokens"] / r["padded_tokens"]) if "real_tokens" in r else 0.0
+        print(f"| {mode} | {r['tokens_per_s']:.0f} | {r['all_tokens_per_s']} | {pad:.0f} | "
+              f"{r['seconds'] / a.steps:.3f} | {r['warmup_seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['trainable'].replace(' || ', ', ')} |")  # fmt: skip
+    pairs = [("jax-lora", "torch-peft-lora"), ("jax-packed", "torch-peft-dynamic"),
+             ("jax-packed", "torch-peft-max"), ("jax-bucketed", "torch-peft-dynamic")]  # fmt: skip
+    for ours, theirs in pairs:
+        if ours in results and theirs in results:
+            ratio = results[ours]["tokens_per_s"] / results[theirs]["tokens_per_s"]
+            print(f"\n{ours} / {theirs} {unit}: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -253,8 +253,9 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=119547, help="MiniLM vocabulary (mBERT: 119547)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per case")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (the first compiles)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="compute dtype of the model and of the peak matmul")  # fmt: skip
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="compute dtype of the model and of the peak matmul; auto (model.dtype's "
+                        "default) = bfloat16 on GPU/TPU, float32 on CPU")  # fmt: skip
     p.add_argument("--peak-size", type=int, default=None,
                    help="matmul size for the peak (default 2048 on CPU, 8192 otherwise)")  # fmt: skip
     p.add_argument("--xla-flops", action="store_true",
@@ -266,6 +267,8 @@ def main() -> None:
     import jax
 
     backend = jax.default_backend()
+    if a.dtype == "auto":
+        a.dtype = "float32" if backend == "cpu" else "bfloat16"
     size = a.peak_size or (2048 if backend == "cpu" else 8192)
     peak = measure_peak(size, a.dtype)
     print(f"backend {backend}: {jax.device_count()} x {jax.devices()[0].device_kind}; "

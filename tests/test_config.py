@@ -251,3 +251,21 @@ def test_shipped_demo_plans_from_another_folder(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     for lang in ("en", "es", "qu", "sw", "yo"):
         assert lang in out
+
+
+def test_compute_dtype_auto_and_remat(tmp_path):
+    cfg = load_config(_write(tmp_path, BASE), ["train.remat=dots-saveable"])
+    assert cfg.train.remat == "dots-saveable" and cfg.model.dtype == "auto"
+    assert cfg.model.compute_dtype("cpu") == "float32"
+    assert cfg.model.compute_dtype("gpu") == cfg.model.compute_dtype("tpu") == "bfloat16"
+    forced = load_config(_write(tmp_path, BASE), ["model.dtype=float32"])
+    assert forced.model.compute_dtype("gpu") == "float32"
+    with pytest.raises(ConfigError, match="remat"):
+        load_config(_write(tmp_path, BASE), ["train.remat=some"])
+
+
+def test_packing_with_per_language_adapters_is_refused(tmp_path):
+    sets = ["data.packing=true", "peft.method=adapters", "peft.adapters.languages=[en, sw]"]
+    with pytest.raises((ConfigError, ValueError), match="data.packing.*per-language adapters"):
+        load_config(_write(tmp_path, BASE), sets)
+    assert load_config(_write(tmp_path, BASE), sets[:2]).data.packing

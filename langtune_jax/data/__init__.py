@@ -1,6 +1,14 @@
 """Data: sources, language weighting strategies, the stateless mixture and the batch pipelines."""
 
-from langtune_jax.data.features import IGNORE, Tokenized, choose_bucket, collate, pack, tokenize
+from langtune_jax.data.features import (
+    IGNORE,
+    Tokenized,
+    choose_bucket,
+    collate,
+    pack,
+    tokenize,
+    unpack_segments,
+)
 from langtune_jax.data.mixture import LanguageMixture, apportion, permute
 from langtune_jax.data.pipeline import DataPipeline, eval_batches, train_batches
 from langtune_jax.data.sampling import (
@@ -47,4 +55,5 @@ __all__ = [
     "permute",
     "tokenize",
     "train_batches",
+    "unpack_segments",
 ]

@@ -17,9 +17,14 @@ Batch keys (numpy, per process): input_ids, attention_mask [b, T] int32; token_t
 when the tokenizer gives them; labels [b] (sequence classification) or [b, T] with -100 ignored
 (causal LM: aligned with input_ids, the loss shifts by one as in transformers); language_id [b]
 int32 (index into `DataPipeline.languages`; a packed row's first segment); example_mask [b] int32
-(0 = a padding row of the last eval batch or an empty packed row, else 1); with causal packing
-also segment_ids (1, 2, ... per example, 0 = padding) and position_ids (restarting per segment)
-[b, T]: attention must be causal and within equal segment ids.
+(0 = a padding row of the last eval batch or an empty packed row, else 1). With packing also
+segment_ids [b, T] (1, 2, ... per example, 0 = padding): attention stays within equal segment ids
+(and is causal for causal LM). Causal LM adds position_ids (restarting per segment); encoders
+restart positions from segment_ids themselves. Packed classification adds segment_language
+[b, S] (each segment's language id; S = `num_segments`); sequence classification then has
+labels, example_mask (1 = a real segment) and segment_starts (each segment's first token, the one
+pooled) all [b, S]. Eval packs classification too; `features.unpack_segments` turns packed
+outputs back into one row per example for the per-language metrics.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from langtune_jax.data.features import (
     has_chat_template,
     mask_tokens,
     pack,
+    row_first,
+    segment_counts,
     tokenize,
 )
 from langtune_jax.data.holdout import hold_out_validation
@@ -180,6 +187,7 @@ class DataPipeline:
         self.zero_shot: list[str] = []
         self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
         self._eval_order: dict[str, list[tuple[str, int]]] = {}
+        self._eval_packs_cache: dict[tuple[str, int], list[int]] = {}
         self._mixtures: dict[int, LanguageMixture] = {}
         self._cache = (
             Path(cache_dir) / cache_lib.data_fingerprint(data_cfg, task, tokenizer)
@@ -323,7 +331,15 @@ class DataPipeline:
 
     @property
     def packing(self) -> bool:
-        return self.data_cfg.packing and self.task == "causal-lm"
+        """Whether batches pack several examples per row (``data.packing``, every task)."""
+        return self.data_cfg.packing
+
+    @property
+    def num_segments(self) -> int | None:
+        """Segment slots per packed classification row: max_length // 2 (every tokenized example
+        has at least [CLS] and [SEP]), so the slot count never drops an example and never changes
+        shape. None for causal LM (its segments need no slots)."""
+        return self.data_cfg.max_length // 2 if self.task != "causal-lm" else None
 
     def _draws(self, step: int, batch_size: int) -> tuple[list[tuple[Tokenized, int]], np.ndarray]:
         m = self.examples_per_step(batch_size)
@@ -335,8 +351,39 @@ class DataPipeline:
 
     def _packed(self, step: int, batch_size: int):
         rows, lang = self._draws(step, batch_size)
-        batch, first, dropped = pack(rows, batch_size, self.data_cfg.max_length, pad_id=self.pad_id)
-        return batch, first, dropped, lang
+        batch, placed, dropped = pack(
+            rows,
+            batch_size,
+            self.data_cfg.max_length,
+            pad_id=self.pad_id,
+            task=self.task,
+            num_segments=self.num_segments,
+        )
+        return batch, placed, dropped, lang
+
+    def _finish_packed(self, batch, placed, lang, local: slice) -> dict[str, np.ndarray]:
+        """Trim a packed global batch to its length bucket, take this process's rows, add the
+        language and mask keys (see the module docstring)."""
+        num_rows = batch["input_ids"].shape[0]
+        used = int(batch["attention_mask"].sum(1).max())
+        t = choose_bucket(used, self.buckets)
+        first = row_first(placed, num_rows)
+        per_segment = {"segment_starts", "segment_mask"}
+        if self.task == "sequence-classification":
+            per_segment.add("labels")  # [R, S]
+        out = {k: v[local] if k in per_segment else v[local, :t] for k, v in batch.items()}
+        # A packed row's language (for routing) is that of its first segment.
+        out["language_id"] = lang[np.maximum(first, 0)][local].astype(np.int32)
+        out["example_mask"] = (first[local] >= 0).astype(np.int32)
+        if self.num_segments is not None:
+            seg_lang = np.zeros((num_rows, self.num_segments), np.int32)
+            ok = placed[:, 0] >= 0
+            seg_lang[placed[ok, 0], placed[ok, 1]] = lang[ok]
+            out["segment_language"] = seg_lang[local]
+            mask = out.pop("segment_mask", None)
+            if mask is not None:  # sequence classification: one target per segment
+                out["example_mask"] = mask
+        return out
 
     def packing_dropped(self, step: int, batch_size: int) -> int:
         """Examples drawn for packed step `step` that fit in no row (0 without packing)."""
@@ -360,14 +407,8 @@ class DataPipeline:
         pi, pc = _processes(process_index, process_count)
         local = _local_rows(batch_size, pi, pc)
         if self.packing:
-            batch, first, _, lang = self._packed(step, batch_size)
-            used = int(batch["attention_mask"].sum(1).max())
-            t = choose_bucket(used, self.buckets)
-            batch = {k: v[local, :t] for k, v in batch.items()}
-            # A packed row's language is that of its first segment.
-            batch["language_id"] = lang[np.maximum(first, 0)][local].astype(np.int32)
-            batch["example_mask"] = (first[local] >= 0).astype(np.int32)
-            return batch
+            batch, placed, _, lang = self._packed(step, batch_size)
+            return self._finish_packed(batch, placed, lang, local)
         rows, lang = self._draws(step, batch_size)
         lengths = np.array([s.offsets[e + 1] - s.offsets[e] for s, e in rows])
         t = choose_bucket(int(lengths.max()), self.buckets)
@@ -451,7 +492,30 @@ class DataPipeline:
             return False
         return True
 
+    def _order(self, split: str) -> list[tuple[str, int]]:
+        """Every (language, row) of an eval split: languages sorted, file order inside."""
+        data, stores = self.split(split)
+        if split not in self._eval_order:
+            self._eval_order[split] = [
+                (lang, r) for lang in data.languages for r in range(len(stores[lang]))
+            ]
+        return self._eval_order[split]
+
+    def _eval_packs(self, split: str, batch_size: int) -> list[int]:
+        """Start of every packed eval batch in the split's order (and the end, last)."""
+        key = (split, batch_size)
+        if key not in self._eval_packs_cache:
+            _, stores = self.split(split)
+            per_lang = {lang: store.lengths for lang, store in stores.items()}
+            lengths = [int(per_lang[lang][r]) for lang, r in self._order(split)]
+            sizes = segment_counts(lengths, batch_size, self.data_cfg.max_length, self.num_segments)
+            self._eval_packs_cache[key] = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        return self._eval_packs_cache[key]
+
     def num_eval_batches(self, split: str, batch_size: int) -> int:
+        """Global eval batches that hold every example of `split` once."""
+        if self.packing and self.task != "causal-lm":
+            return len(self._eval_packs(split, batch_size)) - 1
         data, _ = self.split(split)
         return -(-sum(data.counts().values()) // batch_size)
 
@@ -464,15 +528,27 @@ class DataPipeline:
         process_index: int | None = None,
         process_count: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """This process's rows of global eval batch k (languages sorted, file order inside)."""
+        """This process's rows of global eval batch k (languages sorted, file order inside).
+
+        With packing (classification tasks) the batch packs the next examples in order into
+        `batch_size` rows, as many as fit; nothing is dropped (see `unpack_segments`).
+        """
         pi, pc = _processes(process_index, process_count)
         local = _local_rows(batch_size, pi, pc)
-        data, stores = self.split(split)
-        if split not in self._eval_order:
-            self._eval_order[split] = [
-                (lang, r) for lang in data.languages for r in range(len(stores[lang]))
-            ]
-        order = self._eval_order[split]
+        _, stores = self.split(split)
+        order = self._order(split)
+        lang_index = {lang: i for i, lang in enumerate(self.all_languages)}
+        if self.packing and self.task != "causal-lm":
+            bounds = self._eval_packs(split, batch_size)
+            part = order[bounds[k] : bounds[k + 1]]
+            rows = [(stores[lang], r) for lang, r in part]
+            lang = np.array([lang_index[g] for g, _ in part], np.int32)
+            batch, placed, dropped = pack(
+                rows, batch_size, self.data_cfg.max_length, pad_id=self.pad_id,
+                task=self.task, num_segments=self.num_segments,
+            )  # fmt: skip
+            assert dropped == 0, "eval packing layout and pack() disagree"
+            return self._finish_packed(batch, placed, lang, local)
         part = order[k * batch_size : (k + 1) * batch_size]
         real = len(part)
         part = part + [part[0]] * (batch_size - real)  # filler rows, masked out below
@@ -486,7 +562,6 @@ class DataPipeline:
             batch["labels"] = np.where(mask > 0, batch["labels"], 0).astype(np.int32)
         else:
             batch["labels"] = np.where(mask[:, None] > 0, batch["labels"], IGNORE).astype(np.int32)
-        lang_index = {lang: i for i, lang in enumerate(self.all_languages)}
         batch["language_id"] = np.array([lang_index[lang] for lang, _ in part], np.int32)[local]
         batch["example_mask"] = mask
         return batch

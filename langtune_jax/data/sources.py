@@ -139,7 +139,8 @@ class DataConfig:
       length_buckets: padded lengths a batch may take (each <= max_length; max_length is always
         one); empty = max_length/4, /2 and max_length. Few buckets = few recompiles.
       labels: label vocabulary (tags for token classification); None = sorted labels of train.
-      packing: causal LM only: pack several examples per row (segment_ids, position_ids).
+      packing: pack several examples per row, train and eval (segment ids, per-segment
+        positions; classification pools / labels per segment): no padding compute.
       mlm_probability: masked LM only: the share of maskable tokens chosen per row (BERT: 0.15).
       on_bad_row: error (stop with file:line) or skip (skip and count).
       dedupe: drop exact duplicate rows within a language of a split (the plan counts them

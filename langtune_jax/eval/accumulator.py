@@ -51,8 +51,10 @@ class PerLanguageAccumulator:
         or entity tags (token classification; required). Unused for causal LM.
       num_labels: number of classes when ``label_names`` is not given.
       source_language: adds the cross-lingual transfer gap to the gap statistics.
-      zero_division: the F1 of a class absent from a language's truth and predictions (0.0,
-        1.0 or nan = left out of the macro mean); sequence classification only.
+      zero_division: the F1 of a class absent from a language's truth and predictions: nan
+        (default: left out of the macro mean, as scikit-learn's ``f1_score(average="macro")``
+        without ``labels=`` scores only the classes present; a language that never has a class
+        is not penalised for it), 0.0 or 1.0; sequence classification only.
     """
 
     def __init__(
@@ -63,7 +65,7 @@ class PerLanguageAccumulator:
         *,
         num_labels: int | None = None,
         source_language: str | None = None,
-        zero_division: float = 0.0,
+        zero_division: float = math.nan,
     ):
         self.task = check_task(task)
         self.languages = [str(lang) for lang in languages]
@@ -390,7 +392,7 @@ def per_language_report(
     *,
     label_names: Sequence[str] | None = None,
     source_language: str | None = None,
-    zero_division: float = 0.0,
+    zero_division: float = math.nan,
     language_order: Sequence[str] | None = None,
     zero_shot: Sequence[str] = (),
 ) -> dict[str, Any]:

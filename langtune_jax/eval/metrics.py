@@ -17,11 +17,12 @@ This module holds the pure metric functions and constants; the accumulator and
 
 Conventions, chosen to match the reference implementations the tests compare against:
 
-* **Macro-F1** is scikit-learn's ``f1_score(y, p, average="macro", labels=range(C))`` over the
-  *full* label set, per class ``F1 = 2 TP / (2 TP + FP + FN)``. A class that appears in neither the
-  truth nor the predictions of a language is undefined; ``zero_division`` says what it scores:
-  ``0.0`` (default, scikit-learn's default ``"warn"`` behaviour without the warning), ``1.0``, or
-  ``nan`` (left out of the macro mean, like scikit-learn's ``zero_division=np.nan``).
+* **Macro-F1** is scikit-learn's ``f1_score(y, p, average="macro")``: per class
+  ``F1 = 2 TP / (2 TP + FP + FN)``, averaged over the classes that appear in the truth or the
+  predictions of that language. A class that appears in neither is undefined; ``zero_division``
+  says what it scores: ``nan`` (default: left out of the macro mean, which is what scikit-learn's
+  default label set does, so a language whose data never has a class is not marked down for it),
+  ``0.0`` (``labels=range(C)`` over the full label set) or ``1.0``.
 * **Entity F1** follows seqeval's default (conlleval-compatible) mode, ``seqeval.metrics.f1_score``
   with ``average="micro"``: entities are ``(type, start, end)`` chunks; an ``I-X`` that does not
   continue an ``X`` chunk starts a new one; chunks never cross sentences; P, R and F1 are 0 when
@@ -155,7 +156,7 @@ def f1_per_class(confusion: np.ndarray, zero_division: float = 0.0) -> np.ndarra
 def classification_metrics(
     confusion: np.ndarray,
     label_names: Sequence[str] | None = None,
-    zero_division: float = 0.0,
+    zero_division: float = math.nan,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-class F1 from a ``[C, C]`` confusion matrix (rows = truth).
 

@@ -14,7 +14,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from langtune_jax.models.bert_config import _ACTIVATIONS, BertConfig
-from langtune_jax.models.common import EMBED, HEADS, MLP, VOCAB, ModelOutput, with_axes
+from langtune_jax.models.common import (
+    BATCH,
+    EMBED,
+    HEADS,
+    LENGTH,
+    MLP,
+    VOCAB,
+    ModelOutput,
+    attention,
+    constrain,
+    positions_from_mask,
+    remat_layer,
+    with_axes,
+)
 
 Array = jax.Array
 
@@ -79,16 +92,24 @@ class BertEmbeddings(_Block):
         self.LayerNorm = _layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
-    def position_ids(self, input_ids: Array) -> Array:
-        """HF's default position ids for ``input_ids`` ``[B, T]``."""
+    def position_ids(self, input_ids: Array, segment_ids: Array | None = None) -> Array:
+        """HF's default position ids for ``input_ids`` ``[B, T]``; with packed ``segment_ids``
+        ``[B, T]`` they restart in every segment (as if each example were its own row)."""
         cfg = self.config
+        if segment_ids is not None:
+            pos = positions_from_mask(segment_ids)  # [B, T] 0, 1, ... per segment
+            if cfg.is_roberta:  # fairseq: tokens count from pad + 1, pads sit at pad
+                return jnp.where(segment_ids > 0, pos + cfg.pad_token_id + 1, cfg.pad_token_id)
+            return pos
         if cfg.is_roberta:
             # fairseq make_positions: non-pad tokens count from pad+1, pads stay at pad.
             mask = (input_ids != cfg.pad_token_id).astype(jnp.int32)
             return jnp.cumsum(mask, axis=1) * mask + cfg.pad_token_id
         return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
 
-    def __call__(self, input_ids, token_type_ids=None, position_ids=None) -> Array:
+    def __call__(
+        self, input_ids, token_type_ids=None, position_ids=None, segment_ids=None
+    ) -> Array:
         cfg = self.config
         if input_ids.shape[1] > cfg.max_length:
             raise ValueError(
@@ -97,7 +118,7 @@ class BertEmbeddings(_Block):
                 f"{cfg.max_position_embeddings}); truncate inputs to {cfg.max_length} tokens"
             )
         if position_ids is None:
-            position_ids = self.position_ids(input_ids)
+            position_ids = self.position_ids(input_ids, segment_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.word_embeddings(input_ids)  # [B, T, D]
@@ -119,19 +140,13 @@ class BertSelfAttention(_Block):
         self.value = _linear(cfg, d, d, (EMBED, HEADS), **kw)
         self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
 
-    def __call__(self, x: Array, mask_bias: Array | None) -> Array:
+    def __call__(self, x: Array, keep: Array | None) -> Array:
         b, t, _ = x.shape
         shape = (b, t, self.num_heads, self.head_dim)
         q = self.query(x).reshape(shape)  # [B, T, N, H]
         k = self.key(x).reshape(shape)
         v = self.value(x).reshape(shape)
-        scores = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32)  # [B, N, T, T]
-        scores = scores * (self.head_dim**-0.5)
-        if mask_bias is not None:
-            scores = scores + mask_bias  # [B, 1, 1, T] float32
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        probs = self.dropout(probs)
-        out = jnp.einsum("bnqk,bknh->bqnh", probs, v)  # [B, T, N, H]
+        out = attention(q, k, v, keep, dropout=self.dropout, dtype=self.dtype)  # [B, T, N, H]
         return out.reshape(b, t, -1)
 
 
@@ -159,8 +174,8 @@ class BertAttention(nnx.Module):
         self.self = BertSelfAttention(cfg, **kw)
         self.output = BertSelfOutput(cfg, **kw)
 
-    def __call__(self, x: Array, mask_bias: Array | None) -> Array:
-        return self.output(self.self(x, mask_bias), x)
+    def __call__(self, x: Array, keep: Array | None) -> Array:
+        return self.output(self.self(x, keep), x)
 
 
 class BertIntermediate(_Block):
@@ -203,32 +218,41 @@ class BertLayer(nnx.Module):
         self.intermediate = BertIntermediate(cfg, **kw)
         self.output = BertOutput(cfg, **kw)
 
-    def __call__(self, x: Array, mask_bias: Array | None) -> Array:
+    def __call__(self, x: Array, keep: Array | None) -> Array:
         with jax.named_scope("attention"):
-            x = self.attention(x, mask_bias)
+            x = self.attention(x, keep)
         with jax.named_scope("mlp"):
             return self.output(self.intermediate(x), x)
 
 
 class BertEncoder(nnx.Module):
-    """The stack of ``layer``s."""
+    """The stack of ``layer``s.
+
+    ``remat`` (``none`` / ``dots-saveable`` / ``full``) recomputes each layer's activations in
+    the backward pass by that ``jax.checkpoint`` policy; set it with
+    :func:`langtune_jax.models.common.set_remat`. Hidden states are constrained to
+    ``(batch, length, embed)`` between layers (a no-op without a mesh).
+    """
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layer = nnx.List([BertLayer(cfg, **kw) for _ in range(cfg.num_hidden_layers)])
+        self.remat = "none"
 
-    def __call__(self, x, mask_bias, output_hidden_states=False):
+    def __call__(self, x, keep, output_hidden_states=False):
         hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layer):
             with jax.named_scope(f"layer_{i}"):
-                x = layer(x, mask_bias)  # [B, T, D]
+                x = remat_layer(layer, self.remat)(x, keep)  # [B, T, D]
+                x = constrain(x, BATCH, LENGTH, EMBED)
             if hidden is not None:
                 hidden.append(x)
         return x, (tuple(hidden) if hidden is not None else None)
 
 
 class BertPooler(_Block):
-    """``tanh(dense(h[:, 0]))``: the [CLS] summary BERT classifies."""
+    """``tanh(dense(first))`` over the first-token states (``[B, D]``, or ``[B, S, D]`` for the
+    segments of packed rows): the [CLS] summary BERT classifies."""
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self._init(cfg, dtype, param_dtype)
@@ -237,8 +261,28 @@ class BertPooler(_Block):
             cfg, d, d, (EMBED, None), dtype=self.dtype, param_dtype=param_dtype, rngs=rngs
         )
 
-    def __call__(self, h: Array) -> Array:
-        return jnp.tanh(self.dense(h[:, 0]))  # [B, D]
+    def __call__(self, first: Array) -> Array:
+        return jnp.tanh(self.dense(first))  # [B, D] or [B, S, D]
+
+
+def first_tokens(h: Array, segment_starts: Array | None) -> Array:
+    """The states classification heads pool: ``h[:, 0]`` ``[B, D]``, or with packed rows each
+    segment's first token ``[B, S, D]`` (``segment_starts`` ``[B, S]`` token positions)."""
+    if segment_starts is None:
+        return h[:, 0]
+    return jnp.take_along_axis(h, segment_starts[..., None].astype(jnp.int32), axis=1)
+
+
+def attention_keep(attention_mask: Array | None, segment_ids: Array | None) -> Array | None:
+    """Boolean attention mask, True = attend: ``[B, 1, 1, T]`` from a padding mask, or
+    block-diagonal ``[B, 1, T, T]`` from packed ``segment_ids`` (a query sees only keys of its own
+    segment; padding queries see every real key, as HF's padding mask lets them)."""
+    if segment_ids is not None:
+        q, k = segment_ids[:, None, :, None], segment_ids[:, None, None, :]
+        return (k != 0) & ((q == k) | (q == 0))
+    if attention_mask is not None:
+        return attention_mask.astype(bool)[:, None, None, :]
+    return None
 
 
 class BertModel(nnx.Module):
@@ -246,9 +290,17 @@ class BertModel(nnx.Module):
 
     Call with ``input_ids`` ``[B, T]`` int; ``attention_mask`` ``[B, T]`` 1 = token, 0 = pad;
     ``token_type_ids`` ``[B, T]`` (segment ids, default 0); ``position_ids`` ``[B, T]`` (default as
-    HF). Returns ``ModelOutput(last_hidden_state=[B, T, D], hidden_states=...)``; the pooled
-    ``[B, D]`` output is ``.logits`` when the pooler exists, so callers get it without a second pass.
+    HF). Packed rows add ``segment_ids`` ``[B, T]`` (1, 2, ... per example, 0 = padding:
+    block-diagonal attention, positions restarting per segment) and, for pooling,
+    ``segment_starts`` ``[B, S]`` (each segment's first token). Returns
+    ``ModelOutput(last_hidden_state=[B, T, D], hidden_states=...)``; the pooled ``[B, D]`` (packed:
+    ``[B, S, D]``) output is ``.logits`` when the pooler exists, so callers get it without a second
+    pass.
     """
+
+    #: the train step passes packed ``segment_ids`` / ``segment_starts`` as such (decoders take
+    #: segments as ``attention_mask`` values instead).
+    takes_segments = True
 
     base_model_prefix = "bert"
     head_modules: tuple[str, ...] = ()
@@ -284,19 +336,20 @@ class BertModel(nnx.Module):
         token_type_ids: Array | None = None,
         position_ids: Array | None = None,
         *,
+        segment_ids: Array | None = None,
+        segment_starts: Array | None = None,
         cache: Any = None,
         output_hidden_states: bool = False,
     ) -> ModelOutput:
         if cache is not None:
             raise ValueError("BERT-family encoders take no KV cache (cache must be None)")
-        x = self.embeddings(input_ids, token_type_ids, position_ids)  # [B, T, D]
-        mask_bias = None
-        if attention_mask is not None:
-            # Additive bias, float32: 0 where attended, most negative float where padded.
-            keep = attention_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, T]
-            mask_bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-        x, hidden = self.encoder(x, mask_bias, output_hidden_states)
-        pooled = self.pooler(x) if self.pooler is not None else None
+        x = self.embeddings(input_ids, token_type_ids, position_ids, segment_ids)  # [B, T, D]
+        x = constrain(x, BATCH, LENGTH, EMBED)
+        keep = attention_keep(attention_mask, segment_ids)
+        x, hidden = self.encoder(x, keep, output_hidden_states)
+        pooled = None
+        if self.pooler is not None:
+            pooled = self.pooler(first_tokens(x, segment_starts))
         return ModelOutput(logits=pooled, last_hidden_state=x, hidden_states=hidden)
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from langtune_jax.models.bert_config import _ACTIVATIONS, BertConfig
-from langtune_jax.models.bert_encoder import BertModel, _Block, _layer_norm, _linear
+from langtune_jax.models.bert_encoder import BertModel, _Block, _layer_norm, _linear, first_tokens
 from langtune_jax.models.common import EMBED, VOCAB, ModelOutput, with_axes
 
 Array = jax.Array
@@ -64,7 +64,10 @@ class _EncoderTask(nnx.Module):
         family = {"bert": "Bert", "roberta": "Roberta"}.get(self.config.model_type, "XLMRoberta")
         return family + self._arch
 
-    def _head(self, out: ModelOutput) -> Array:
+    #: the train step passes packed ``segment_ids`` / ``segment_starts`` as such.
+    takes_segments = True
+
+    def _head(self, out: ModelOutput, segment_starts: Array | None) -> Array:
         raise NotImplementedError
 
     def __call__(
@@ -74,6 +77,8 @@ class _EncoderTask(nnx.Module):
         token_type_ids: Array | None = None,
         position_ids: Array | None = None,
         *,
+        segment_ids: Array | None = None,
+        segment_starts: Array | None = None,
         cache: Any = None,
         output_hidden_states: bool = False,
     ) -> ModelOutput:
@@ -82,10 +87,12 @@ class _EncoderTask(nnx.Module):
             attention_mask,
             token_type_ids,
             position_ids,
+            segment_ids=segment_ids,
+            segment_starts=segment_starts,
             cache=cache,
             output_hidden_states=output_hidden_states,
         )
-        out.logits = self._head(out)
+        out.logits = self._head(out, segment_starts)
         return out
 
     def _tied_logits(self, h: Array, bias: nnx.Param) -> Array:
@@ -95,7 +102,8 @@ class _EncoderTask(nnx.Module):
 
 
 class BertForSequenceClassification(_EncoderTask):
-    """BERT + dropout + ``classifier`` over the pooled [CLS]; ``.logits`` is ``[B, num_labels]``."""
+    """BERT + dropout + ``classifier`` over the pooled [CLS]; ``.logits`` is ``[B, num_labels]``
+    (packed rows: ``[B, S, num_labels]``, one row per segment)."""
 
     head_modules = ("classifier",)
     _arch = "ForSequenceClassification"
@@ -106,8 +114,8 @@ class BertForSequenceClassification(_EncoderTask):
         self.dropout = nnx.Dropout(cfg.head_dropout, rngs=rngs)
         self.classifier = _linear(cfg, cfg.hidden_size, cfg.num_labels, (EMBED, None), **kw)
 
-    def _head(self, out: ModelOutput) -> Array:
-        return self.classifier(self.dropout(out.logits))  # pooled [B, D] -> [B, C]
+    def _head(self, out: ModelOutput, segment_starts: Array | None) -> Array:
+        return self.classifier(self.dropout(out.logits))  # pooled [B, (S,) D] -> [B, (S,) C]
 
 
 class BertForTokenClassification(_EncoderTask):
@@ -122,7 +130,7 @@ class BertForTokenClassification(_EncoderTask):
         self.dropout = nnx.Dropout(cfg.head_dropout, rngs=rngs)
         self.classifier = _linear(cfg, cfg.hidden_size, cfg.num_labels, (EMBED, None), **kw)
 
-    def _head(self, out: ModelOutput) -> Array:
+    def _head(self, out: ModelOutput, segment_starts: Array | None) -> Array:
         return self.classifier(self.dropout(out.last_hidden_state))  # [B, T, C]
 
 
@@ -169,13 +177,14 @@ class BertForMaskedLM(_EncoderTask):
         super().__init__(cfg, False, kw)
         self.cls = BertOnlyMLMHead(cfg, **kw)
 
-    def _head(self, out: ModelOutput) -> Array:
+    def _head(self, out: ModelOutput, segment_starts: Array | None) -> Array:
         pred = self.cls.predictions
         return self._tied_logits(pred.transform(out.last_hidden_state), pred.bias)  # [B, T, V]
 
 
 class RobertaClassificationHead(_Block):
-    """``out_proj(dropout(tanh(dense(dropout(h[:, 0])))))`` over the ``<s>`` token."""
+    """``out_proj(dropout(tanh(dense(dropout(first)))))`` over the ``<s>`` token states
+    (``[B, D]``, or ``[B, S, D]`` per packed segment)."""
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self._init(cfg, dtype, param_dtype)
@@ -185,9 +194,9 @@ class RobertaClassificationHead(_Block):
         self.dropout = nnx.Dropout(cfg.head_dropout, rngs=rngs)
         self.out_proj = _linear(cfg, d, cfg.num_labels, (None, None), **kw)
 
-    def __call__(self, h: Array) -> Array:
-        x = jnp.tanh(self.dense(self.dropout(h[:, 0])))  # [B, D]
-        return self.out_proj(self.dropout(x))  # [B, C]
+    def __call__(self, first: Array) -> Array:
+        x = jnp.tanh(self.dense(self.dropout(first)))  # [B, (S,) D]
+        return self.out_proj(self.dropout(x))  # [B, (S,) C]
 
 
 class RobertaForSequenceClassification(_EncoderTask):
@@ -202,8 +211,8 @@ class RobertaForSequenceClassification(_EncoderTask):
         super().__init__(cfg, False, kw)
         self.classifier = RobertaClassificationHead(cfg, **kw)
 
-    def _head(self, out: ModelOutput) -> Array:
-        return self.classifier(out.last_hidden_state)  # [B, C]
+    def _head(self, out: ModelOutput, segment_starts: Array | None) -> Array:
+        return self.classifier(first_tokens(out.last_hidden_state, segment_starts))  # [B, (S,) C]
 
 
 class RobertaForTokenClassification(BertForTokenClassification):
@@ -239,7 +248,7 @@ class RobertaForMaskedLM(_EncoderTask):
         super().__init__(cfg, False, kw)
         self.lm_head = RobertaLMHead(cfg, **kw)
 
-    def _head(self, out: ModelOutput) -> Array:
+    def _head(self, out: ModelOutput, segment_starts: Array | None) -> Array:
         h = self.lm_head.transform(out.last_hidden_state)  # [B, T, D]
         return self._tied_logits(h, self.lm_head.bias)  # [B, T, V]
 

@@ -9,9 +9,11 @@ so the same model code runs unsharded on one CPU device and sharded on a TPU sli
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 Array = jax.Array
@@ -34,6 +36,23 @@ def with_axes(init: Any, *names: str | None) -> Any:
     Example: ``nnx.Linear(..., kernel_init=with_axes(nnx.initializers.normal(0.02), EMBED, MLP))``.
     """
     return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
+
+
+def positions_from_mask(mask: Array) -> Array:
+    """Position ids ``[B, T]`` from a ``[B, T]`` padding/segment mask.
+
+    Positions count the non-zero tokens of each segment from 0 (left padding does not shift them;
+    a new segment id restarts them). Padding gets the position of its predecessor (or 0).
+    """
+    valid = mask != 0
+    count = jnp.cumsum(valid, axis=1, dtype=jnp.int32)  # [B, T] tokens so far, this one included
+    # Segment id of the previous *non-pad* token (0 if none), so pads inside a row never restart.
+    last = jax.lax.cummax(jnp.where(valid, jnp.arange(mask.shape[1]), -1), axis=1)
+    prev_last = jnp.pad(last[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    prev = jnp.where(prev_last >= 0, jnp.take_along_axis(mask, jnp.maximum(prev_last, 0), 1), 0)
+    starts = valid & (mask != prev)  # first token of each segment
+    offset = jax.lax.cummax(jnp.where(starts, count - 1, 0), axis=1)
+    return jnp.maximum(count - 1 - offset, 0)
 
 
 @dataclasses.dataclass
@@ -104,3 +123,72 @@ def logical_to_spec(
         used.update(axes)
         spec.append(axes[0] if len(axes) == 1 else axes)
     return P(*spec)
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def constrain(x: Array, *names: str | None, rules=DEFAULT_RULES) -> Array:
+    """Constrain activation ``x`` to logical axes ``names`` on the mesh being traced under.
+
+    A no-op without a mesh (``jax.sharding.get_abstract_mesh()`` empty: plain CPU runs, tests),
+    so the unsharded path is unchanged; the train step traces under its mesh (see
+    ``langtune_jax.train.step``), where this pins e.g. hidden states to ``(batch, length,
+    embed)`` at layer boundaries instead of leaving XLA to guess.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    spec = logical_to_spec(names, x.shape, mesh, rules)
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "dots-saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def remat_layer(layer: nnx.Module, policy: str):
+    """``layer``'s call, rematerialised in the backward pass by the named ``jax.checkpoint``
+    policy: ``none`` (keep every activation), ``dots-saveable`` (keep the matmul outputs, recompute
+    the cheap element-wise work) or ``full`` (keep only the layer input)."""
+    if policy == "none":
+        return layer
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {policy!r}; use one of {sorted(REMAT_POLICIES)}")
+    call = nnx.remat(lambda mod, *args: mod(*args), policy=REMAT_POLICIES[policy])
+    return functools.partial(call, layer)
+
+
+def set_remat(model: nnx.Module, policy: str) -> nnx.Module:
+    """Set the remat ``policy`` on every layer stack of ``model`` (modules with a ``remat``
+    attribute); returns ``model``."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {policy!r}; use one of {sorted(REMAT_POLICIES)}")
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, nnx.Module) and hasattr(module, "remat"):
+            module.remat = policy
+    return model
+
+
+def attention(
+    q: Array, k: Array, v: Array, keep: Array | None, *, dropout: nnx.Dropout, dtype
+) -> Array:
+    """Scaled dot-product attention ``[B, T, N, H]`` with a boolean ``keep`` mask.
+
+    ``jax.nn.dot_product_attention`` (XLA on CPU; on GPU it may pick cuDNN's fused kernel) unless
+    the probabilities need dropout (the fused op has none) or the model trains on CPU, where the
+    einsum path's backward pass measured faster (docs/benchmarks.md, scripts/bench_attention.py).
+    """
+    scale = q.shape[-1] ** -0.5
+    training = not dropout.deterministic
+    if training and (dropout.rate > 0 or jax.default_backend() == "cpu"):
+        scores = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) * scale  # [B, N, T, T]
+        if keep is not None:
+            scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
+        probs = dropout(jax.nn.softmax(scores, axis=-1).astype(dtype))
+        return jnp.einsum("bnqk,bknh->bqnh", probs, v)  # [B, T, N, H]
+    impl = "xla" if jax.default_backend() == "cpu" else None
+    return jax.nn.dot_product_attention(q, k, v, mask=keep, scale=scale, implementation=impl)

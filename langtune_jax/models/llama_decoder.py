@@ -17,12 +17,17 @@ import numpy as np
 from flax import nnx
 
 from langtune_jax.models.common import (
+    BATCH,
     EMBED,
     HEADS,
     KV_HEADS,
+    LENGTH,
     MLP,
     VOCAB,
     ModelOutput,
+    constrain,
+    positions_from_mask,
+    remat_layer,
     with_axes,
 )
 from langtune_jax.models.llama_config import _ARCH, LlamaConfig
@@ -31,23 +36,6 @@ Array = jax.Array
 
 
 # ----------------------------------------------------------------------------- masks and positions
-
-
-def positions_from_mask(mask: Array) -> Array:
-    """Position ids ``[B, T]`` from a ``[B, T]`` padding/segment mask.
-
-    Positions count the non-zero tokens of each segment from 0 (left padding does not shift them;
-    a new segment id restarts them). Padding gets the position of its predecessor (or 0).
-    """
-    valid = mask != 0
-    count = jnp.cumsum(valid, axis=1, dtype=jnp.int32)  # [B, T] tokens so far, this one included
-    # Segment id of the previous *non-pad* token (0 if none), so pads inside a row never restart.
-    last = jax.lax.cummax(jnp.where(valid, jnp.arange(mask.shape[1]), -1), axis=1)
-    prev_last = jnp.pad(last[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
-    prev = jnp.where(prev_last >= 0, jnp.take_along_axis(mask, jnp.maximum(prev_last, 0), 1), 0)
-    starts = valid & (mask != prev)  # first token of each segment
-    offset = jax.lax.cummax(jnp.where(starts, count - 1, 0), axis=1)
-    return jnp.maximum(count - 1 - offset, 0)
 
 
 def _attention_bias(
@@ -290,6 +278,7 @@ class LlamaModel(nnx.Module):
         )
         # Keys/values of a cache are stored in the compute dtype (or the param dtype without one).
         self.compute_dtype = jnp.dtype(dtype or param_dtype)
+        self.remat = "none"  # per-layer jax.checkpoint policy (models.common.set_remat)
 
     def __call__(
         self,
@@ -326,7 +315,8 @@ class LlamaModel(nnx.Module):
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.keys[i], cache.values[i], full_mask, cache.index)
             with jax.named_scope(f"layer_{i}"):
-                x, (k, v) = layer(x, cos, sin, slots, seg, kv)
+                x, (k, v) = remat_layer(layer, self.remat)(x, cos, sin, slots, seg, kv)
+                x = constrain(x, BATCH, LENGTH, EMBED)
             new_keys.append(k)
             new_values.append(v)
             if hidden is not None:

@@ -5,8 +5,9 @@ validate the data, print the sampling plan, load the pretrained model, wrap it w
 split it into trainable / frozen / mutable state placed on the mesh, restore the newest checkpoint
 of the run folder if there is one (exact resume: the data position is the step number), then run the
 jitted step with a progress bar, ``metrics.jsonl`` + TensorBoard logging, per-language evaluation on
-cadence, checkpoints, a SIGTERM handler (save, then exit 0: preemptible Cloud TPU VMs) and a NaN
-guard (stop with a clear message; the last good checkpoint stays). At the end it writes the
+cadence, checkpoints, a SIGTERM / SIGINT handler (save, then exit 0: preemptible Cloud TPU VMs,
+Ctrl-C) and a divergence guard (a NaN/inf loss, or one past ``DIVERGENCE_FACTOR`` times the first
+step's: stop with a clear message; the last good checkpoint stays). At the end it writes the
 per-language reports and exports the adapter. Set-up is :mod:`langtune_jax.train.session`;
 reopening a finished run (eval, export) is :mod:`langtune_jax.train.runs`.
 

@@ -24,6 +24,7 @@ from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
 from langtune_jax.config import ConfigError, RunConfig
 from langtune_jax.models import from_pretrained, load_tokenizer
+from langtune_jax.models.common import set_remat
 from langtune_jax.train import mesh as mesh_lib
 from langtune_jax.train.step import make_eval_step, split_model
 
@@ -221,6 +222,7 @@ def build_session(
     rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
     model, trainable = apply_peft(model, cfg, rngs)
     check_zero_shot(model, dataset, [split for _, split in eval_splits(cfg)])
+    set_remat(model, cfg.train.remat)
     split = split_model(model, trainable)
     shardings = {
         name: mesh_lib.state_shardings(getattr(split, name), mesh)
@@ -253,7 +255,7 @@ def _mesh(cfg: RunConfig):
 
 def _load_model(cfg: RunConfig, mesh, dataset) -> nnx.Module:
     num_labels = len(dataset.labels) if "classification" in cfg.model.task else None
-    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+    dtype = jnp.bfloat16 if cfg.model.compute_dtype() == "bfloat16" else jnp.float32
     param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
     return from_pretrained(
         cfg.model.name_or_path,
@@ -335,6 +337,8 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
         out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
         host = multihost_utils.process_allgather({**out, **batch}, tiled=True)
         host = {k: np.asarray(v) for k, v in host.items()}
+        if "segment_language" in host:  # packed classification: one entry per example again
+            host = data_lib.unpack_segments(host, cfg.model.task)
         acc.update(host)
     return acc.compute(
         source_language=cfg.eval.source_language, zero_shot=session.dataset.zero_shot

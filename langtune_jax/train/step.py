@@ -39,7 +39,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from langtune_jax.train import mesh as mesh_lib
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "segment_ids",
+    "segment_starts",
+)
 
 # routing(model, batch) -> context manager active around the forward pass, inside the jitted
 # function; e.g. per-language adapters choosing each example's adapter from batch["language_id"].
@@ -74,9 +81,10 @@ def split_model(model: nnx.Module, trainable_filter: Any) -> SplitModel:
 
 def _forward(model: nnx.Module, batch: dict[str, jax.Array], routing: Routing | None):
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    if "segment_ids" in inputs:
-        # Packed rows: the models take segments as attention_mask values (1, 2, ... per example,
-        # 0 = padding; attention stays causal within equal ids), not as a separate argument.
+    if "segment_ids" in inputs and not getattr(model, "takes_segments", False):
+        # Packed rows: decoders take segments as attention_mask values (1, 2, ... per example,
+        # 0 = padding; attention stays causal within equal ids); encoders take segment_ids (and
+        # segment_starts, the tokens a sequence head pools) as such.
         inputs["attention_mask"] = inputs.pop("segment_ids")
     with routing(model, batch) if routing is not None else contextlib.nullcontext():
         return model(**inputs)
@@ -119,6 +127,17 @@ def task_loss(logits: jax.Array, batch: dict[str, jax.Array], task: str):
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     weights = weights.astype(jnp.float32)
     return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def _under_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """``fn`` traced under ``mesh``'s abstract mesh, so the models' activation constraints
+    (``models.common.constrain``) apply; without it they are no-ops."""
+
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return traced
 
 
 def make_train_step(
@@ -193,7 +212,7 @@ def make_train_step(
     replicated = NamedSharding(mesh, PartitionSpec())
     sh = param_shardings
     return jax.jit(
-        step,
+        _under_mesh(step, mesh),
         in_shardings=(sh["trainable"], sh["opt_state"], sh["mutable"], sh["frozen"], None),
         out_shardings=(sh["trainable"], sh["opt_state"], sh["mutable"], replicated),
         donate_argnums=(0, 1, 2),
@@ -235,7 +254,7 @@ def make_eval_step(
     sh = param_shardings
     batch_out = NamedSharding(mesh, PartitionSpec(mesh_lib.BATCH_AXES))
     return jax.jit(
-        evaluate,
+        _under_mesh(evaluate, mesh),
         in_shardings=(sh["trainable"], sh["mutable"], sh["frozen"], None),
         out_shardings=batch_out,
     )

@@ -3,6 +3,7 @@
 import numpy as np
 
 from langtune_jax.data import IGNORE, choose_bucket, collate, pack, tokenize
+from langtune_jax.data.features import row_first
 
 
 def test_sequence_classification_matches_tokenizer_and_pads_to_bucket(tokenizer):
@@ -82,7 +83,7 @@ def test_packing_segments_positions_and_labels(tokenizer):
     store = tokenize(texts, tokenizer, task="causal-lm", max_length=16)
     contents = [store.input_ids[store.row(i)].tolist() for i in range(4)]
     rows = [(store, i) for i in range(4)]
-    batch, first, dropped = pack(rows, num_rows=2, length=16, pad_id=0)
+    batch, slots, dropped = pack(rows, num_rows=2, length=16, pad_id=0)
     seg, pos, lab, ids = (batch[k] for k in ("segment_ids", "position_ids", "labels", "input_ids"))
     placed = []
     for r in range(2):
@@ -97,7 +98,8 @@ def test_packing_segments_positions_and_labels(tokenizer):
     assert len(set(placed)) == len(placed) and len(placed) + dropped == 4
     assert (batch["attention_mask"] == (seg > 0)).all()
     assert (lab[seg == 0] == IGNORE).all()
-    assert first[0] == 0
+    assert slots[0].tolist() == [0, 0]  # the first draw opens row 0
+    assert row_first(slots, 2)[0] == 0
     # overflow is dropped and counted, never silently
     _, _, dropped = pack(rows, num_rows=1, length=16, pad_id=0)
     assert dropped >= 1

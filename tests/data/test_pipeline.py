@@ -14,6 +14,7 @@ from langtune_jax.data import (
     SourceConfig,
     eval_batches,
     train_batches,
+    unpack_segments,
 )
 
 SIZES = {"en": 60, "es": 30, "qu": 5, "sw": 9}
@@ -266,3 +267,79 @@ def test_one_call_iterators(tmp_path, tokenizer):
         )
     )
     assert sum(int(b["example_mask"].sum()) for b in ev) == 51
+
+
+def test_sequence_classification_packing_pipeline(tmp_path, tokenizer):
+    _write(tmp_path)
+    cfg = DataConfig(
+        sources=[SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")],
+        max_length=32,
+        packing=True,
+    )
+    sc = SamplingConfig(strategy="uniform")
+    kw = dict(task="sequence-classification", seed=1)
+    pipe = DataPipeline(cfg, sc, tokenizer, **kw)
+    m, s = pipe.examples_per_step(4), pipe.num_segments
+    assert m > 4 and s == 16
+    b = pipe.batch_at(2, 4, process_index=0, process_count=1)
+    t = b["input_ids"].shape[1]
+    assert b["segment_ids"].shape == b["token_type_ids"].shape == (4, t)
+    assert b["labels"].shape == b["segment_starts"].shape == b["example_mask"].shape == (4, s)
+    assert "position_ids" not in b  # encoders restart positions from the segment ids
+    # every real segment slot points at its segment's first token ([CLS]), labels per segment
+    cls = tokenizer.cls_token_id
+    n_seg = b["segment_ids"].max(1)
+    assert (b["example_mask"].sum(1) == n_seg).all()
+    for r in range(4):
+        for slot in range(n_seg[r]):
+            start = b["segment_starts"][r, slot]
+            assert b["input_ids"][r, start] == cls and b["segment_ids"][r, start] == slot + 1
+    assert int(b["example_mask"].sum()) + pipe.packing_dropped(2, 4) == m
+    # the plan counts the examples a packed step draws
+    planned = DataPipeline(cfg, sc, tokenizer, total_samples=10 * 4, batch_size=4, **kw).plan
+    assert planned.total_samples == 10 * m
+    # per-process rows of one global batch
+    parts = [pipe.batch_at(2, 4, process_index=p, process_count=2) for p in range(2)]
+    for key in b:
+        assert np.array_equal(np.concatenate([p[key] for p in parts]), b[key]), key
+    # eval packs too, and holds every example exactly once
+    ev = list(pipe.eval_batches("validation", 4, process_index=0, process_count=1))
+    assert len(ev) == pipe.num_eval_batches("validation", 4) < -(-51 // 4)
+    assert sum(int(e["example_mask"].sum()) for e in ev) == 51
+    langs = np.concatenate([e["segment_language"][e["example_mask"] > 0] for e in ev])
+    assert np.bincount(langs).tolist() == [int(n * 0.5) for _, n in sorted(SIZES.items())]
+
+
+def test_token_classification_packing_eval_holds_every_example(tmp_path, tokenizer):
+    for split, n in (("train", 12), ("validation", 7)):
+        (tmp_path / split).mkdir()
+        rows = [
+            {"tokens": ["John", "lives", "in", "Paris"][: 1 + i % 4],
+             "tags": ["B-PER", "O", "O", "B-LOC"][: 1 + i % 4], "language": "en"}
+            for i in range(n)
+        ]  # fmt: skip
+        (tmp_path / split / "en.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(
+        sources=[SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")],
+        max_length=16,
+        packing=True,
+    )
+    pipe = DataPipeline(cfg, SamplingConfig(), tokenizer, task="token-classification")
+    b = pipe.batch_at(0, 2, process_index=0, process_count=1)
+    assert b["labels"].shape == b["segment_ids"].shape and b["segment_ids"].max() > 1
+    assert b["segment_language"].shape == (2, 8) and "segment_starts" not in b
+    plain = DataPipeline(
+        DataConfig(sources=cfg.sources, max_length=16), SamplingConfig(), tokenizer,
+        task="token-classification",
+    )  # fmt: skip
+    want = sorted(
+        tuple(row[row != -100])
+        for e in plain.eval_batches("validation", 2, process_index=0, process_count=1)
+        for row, m in zip(e["labels"], e["example_mask"])
+        if m
+    )
+    got = []
+    for e in pipe.eval_batches("validation", 2, process_index=0, process_count=1):
+        out = unpack_segments({**e, "predictions": e["labels"]}, "token-classification")
+        got += [tuple(row[row != -100]) for row in out["labels"]]
+    assert sorted(got) == want and len(got) == 7

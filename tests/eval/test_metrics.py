@@ -77,21 +77,40 @@ def test_classification_matches_sklearn(zero_division):
 def test_class_absent_from_a_language_scores_zero_division():
     # 'b' has only class 0 in truth and predictions: classes 1 and 2 are undefined for it.
     y, p, lang = [0, 1, 2, 0], [0, 1, 1, 0], ["a", "a", "a", "b"]
-    rep = per_language_report(p, y, lang, "sequence-classification", label_names=["x", "y", "z"])
+    rep = per_language_report(
+        p, y, lang, "sequence-classification", label_names=["x", "y", "z"], zero_division=0.0
+    )
     assert rep["per_language"]["b"]["per_class_f1"] == {"x": 1.0, "y": 0.0, "z": 0.0}
     assert rep["per_language"]["b"]["macro_f1"] == pytest.approx(1 / 3)
-    rep = per_language_report(
-        p, y, lang, "sequence-classification", label_names=["x", "y", "z"], zero_division=math.nan
-    )
-    assert rep["per_language"]["b"]["macro_f1"] == 1.0  # undefined classes left out
+    rep = per_language_report(p, y, lang, "sequence-classification", label_names=["x", "y", "z"])
+    assert rep["per_language"]["b"]["macro_f1"] == 1.0  # default: undefined classes left out
+
+
+def test_default_macro_f1_is_sklearn_default_per_language():
+    # Languages that lack some classes (as real multilingual data does): the default report
+    # equals scikit-learn's f1_score(average="macro") without labels= for each language.
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 300)
+    lang = np.array(["a", "b", "c"] * 100)
+    y[lang == "b"] = y[lang == "b"] % 3  # 'b' has classes 0-2 only
+    p = np.where(rng.random(300) < 0.7, y, rng.integers(0, 5, 300))
+    p[lang == "c"] = np.where(p[lang == "c"] == 4, 0, p[lang == "c"])  # 'c' never predicts 4
+    rep = per_language_report(p, y, lang, "sequence-classification", label_names=list("vwxyz"))
+    for name in ("a", "b", "c"):
+        sel = lang == name
+        want = f1_score(y[sel], p[sel], average="macro")
+        assert abs(rep["per_language"][name]["macro_f1"] - want) < TOL, name
 
 
 def test_accumulator_batches_and_padding_rows():
     rng = np.random.default_rng(1)
     y, p, lang = _random_classification(rng, 4)
     lang_id = np.array([LANGS.index(x) for x in lang])
-    ref = per_language_report(p, y, lang, "sequence-classification", label_names=list("abcd"))
-    acc = PerLanguageAccumulator("sequence-classification", LANGS, list("abcd"))
+    # zero_division=0.0: nan != nan would defeat the dict equality below.
+    ref = per_language_report(
+        p, y, lang, "sequence-classification", label_names=list("abcd"), zero_division=0.0
+    )
+    acc = PerLanguageAccumulator("sequence-classification", LANGS, list("abcd"), zero_division=0.0)
     for start in range(0, len(y), 16):
         sl = slice(start, start + 16)
         n = len(y[sl])
