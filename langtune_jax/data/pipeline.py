@@ -174,6 +174,11 @@ class DataPipeline:
         self.pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
         )
+        if task == "masked-lm" and data_cfg.packing:
+            raise DataError(
+                "data.packing is not supported with model.task masked-lm yet; set "
+                "data.packing: false"
+            )
         if task == "masked-lm" and getattr(tokenizer, "mask_token_id", None) is None:
             raise DataError(
                 f"model.task masked-lm needs a tokenizer with a mask token; "
