@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo demo-causal test test-slow lint install clean
+.PHONY: demo demo-causal demo-madx test test-slow lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ demo-causal: $(STAMP)
 	$(BIN)/langtune train configs/demo_causal.yaml --set run.name=demo-causal-natural --set sampling.strategy=natural
 	$(BIN)/langtune train configs/demo_causal.yaml --set run.name=demo-causal-balanced --set sampling.strategy=uniform
 	$(BIN)/langtune compare runs/demo-causal-natural runs/demo-causal-balanced --split test --out runs/demo-causal-comparison
+
+# MAD-X zero-shot transfer to sw (demo/README.md): masked-LM language adapters for all five
+# languages, then a task adapter stacked on them trained on four; against a shared-LoRA run.
+demo-madx: $(STAMP)
+	$(BIN)/langtune train configs/demo_madx_languages.yaml
+	$(BIN)/langtune train configs/demo_madx.yaml
+	$(BIN)/langtune train configs/demo_madx.yaml --set run.name=demo-madx-lora --set peft.method=lora
+	$(BIN)/langtune compare runs/demo-madx-lora runs/demo-madx --split test --out runs/demo-madx-comparison
 
 test: $(TEST_STAMP) lint
 	$(BIN)/python -m pytest tests

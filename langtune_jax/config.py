@@ -37,7 +37,7 @@ from langtune_jax.data import DataConfig, SamplingConfig
 from langtune_jax.peft.adapters import AdapterConfig
 from langtune_jax.peft.lora import LoraConfig
 
-TASKS = ("sequence-classification", "token-classification", "causal-lm")
+TASKS = ("sequence-classification", "token-classification", "causal-lm", "masked-lm")
 
 
 class ConfigError(ValueError):
@@ -75,7 +75,9 @@ class ModelSection:
     Attributes:
       name_or_path: a local Hugging Face folder (tried first) or a Hub id.
       tokenizer: tokenizer folder or Hub id; defaults to ``name_or_path``.
-      task: the head put on top of the base model.
+      task: the head put on top of the base model. ``masked-lm`` (BERT family): masked-LM
+        training on plain text (``text`` and ``language`` per row), the MLM head loaded from the
+        checkpoint (e.g. language adapters, MAD-X); ``causal-lm`` also takes plain ``text`` rows.
       dtype: compute dtype. ``bfloat16`` keeps float32 parameters, softmax, norms and loss;
         ``auto`` (default) is ``bfloat16`` on GPU/TPU (their matmul units are bfloat16 units) and
         ``float32`` on CPU (XLA:CPU has no faster bfloat16 GEMM).
@@ -84,7 +86,7 @@ class ModelSection:
 
     name_or_path: str
     tokenizer: str | None = None
-    task: Literal["sequence-classification", "token-classification", "causal-lm"] = (
+    task: Literal["sequence-classification", "token-classification", "causal-lm", "masked-lm"] = (
         "sequence-classification"
     )
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -109,11 +111,23 @@ class PeftSection:
 
     Attributes:
       method: ``lora``, ``adapters``, ``lora+adapters`` (both) or ``none`` (full fine-tuning).
+      lora_languages: per-language LoRA: one LoRA adapter (``lora``'s options) per language,
+        named after it, each example routed to its language's adapter in the same batches; a
+        language without one runs the base model. Written as one PEFT folder per language,
+        ``RUN_DIR/language_adapters/<language>/``. ``None``: one shared LoRA adapter.
     """
 
     method: Literal["lora", "adapters", "lora+adapters", "none"] = "lora"
+    lora_languages: list[str] | None = None
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     adapters: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
+
+    def __post_init__(self):
+        if self.lora_languages is not None:
+            if "lora" not in self.method:
+                raise ValueError("lora_languages needs peft.method lora (or lora+adapters)")
+            if not self.lora_languages or len(set(self.lora_languages)) != len(self.lora_languages):
+                raise ValueError("lora_languages must be a non-empty list of distinct languages")
 
 
 @dataclasses.dataclass
@@ -543,7 +557,8 @@ def _local_path(value: str, base: Path, *, hub_name_possible: bool) -> str:
 def resolve_paths(data: dict[str, Any], base: str | Path) -> dict[str, Any]:
     """Make the input paths of plain config data absolute, relative to ``base``, in place.
 
-    Input paths are ``model.name_or_path``, ``model.tokenizer`` and ``data.sources[].path``; a
+    Input paths are ``model.name_or_path``, ``model.tokenizer``, ``data.sources[].path`` and
+    ``peft.adapters.language_adapters`` (the library, or each language's folder); a
     model or ``format: hf`` dataset that names no local folder stays a Hub id. ``run.output_dir``
     (where runs are written) stays relative to the current directory.
     """
@@ -559,6 +574,15 @@ def resolve_paths(data: dict[str, Any], base: str | Path) -> dict[str, Any]:
         if isinstance(src, dict) and isinstance(src.get("path"), str) and src["path"]:
             hub = src.get("format") == "hf"
             src["path"] = _local_path(src["path"], base, hub_name_possible=hub)
+    peft = data.get("peft")
+    adapters = peft.get("adapters") if isinstance(peft, dict) else None
+    library = adapters.get("language_adapters") if isinstance(adapters, dict) else None
+    if isinstance(library, str) and library:  # a language adapter library (MAD-X)
+        adapters["language_adapters"] = _local_path(library, base, hub_name_possible=False)
+    elif isinstance(library, dict):
+        for lang, folder in library.items():
+            if isinstance(folder, str) and folder:
+                library[lang] = _local_path(folder, base, hub_name_possible=False)
     return data
 
 

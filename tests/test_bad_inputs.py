@@ -417,10 +417,14 @@ CASES: list[Case] = [
       "eval splits",
       lambda w: (w.append("data/test/en.jsonl", _row(label="cooking", language="en")),
                  _train(w))[1], ("test/en.jsonl:9", "unknown label 'cooking'")),
-    C("eval-new-language", "a test language that train does not have", "eval splits",
+    C("eval-new-language", "a test language that train does not have and no adapter serves "
+      "(per-language adapters, no shared one, no fallback; with a fallback or a shared adapter it "
+      "is evaluated zero-shot)", "eval splits",
       lambda w: (w.jsonl("data/test/fr.jsonl",
                          [dict(r, language="fr") for r in _demo_rows("test", "es", 2)]),
-                 _train(w))[1], ("split 'test'", "'fr'", "training data")),
+                 _train(w, {"peft.method": "adapters", "peft.adapters.languages": list(LANGS),
+                            "peft.adapters.shared_task_adapter": False}))[1],
+      ("'fr'", "not in train", "fallback")),
     C("eval-bad-json", "a malformed line in the test split", "eval splits",
       lambda w: (w.append("data/test/es.jsonl", '{"text": "x", '), _train(w))[1],
       ("test/es.jsonl:9", "malformed JSON")),

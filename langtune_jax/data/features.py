@@ -10,6 +10,9 @@ and copying. Labels follow the transformers conventions:
 * causal LM: `labels` [B, T] = input ids (the loss shifts by one, as in transformers), -100 on
   BOS, prompt tokens, padding and the first token of every packed segment (so no segment is trained
   to follow the previous one).
+* masked LM: the store keeps `token_labels` = input ids, -100 on special tokens; `mask_tokens`
+  draws BERT's masking per batch row (15% of the maskable tokens; of those 80% -> [MASK], 10% -> a
+  random token, 10% unchanged) and leaves `labels` = the original id at chosen positions only.
 
 Batches are padded to the smallest length bucket that fits their longest row, so a jitted step
 sees only `len(buckets)` shapes.
@@ -157,6 +160,18 @@ def tokenize(
             ids_part, lab_part = _causal_rows(part, tokenizer, max_length)
             ids += ids_part
             tok_labels += lab_part
+        elif task == "masked-lm":
+            enc = tokenizer(
+                [ex["text"] for ex in part],
+                truncation=True,
+                max_length=max_length,
+                return_special_tokens_mask=True,
+            )
+            ids += enc["input_ids"]
+            if "token_type_ids" in enc:
+                types += enc["token_type_ids"]
+            for row, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
+                tok_labels.append([IGNORE if sp else t for t, sp in zip(row, special)])
         else:
             raise ValueError(f"unknown task {task!r}")
     flat, offsets = _ragged(ids)
@@ -249,6 +264,45 @@ def collate(
     if has_types:
         out["token_type_ids"] = types
     return out
+
+
+def mask_tokens(
+    batch: dict[str, np.ndarray],
+    keys: Sequence[Sequence[int]],
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    probability: float = 0.15,
+) -> dict[str, np.ndarray]:
+    """BERT's masked-LM corruption of a collated batch, drawn per row from a fixed key.
+
+    Each maskable position (``labels != -100``: not special, not padding) is chosen with
+    ``probability``; a chosen token becomes ``[MASK]`` (80%), a uniformly random token of the
+    vocabulary (10%) or stays (10%). ``labels`` keep the original id at chosen positions and -100
+    elsewhere, so the loss counts the chosen positions only (Devlin et al., 2019, sec. 3.1; as
+    transformers' ``DataCollatorForLanguageModeling``).
+
+    Args:
+      batch: ``collate`` output of masked-LM rows (``labels`` [B, T] = maskable token ids).
+      keys: one integer sequence per row seeding that row's draws (e.g. ``(seed, step, row)``): the
+        masking is a pure function of the key, so resumed and multi-host runs mask alike.
+      mask_token_id, vocab_size: the tokenizer's ``[MASK]`` id and vocabulary size.
+      probability: the share of maskable tokens chosen.
+
+    Returns:
+      The batch with corrupted ``input_ids`` and the masked-LM ``labels`` (new arrays).
+    """
+    ids, labels = batch["input_ids"].copy(), batch["labels"].copy()
+    for i, key in enumerate(keys):
+        rng = np.random.default_rng(list(key))
+        t = ids.shape[1]
+        chosen = (labels[i] != IGNORE) & (rng.random(t) < probability)  # [T]
+        how = rng.random(t)
+        random_ids = rng.integers(0, vocab_size, size=t, dtype=np.int64).astype(np.int32)
+        ids[i] = np.where(chosen & (how < 0.8), mask_token_id, ids[i])
+        ids[i] = np.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, ids[i])
+        labels[i] = np.where(chosen, labels[i], IGNORE)
+    return {**batch, "input_ids": ids, "labels": labels}
 
 
 def pack(

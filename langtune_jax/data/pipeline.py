@@ -46,6 +46,7 @@ from langtune_jax.data.features import (
     choose_bucket,
     collate,
     has_chat_template,
+    mask_tokens,
     pack,
     row_first,
     segment_counts,
@@ -78,19 +79,22 @@ def _local_rows(global_batch: int, process_index: int, process_count: int) -> sl
     return slice(process_index * per, (process_index + 1) * per)
 
 
-def check_eval_languages(split: str, languages: list[str], train_languages: list[str]) -> None:
-    """The one rule for which languages an evaluation split may hold: today, only training
-    languages (a zero-shot allowance would relax it here).
+def check_eval_languages(split: str, languages: list[str], train_languages: list[str]) -> list[str]:
+    """The one rule for which languages an evaluation split may hold: any. A language train lacks
+    is evaluated zero-shot (through a fallback or language adapter, else the shared adapter; the
+    session checks that some adapter serves it before step 0).
 
-    Raises:
-      DataError: naming the split and the languages train lacks.
+    Returns:
+      The split's zero-shot languages (sorted), logged once per split.
     """
     unknown = sorted(set(languages) - set(train_languages))
     if unknown:
-        raise DataError(
-            f"split {split!r} has language(s) {', '.join(map(repr, unknown))} that train "
-            "does not; add training data for them or remove them from the split"
+        log.info(
+            "split %r: language(s) %s not in train: evaluated zero-shot",
+            split,
+            ", ".join(map(repr, unknown)),
         )
+    return unknown
 
 
 def check_targets(split: str, stores: dict[str, Tokenized], task: str, max_length: int) -> None:
@@ -143,6 +147,8 @@ class DataPipeline:
 
     Attributes:
       languages: sorted training languages (`language_id` indexes this list).
+      zero_shot: evaluation languages absent from train, in the order their splits were loaded;
+        an eval batch's `language_id` indexes `all_languages` = languages + zero_shot.
       labels: label (tag) vocabulary: `data.labels`, else the `ClassLabel` names of Hugging
         Face sources (in their order), else the sorted labels of train.
       train: the training `SplitData`; `stores`: language -> `Tokenized` train rows.
@@ -172,11 +178,22 @@ class DataPipeline:
         self.pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
         )
+        if task == "masked-lm" and data_cfg.packing:
+            raise DataError(
+                "data.packing is not supported with model.task masked-lm yet; set "
+                "data.packing: false"
+            )
+        if task == "masked-lm" and getattr(tokenizer, "mask_token_id", None) is None:
+            raise DataError(
+                f"model.task masked-lm needs a tokenizer with a mask token; "
+                f"{type(tokenizer).__name__} has none (use the model's own tokenizer)"
+            )
         # With defer_cache, tokenized splits are written only by `commit_cache` (after the run's
         # checks passed: a refused run leaves its folder untouched).
         self._pending: list[tuple[str, SplitData, dict[str, Tokenized]]] | None = (
             [] if defer_cache else None
         )
+        self.zero_shot: list[str] = []
         self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
         self._eval_order: dict[str, list[tuple[str, int]]] = {}
         self._eval_packs_cache: dict[tuple[str, int], list[int]] = {}
@@ -243,7 +260,7 @@ class DataPipeline:
 
     def _hold_out(self) -> SplitData:
         """Carve validation from train (``data.validation_fraction``) when the data has none."""
-        labels = self.labels if self.task != "causal-lm" else None
+        labels = self.labels if "classification" in self.task else None
         try:
             load_split(self.data_cfg, "validation", task=self.task, labels=labels)
         except MissingSplitError:
@@ -290,6 +307,19 @@ class DataPipeline:
             skipped=self.train.skipped,
             skipped_reasons=self.train.reasons,
             notes=self.train.notes(),
+        )
+
+    def _mask(self, batch: dict[str, np.ndarray], where: tuple[int, int], local: slice):
+        """Masked LM: BERT's corruption keyed by (seed, train 0 / eval 1, step, global row)."""
+        if self.task != "masked-lm":
+            return batch
+        keys = [(self.seed, *where, row) for row in range(local.start, local.stop)]
+        return mask_tokens(
+            batch,
+            keys,
+            mask_token_id=self.tokenizer.mask_token_id,
+            vocab_size=len(self.tokenizer),
+            probability=self.data_cfg.mlm_probability,
         )
 
     # ---------------------------------------------------------------- train
@@ -423,6 +453,7 @@ class DataPipeline:
         lengths = np.array([s.offsets[e + 1] - s.offsets[e] for s, e in rows])
         t = choose_bucket(int(lengths.max()), self.buckets)
         batch = collate(rows[local], t, pad_id=self.pad_id, task=self.task)
+        batch = self._mask(batch, (0, step), local)
         batch["language_id"] = lang[local].astype(np.int32)
         batch["example_mask"] = np.ones(local.stop - local.start, dtype=np.int32)
         return batch
@@ -453,23 +484,45 @@ class DataPipeline:
     # ---------------------------------------------------------------- eval
 
     def split(self, split: str) -> tuple[SplitData, dict[str, Tokenized]]:
-        """A validated, tokenized evaluation split (cached). Labels outside the vocabulary and
-        languages not in train are errors (or skipped rows with on_bad_row: skip)."""
+        """A validated, tokenized evaluation split (cached). Labels outside the vocabulary are
+        errors (or skipped rows with on_bad_row: skip). Languages absent from train are
+        evaluated zero-shot: they join `zero_shot` (and `all_languages`) in first-seen order."""
         if split == "train":
             return self.train, self.stores
         if split not in self._eval_cache and self._cache is not None:
             cached = cache_lib.load_split(self._cache, split)
             if cached is not None:
                 self._eval_cache[split] = cached[:2]
+                self._add_zero_shot(
+                    check_eval_languages(split, cached[0].languages, self.languages)
+                )
         if split not in self._eval_cache:
-            labels = self.labels if self.task != "causal-lm" else None
+            labels = (
+                self.labels
+                if self.task in ("sequence-classification", "token-classification")
+                else None
+            )
             data = load_split(self.data_cfg, split, task=self.task, labels=labels)
-            check_eval_languages(split, data.languages, self.languages)
+            self._add_zero_shot(check_eval_languages(split, data.languages, self.languages))
             stores = self._tokenize(data)
             check_targets(split, stores, self.task, self.data_cfg.max_length)
             self._eval_cache[split] = (data, stores)
             self._save(split, *self._eval_cache[split])
         return self._eval_cache[split]
+
+    def _add_zero_shot(self, languages: list[str]) -> None:
+        self.zero_shot += [lang for lang in languages if lang not in self.zero_shot]
+
+    @property
+    def all_languages(self) -> list[str]:
+        """Training languages, then the zero-shot languages found so far (`language_id` of an
+        eval batch indexes this list; training ids are the same, a prefix of it)."""
+        return self.languages + self.zero_shot
+
+    def zero_shot_languages(self, split: str) -> list[str]:
+        """The languages of `split` that train does not have (the split is loaded and cached)."""
+        data, _ = self.split(split)
+        return [lang for lang in data.languages if lang not in self.languages]
 
     def has_split(self, split: str) -> bool:
         """Whether any source has data for `split` (bad rows in it still raise)."""
@@ -524,7 +577,7 @@ class DataPipeline:
         local = _local_rows(batch_size, pi, pc)
         _, stores = self.split(split)
         order = self._order(split)
-        lang_index = {lang: i for i, lang in enumerate(self.languages)}
+        lang_index = {lang: i for i, lang in enumerate(self.all_languages)}
         if self.packing and self.task != "causal-lm":
             bounds = self._eval_packs(split, batch_size)
             part = order[bounds[k] : bounds[k + 1]]
@@ -537,10 +590,13 @@ class DataPipeline:
             assert dropped == 0, "eval packing layout and pack() disagree"
             return self._finish_packed(batch, placed, lang, local)
         part = order[k * batch_size : (k + 1) * batch_size]
-        return self._ordered_batch(stores, part, batch_size, process_index, process_count)
+        return self._ordered_batch(
+            stores, part, batch_size, process_index, process_count, mask_key=(1, k)
+        )
 
-    def _ordered_batch(self, stores, part, batch_size, process_index, process_count):
-        """Rows `part` ([(language, row)], at most batch_size) as a padded, masked batch."""
+    def _ordered_batch(self, stores, part, batch_size, process_index, process_count, *, mask_key):
+        """Rows `part` ([(language, row)], at most batch_size) as a padded, masked batch;
+        `mask_key` keys the masked-LM corruption (see `_mask`)."""
         pi, pc = _processes(process_index, process_count)
         local = _local_rows(batch_size, pi, pc)
         real = len(part)
@@ -549,12 +605,13 @@ class DataPipeline:
         lengths = [int(s.offsets[r + 1] - s.offsets[r]) for s, r in rows]
         t = choose_bucket(max(lengths), self.buckets)
         batch = collate(rows[local], t, pad_id=self.pad_id, task=self.task)
+        batch = self._mask(batch, mask_key, local)
         mask = (np.arange(batch_size) < real).astype(np.int32)[local]
         if self.task == "sequence-classification":
             batch["labels"] = np.where(mask > 0, batch["labels"], 0).astype(np.int32)
         else:
             batch["labels"] = np.where(mask[:, None] > 0, batch["labels"], IGNORE).astype(np.int32)
-        lang_index = {lang: i for i, lang in enumerate(self.languages)}
+        lang_index = {lang: i for i, lang in enumerate(self.all_languages)}
         batch["language_id"] = np.array([lang_index[lang] for lang, _ in part], np.int32)[local]
         batch["example_mask"] = mask
         return batch
@@ -577,7 +634,9 @@ class DataPipeline:
             order += [(lang, int(r)) for r in rows.tolist()]
         for k in range(-(-len(order) // batch_size)):
             part = order[k * batch_size : (k + 1) * batch_size]
-            yield self._ordered_batch(self.stores, part, batch_size, process_index, process_count)
+            yield self._ordered_batch(
+                self.stores, part, batch_size, process_index, process_count, mask_key=(2, k)
+            )
 
     def eval_batches(
         self,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from langtune_jax.data.sources import SourceConfig
 
-TASKS = ("sequence-classification", "token-classification", "causal-lm")
+TASKS = ("sequence-classification", "token-classification", "causal-lm", "masked-lm")
 _FORMATS = {
     ".jsonl": "jsonl",
     ".json": "jsonl",
@@ -207,7 +207,7 @@ def class_names(data_cfg: Any, task: str) -> list[str] | None:
     """The label (tag) vocabulary in ``ClassLabel`` order, when every training source is a
     Hugging Face dataset whose label (tags) column is a ``ClassLabel`` with the same names;
     else None (the vocabulary is then the sorted labels of train)."""
-    if task == "causal-lm":
+    if "classification" not in task:
         return None
     found = []
     for src in data_cfg.sources:
@@ -353,6 +353,8 @@ def _example(row: dict, src: SourceConfig, task: str, where: str) -> dict:
             }
         else:
             ex = {"text": _text(row, src.text_column, where, "text_column")}
+    elif task == "masked-lm":  # unlabelled text: other columns (a label, say) are not read
+        ex = {"text": _text(row, src.text_column, where, "text_column")}
     else:
         raise DataError(f"unknown task {task!r}; the data pipeline supports {', '.join(TASKS)}")
     ex["where"] = where

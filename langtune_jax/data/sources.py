@@ -141,6 +141,7 @@ class DataConfig:
       labels: label vocabulary (tags for token classification); None = sorted labels of train.
       packing: pack several examples per row, train and eval (segment ids, per-segment
         positions; classification pools / labels per segment): no padding compute.
+      mlm_probability: masked LM only: the share of maskable tokens chosen per row (BERT: 0.15).
       on_bad_row: error (stop with file:line) or skip (skip and count).
       dedupe: drop exact duplicate rows within a language of a split (the plan counts them
         either way).
@@ -154,6 +155,7 @@ class DataConfig:
     length_buckets: list[int] = dataclasses.field(default_factory=list)
     labels: list[str] | None = None
     packing: bool = False
+    mlm_probability: float = 0.15
     on_bad_row: Literal["error", "skip"] = "error"
     dedupe: bool = False
     validation_fraction: float = 0.0
@@ -171,6 +173,8 @@ class DataConfig:
                 raise ValueError(
                     f"data.length_buckets: {b} is outside [1, max_length={self.max_length}]"
                 )
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"data.mlm_probability must be in (0, 1) (got {self.mlm_probability})")
         if self.on_bad_row not in ("error", "skip"):
             raise ValueError(f"data.on_bad_row must be 'error' or 'skip' (got {self.on_bad_row!r})")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):

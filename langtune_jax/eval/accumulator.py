@@ -17,6 +17,7 @@ import numpy as np
 from langtune_jax.eval.inputs import _as_ids, _derive_label_names, _maybe_argmax
 from langtune_jax.eval.metrics import (
     IGNORE_INDEX,
+    LM_TASKS,
     LOWER_IS_BETTER,
     PRIMARY_METRIC,
     SCALAR_METRICS,
@@ -163,7 +164,7 @@ class PerLanguageAccumulator:
             raise ValueError("update needs predictions, labels and language_id (or one mapping)")
         index = {n: i for i, n in enumerate(self.label_names)} if self.label_names else None
         labels = _as_ids(labels, index, "labels")
-        if self.task == "causal-lm":
+        if self.task in LM_TASKS:
             if token_nll is None:
                 token_nll, predictions = lm_token_stats(np.asarray(predictions), labels)
             preds, nll = np.asarray(predictions, np.int64), np.asarray(token_nll, np.float64)
@@ -193,7 +194,7 @@ class PerLanguageAccumulator:
             self._update_entities(preds, labels, lang)
 
     def _update_from_mapping(self, batch: Mapping[str, Any]) -> None:
-        if self.task == "causal-lm" and "nll_sum" in batch:
+        if self.task in LM_TASKS and "nll_sum" in batch:
             needed = ("nll_sum", "token_count", "correct", "language_id")
         else:
             needed = ("predictions", "labels", "language_id")
@@ -259,8 +260,10 @@ class PerLanguageAccumulator:
           correct_count: ``[B]`` counted tokens whose argmax prediction equals the label.
           language_id: ``[B]``; example_mask: ``[B]``, 0 for padding rows.
         """
-        if self.task != "causal-lm":
-            raise ValueError(f"update_lm_totals is for causal-lm, this accumulator is {self.task}")
+        if self.task not in LM_TASKS:
+            raise ValueError(
+                f"update_lm_totals is for the LM tasks, this accumulator is {self.task}"
+            )
         nll_sum = np.asarray(nll_sum, np.float64).reshape(-1)
         keep, lang = self._rows(language_id, example_mask, len(nll_sum))
         np.add.at(self.num_examples, lang, 1)
@@ -275,6 +278,7 @@ class PerLanguageAccumulator:
             "sequence-classification": ["confusion"],
             "token-classification": ["entities", "tokens"],
             "causal-lm": ["nll_sum", "tokens"],
+            "masked-lm": ["nll_sum", "tokens"],
         }[self.task]
         return [self.num_examples] + [getattr(self, n) for n in names]
 
@@ -307,7 +311,7 @@ class PerLanguageAccumulator:
             conf = self.confusion[sel].sum(0)
             return classification_metrics(conf, self.label_names, self.zero_division)
         tokens = self.tokens[:, sel].sum(-1)
-        if self.task == "causal-lm":
+        if self.task in LM_TASKS:
             out = lm_metrics(float(np.sum(self.nll_sum[sel])), int(tokens[0]), int(tokens[1]))
             return {"num_examples": n, "num_tokens": int(tokens[0]), **out}
         ent = self.entities[:, sel].sum(1)  # [3, K]
@@ -326,11 +330,16 @@ class PerLanguageAccumulator:
             "per_type_f1": per_type,
         }
 
-    def compute(self, source_language: str | None = None) -> dict[str, Any]:
+    def compute(
+        self, source_language: str | None = None, zero_shot: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """The report: per-language and overall metrics and gap statistics (no side effects).
 
         Args:
           source_language: overrides the constructor's (adds the transfer gap).
+          zero_shot: languages absent from the training data. Those with examples are listed in
+            the report's ``zero_shot`` and the transfer gap is measured to them (see
+            :func:`gap_statistics`); those without examples are not reported as empty.
 
         Returns:
           A dict with the keys documented in :func:`per_language_report`.
@@ -353,7 +362,12 @@ class PerLanguageAccumulator:
             "metrics": list(metrics),
             "higher_is_better": {m: m not in LOWER_IS_BETTER for m in metrics},
             "languages": list(per_language),
-            "empty_languages": [lang for lang in self.languages if lang not in per_language],
+            "empty_languages": [
+                lang
+                for lang in self.languages
+                if lang not in per_language and lang not in zero_shot
+            ],
+            "zero_shot": [lang for lang in per_language if lang in zero_shot],
             "source_language": source,
             "label_names": self.label_names,
             "per_language": per_language,
@@ -363,6 +377,7 @@ class PerLanguageAccumulator:
                     {lang: r[m] for lang, r in per_language.items()},
                     source,
                     higher_is_better=m not in LOWER_IS_BETTER,
+                    zero_shot=zero_shot,
                 )
                 for m in metrics
             },
@@ -379,6 +394,7 @@ def per_language_report(
     source_language: str | None = None,
     zero_division: float = math.nan,
     language_order: Sequence[str] | None = None,
+    zero_shot: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Per-language metrics, overall metrics and gap statistics for one evaluation set.
 
@@ -397,18 +413,20 @@ def per_language_report(
       zero_division: see :class:`PerLanguageAccumulator`.
       language_order: the languages in report order (e.g. the config's); languages listed here
         without examples go to ``empty_languages``. Default: order of first appearance.
+      zero_shot: languages evaluated zero-shot (absent from training): listed in ``zero_shot``;
+        the transfer gap is measured to them (:func:`gap_statistics`).
 
     Returns:
       ``{"schema_version", "task", "primary_metric", "metrics" (scalar metric names, primary
       first), "higher_is_better" {metric: bool}, "languages" (with data, in first-seen order),
-      "empty_languages", "source_language", "label_names", "per_language" {language: metrics},
+      "empty_languages", "zero_shot" (languages evaluated zero-shot), "source_language", "label_names", "per_language" {language: metrics},
       "overall" (all examples pooled), "gaps" {metric: gap_statistics(...)}}``. Metric values
       are fractions in [0, 1] except loss (nats) and perplexity.
     """
     task = check_task(task)
     langs = [str(x) for x in languages]
     order = list(dict.fromkeys([*(language_order or []), *langs]))
-    if label_names is None and task != "causal-lm":
+    if label_names is None and task not in LM_TASKS:
         label_names = _derive_label_names(predictions, labels, task)
     acc = PerLanguageAccumulator(
         task,
@@ -430,4 +448,4 @@ def per_language_report(
     if len(labels) != len(langs):
         raise ValueError(f"{len(labels)} labels but {len(langs)} language entries")
     acc.update(predictions, labels, lang_ids)
-    return acc.compute()
+    return acc.compute(zero_shot=zero_shot)

@@ -65,7 +65,10 @@ def compare_runs(
     Returns:
       ``(table, data)``. ``table`` is markdown: rows = languages (union, first run's order),
       then ``mean`` and ``gap`` (max - min) over the languages every run has (when the runs'
-      languages differ, a note under the table names the ones left out); columns = run names (the reports'
+      languages differ, a note under the table names the ones left out); with zero-shot
+      languages (any report's ``zero_shot``) they follow the seen languages, marked, and
+      ``seen mean``, ``zero-shot mean`` and ``transfer gap`` rows follow (keys ``zero_shot``,
+      ``seen_mean``, ``zero_shot_mean``, ``transfer_gap`` in ``data``); columns = run names (the reports'
       ``run_name`` when they differ, else folder names), then ``delta`` (second minus first;
       with more runs, ``delta <run>`` = that run minus the first). Fractions are shown x 100. ``data`` = ``{"metric", "higher_is_better",
       "runs" [names], "languages", "values" {run: {language: score | None}}, "mean" {run: score},
@@ -87,7 +90,12 @@ def compare_runs(
                 f"run {name} ({rep['task']}) has no metric {metric!r}; it has "
                 f"{', '.join(rep['metrics'])}: pass --metric with one all runs share"
             )
+    zero_shot = list(dict.fromkeys(z for rep in reports for z in rep.get("zero_shot", [])))
     languages = list(dict.fromkeys(lang for rep in reports for lang in rep["languages"]))
+    # Two groups: the languages seen in training, then the zero-shot ones.
+    languages = [x for x in languages if x not in zero_shot] + [
+        x for x in languages if x in zero_shot
+    ]
     values = {
         n: {lang: rep["per_language"].get(lang, {}).get(metric) for lang in languages}
         for n, rep in zip(names, reports)
@@ -105,16 +113,25 @@ def compare_runs(
         )
     left_out = [lang for lang in languages if lang not in common]
     stats = {
-        n: gap_statistics({k: values[n][k] for k in common}, higher_is_better=higher) for n in names
+        n: gap_statistics(
+            {k: values[n][k] for k in common},
+            rep.get("source_language") if rep.get("zero_shot") else None,
+            higher_is_better=higher,
+            zero_shot=[z for z in rep.get("zero_shot", []) if z in common],
+        )
+        for n, rep in zip(names, reports)
     }
+    summary = ["mean", "gap"]
+    if zero_shot:
+        summary += ["seen_mean", "zero_shot_mean", "transfer_gap"]
     data: dict[str, Any] = {
         "metric": metric,
         "higher_is_better": higher,
         "runs": names,
         "languages": languages,
         "values": values,
-        "mean": {n: stats[n]["mean"] for n in names},
-        "gap": {n: stats[n]["gap"] for n in names},
+        "zero_shot": zero_shot,
+        **{key: {n: stats[n].get(key) for n in names} for key in summary},
         "common_languages": common,
         "note": None,
         "delta": {},
@@ -132,17 +149,19 @@ def compare_runs(
 
     for n in names[1:]:
         d = {lang: diff(values[n][lang], values[base][lang]) for lang in languages}
-        d["mean"] = diff(data["mean"][n], data["mean"][base])
-        d["gap"] = diff(data["gap"][n], data["gap"][base])
+        for key in summary:
+            d[key] = diff(data[key][n], data[key][base])
         data["delta"][n] = d
     delta_cols = ["delta"] if len(names) == 2 else [f"delta {n}" for n in names[1:]]
     rows = [
         [f"{metric}" + (" (x100)" if metric not in _NOT_FRACTIONS else "")] + names + delta_cols
     ]
-    for key in [*languages, "mean", "gap"]:
-        row = [key]
+    labels = {"seen_mean": "seen mean", "zero_shot_mean": "zero-shot mean"}
+    labels.update({"transfer_gap": "transfer gap", **{z: f"{z} (zero-shot)" for z in zero_shot}})
+    for key in [*languages, *summary]:
+        row = [labels.get(key, key)]
         for n in names:
-            row.append(_fmt(data[key][n] if key in ("mean", "gap") else values[n][key], metric))
+            row.append(_fmt(data[key][n] if key in summary else values[n][key], metric))
         row += [_fmt(data["delta"][n][key], metric, signed=True) for n in names[1:]]
         rows.append(row)
     table = _md(rows)

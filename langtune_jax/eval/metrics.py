@@ -47,8 +47,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-Task = Literal["sequence-classification", "token-classification", "causal-lm"]
-TASKS: tuple[str, ...] = ("sequence-classification", "token-classification", "causal-lm")
+Task = Literal["sequence-classification", "token-classification", "causal-lm", "masked-lm"]
+TASKS: tuple[str, ...] = (
+    "sequence-classification",
+    "token-classification",
+    "causal-lm",
+    "masked-lm",
+)
+#: Language-model tasks: metrics from the token NLL (masked LM: over the masked positions only).
+LM_TASKS = frozenset({"causal-lm", "masked-lm"})
 IGNORE_INDEX = -100
 SCHEMA_VERSION = 1
 
@@ -57,12 +64,14 @@ PRIMARY_METRIC: dict[str, str] = {
     "sequence-classification": "macro_f1",
     "token-classification": "f1",
     "causal-lm": "perplexity",
+    "masked-lm": "perplexity",
 }
 #: The scalar (per-language comparable) metrics each task reports, primary first.
 SCALAR_METRICS: dict[str, tuple[str, ...]] = {
     "sequence-classification": ("macro_f1", "accuracy"),
     "token-classification": ("f1", "precision", "recall", "token_accuracy"),
     "causal-lm": ("perplexity", "loss", "token_accuracy"),
+    "masked-lm": ("perplexity", "loss", "token_accuracy"),
 }
 #: Metrics where a smaller value is better (gap statistics pick best = min for these).
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
@@ -297,6 +306,7 @@ def gap_statistics(
     source_language: str | None = None,
     *,
     higher_is_better: bool = True,
+    zero_shot: Sequence[str] = (),
 ) -> dict[str, Any]:
     """How far apart the languages are on one metric.
 
@@ -306,6 +316,11 @@ def gap_statistics(
         ``transfer_gap`` = source score minus the mean of the other languages (XTREME's
         cross-lingual transfer gap; positive = the source is better for higher-is-better metrics).
       higher_is_better: False for loss / perplexity: best is then the minimum.
+      zero_shot: languages evaluated zero-shot (absent from the training data). With any, the
+        transfer gap is measured to them: ``transfer_gap`` = source score minus the mean of the
+        zero-shot languages, ``transfer_gaps`` = ``{language: source score - its score}``; the
+        source score is ``source_language``'s, or without one the mean of the languages seen in
+        training (``seen_mean``; ``zero_shot_mean`` beside it).
 
     Returns:
       ``{"num_languages", "best", "best_language", "worst", "worst_language", "mean", "gap",
@@ -334,7 +349,10 @@ def gap_statistics(
         "relative_gap_pct": float(100.0 * gap / abs(arr[best_i])) if arr[best_i] != 0 else None,
         "std": float(arr.std()),
     }
-    if source_language is not None:
+    targets = [k for k in zero_shot if k in values]
+    if targets:
+        stats.update(_transfer(values, source_language, targets))
+    elif source_language is not None:
         if source_language not in values:
             raise ValueError(
                 f"source_language {source_language!r} has no score; languages with scores: "
@@ -343,3 +361,26 @@ def gap_statistics(
         others = [v for k, v in values.items() if k != source_language]
         stats["transfer_gap"] = values[source_language] - float(np.mean(others)) if others else None
     return stats
+
+
+def _transfer(
+    values: Mapping[str, float], source_language: str | None, targets: Sequence[str]
+) -> dict[str, Any]:
+    """XTREME's transfer gap from the source (or the seen languages' mean) to zero-shot targets."""
+    seen = [v for k, v in values.items() if k not in targets]
+    if source_language is not None:
+        if source_language not in values or source_language in targets:
+            raise ValueError(
+                f"source_language {source_language!r} has no score among the languages seen in "
+                f"training ({', '.join(k for k in values if k not in targets) or 'none'})"
+            )
+        source = values[source_language]
+    else:
+        source = float(np.mean(seen)) if seen else None
+    zs_mean = float(np.mean([values[k] for k in targets]))
+    return {
+        "seen_mean": float(np.mean(seen)) if seen else None,
+        "zero_shot_mean": zs_mean,
+        "transfer_gap": None if source is None else source - zs_mean,
+        "transfer_gaps": {k: None if source is None else source - values[k] for k in targets},
+    }

@@ -6,12 +6,15 @@
   ``PerLanguageAccumulator.compute()``) plus run context. Schema (``schema_version`` 1)::
 
       schema_version    int, 1; readers refuse other versions
-      task              "sequence-classification" | "token-classification" | "causal-lm"
+      task              "sequence-classification" | "token-classification" | "causal-lm" |
+                         "masked-lm" (metrics over the masked positions)
       primary_metric    "macro_f1" | "f1" | "perplexity": the metric tables and plots lead with
       metrics           [str], the scalar metrics of this task, primary first
       higher_is_better  {metric: bool}; false for loss and perplexity
       languages         [str], languages with evaluation data, in evaluation order
       empty_languages   [str], languages that were expected but had no evaluation data
+      zero_shot         [str], evaluated languages absent from the training data (may be absent
+                         in reports written before zero-shot evaluation existed: read as [])
       source_language   str | null, the source of a cross-lingual transfer run
       label_names       [str] | null, class names or entity tags (null for causal LM)
       per_language      {language: {num_examples, <metric>: float, ...,
@@ -20,7 +23,12 @@
                          num_pred_entities (token classification) | num_tokens (causal LM)}}
       overall           same keys, all examples of all languages pooled
       gaps              {metric: {num_languages, best, best_language, worst, worst_language,
-                         mean, gap, relative_gap_pct, std[, transfer_gap]}}
+                         mean, gap, relative_gap_pct, std[, transfer_gap]
+                         [, seen_mean, zero_shot_mean, transfer_gaps {language: gap}]}}
+                         transfer_gap: the source language's score (eval.source_language; else
+                         the mean of the languages seen in training) minus the mean of the
+                         zero-shot languages (XTREME); without zero-shot languages, minus the
+                         mean of the other languages
       run_name          str | null, the run's name (run.name); compare tables use it
       config_hash       str | null, hash of the resolved run config
       step              int | null, the training step the evaluated weights come from
@@ -247,6 +255,7 @@ def markdown_table(report: Mapping[str, Any], metrics: Sequence[str] | None = No
     for lang in report["languages"]:
         r = report["per_language"][lang]
         mark = " (source)" if lang == report.get("source_language") else ""
+        mark += " (zero-shot)" if lang in report.get("zero_shot", ()) else ""
         rows.append([lang + mark, str(r["num_examples"])] + [_fmt(r.get(m), m) for m in metrics])
     rows.append(
         ["overall", str(report["overall"]["num_examples"])]
@@ -255,7 +264,12 @@ def markdown_table(report: Mapping[str, Any], metrics: Sequence[str] | None = No
     gaps = report["gaps"]
     rows.append(["mean", ""] + [_fmt(gaps[m]["mean"], m) for m in metrics])
     rows.append(["gap (max-min)", ""] + [_fmt(gaps[m]["gap"], m) for m in metrics])
-    if report.get("source_language"):
+    if report.get("zero_shot"):
+        rows.append(["seen mean", ""] + [_fmt(gaps[m].get("seen_mean"), m) for m in metrics])
+        rows.append(
+            ["zero-shot mean", ""] + [_fmt(gaps[m].get("zero_shot_mean"), m) for m in metrics]
+        )
+    if report.get("source_language") or report.get("zero_shot"):
         rows.append(["transfer gap", ""] + [_fmt(gaps[m].get("transfer_gap"), m) for m in metrics])
     primary = metrics[0]
     g = gaps[primary]

@@ -59,10 +59,12 @@ from langtune_jax.peft.adapters import (  # noqa: E402
     load_adapters,
     remove_adapters,
     save_adapters,
+    save_language_library,
 )
 from langtune_jax.peft.bottleneck import (  # noqa: E402
     AdapterParam,
     AdapterWrapper,
+    LanguageAdapterParam,
     adapter_summary,
     adapter_trainable_filter,
 )
@@ -72,6 +74,7 @@ __all__ += [
     "AdapterConfig",
     "AdapterParam",
     "AdapterWrapper",
+    "LanguageAdapterParam",
     "adapter_summary",
     "adapter_trainable_filter",
     "apply_adapters",
@@ -82,5 +85,6 @@ __all__ += [
     "load_adapters",
     "remove_adapters",
     "save_adapters",
+    "save_language_library",
     "with_routing",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from pathlib import Path
 from typing import Literal
 
 import jax
@@ -63,6 +64,12 @@ class AdapterConfig:
       modules_to_save: modules trained fully and saved with the adapters (matched by path suffix,
         as in PEFT); ``None``: the model's task heads (``model.head_modules``, e.g. the new
         classifier); ``[]``: none.
+      language_adapters: stacking (MAD-X): frozen, pretrained language adapters, as
+        ``{language: folder}`` (each folder one language's adapter, as ``save_language_library``
+        writes them) or the library folder itself (every sub-folder holding an adapter). The
+        languages become ``languages`` (in this order); each example runs its language's adapter,
+        then the shared task adapter (``shared_task_adapter`` must stay true), which is what
+        trains. A zero-shot language with an adapter in the library uses it.
     """
 
     placement: Literal["pfeiffer", "houlsby", "parallel"] = "pfeiffer"
@@ -78,6 +85,7 @@ class AdapterConfig:
     fallback: dict[str, str] = dataclasses.field(default_factory=dict)
     default_fallback: str = "shared"
     modules_to_save: list[str] | None = None
+    language_adapters: dict[str, str] | str | None = None
 
     def __post_init__(self):
         def bad(field: str, why: str) -> ValueError:
@@ -113,6 +121,8 @@ class AdapterConfig:
                 raise bad("layers", "a list must hold at least one integer layer index")
             if len(set(self.layers)) != len(self.layers):
                 raise bad("layers", "contains a layer twice")
+        if self.language_adapters is not None:
+            self._check_language_adapters()
         if self.languages is not None:
             self.languages = list(self.languages)
             if not self.languages or len(set(self.languages)) != len(self.languages):
@@ -130,11 +140,55 @@ class AdapterConfig:
                     )
             if self.default_fallback != "shared" and self.default_fallback not in self.languages:
                 raise bad("default_fallback", f"expected 'shared' or one of {self.languages}")
-        else:
+        elif self.language_adapters is None:  # else checked once the library is read
             if self.fallback:
                 raise bad("fallback", "needs per-language adapters: set languages too")
             if self.default_fallback != "shared":
                 raise bad("default_fallback", "needs per-language adapters: set languages too")
+
+    def _check_language_adapters(self) -> None:
+        # The folders are read by resolve_language_adapters (when the model is built), so a
+        # config naming a library that a previous step will write still parses.
+        if not self.language_adapters:
+            raise ValueError("AdapterConfig.language_adapters is empty; name a library or folders")
+        if not self.shared_task_adapter:
+            raise ValueError(
+                "AdapterConfig.shared_task_adapter=False: stacking on language_adapters trains the "
+                "shared task adapter; set shared_task_adapter: true"
+            )
+        if isinstance(self.language_adapters, dict):
+            self.language_adapters = dict(self.language_adapters)
+            if self.languages is None:
+                self.languages = list(self.language_adapters)
+        if self.languages is not None and (
+            isinstance(self.language_adapters, dict)
+            and sorted(self.languages) != sorted(self.language_adapters)
+        ):
+            raise ValueError(
+                f"AdapterConfig.languages={self.languages} differs from the languages of "
+                f"language_adapters {sorted(self.language_adapters)}; drop languages (they come "
+                "from the library)"
+            )
+
+    def resolve_language_adapters(self) -> AdapterConfig:
+        """This config with ``language_adapters`` read: ``{language: folder}`` and ``languages``.
+
+        Raises:
+          ValueError: the library or a folder does not exist or holds no adapter; ``languages``
+            differs from the library's.
+        """
+        if self.language_adapters is None:
+            return self
+        paths = resolve_library(self.language_adapters)
+        if self.languages is not None and sorted(self.languages) != sorted(paths):
+            raise ValueError(
+                f"AdapterConfig.languages={self.languages} differs from the languages of "
+                f"language_adapters {sorted(paths)}; drop languages (they come from the library)"
+            )
+        langs = list(self.languages or paths)
+        return dataclasses.replace(
+            self, languages=langs, language_adapters={lang: paths[lang] for lang in langs}
+        )
 
     def bottleneck_size(self, hidden_size: int) -> int:
         """The bottleneck width ``m`` for a model of width ``hidden_size``."""
@@ -173,6 +227,45 @@ class AdapterConfig:
     @classmethod
     def from_json(cls, text: str) -> AdapterConfig:
         return cls(**json.loads(text))
+
+
+#: The file in a library folder that lists its languages (written by ``save_language_library``).
+LIBRARY_FILE = "library.json"
+
+
+def resolve_library(spec: dict[str, str] | str) -> dict[str, str]:
+    """``{language: adapter folder}`` of a ``language_adapters`` value (a mapping or a library).
+
+    Raises:
+      ValueError: a folder that does not exist or holds no adapter (one line, naming it).
+    """
+    if isinstance(spec, str):
+        root = Path(spec)
+        listing = root / LIBRARY_FILE
+        if listing.is_file():
+            langs = json.loads(listing.read_text(encoding="utf-8"))["languages"]
+            spec = {lang: str(root / lang) for lang in langs}
+        elif root.is_dir():
+            spec = {
+                p.name: str(p)
+                for p in sorted(root.iterdir())
+                if (p / "adapters_config.json").is_file()
+            }
+        if isinstance(spec, str) or not spec:
+            raise ValueError(
+                f"AdapterConfig.language_adapters={str(root)!r} is not a language adapter library "
+                "(a folder with one adapter folder per language; train one with model.task "
+                "masked-lm and peft.adapters.languages)"
+            )
+    if not spec:
+        raise ValueError("AdapterConfig.language_adapters is empty; name at least one language")
+    for lang, folder in spec.items():
+        if not (Path(folder) / "adapters_config.json").is_file():
+            raise ValueError(
+                f"AdapterConfig.language_adapters[{lang!r}]: {folder} holds no adapter "
+                "(adapters_config.json missing); check the path"
+            )
+    return dict(spec)
 
 
 # --------------------------------------------------------------------------------------------------

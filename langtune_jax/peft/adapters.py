@@ -97,25 +97,29 @@ from langtune_jax.peft import targets as _targets
 from langtune_jax.peft.adapter_config import (  # noqa: F401
     _PLACEMENT_SITES,
     DEFAULT_REDUCTION_FACTOR,
+    LIBRARY_FILE,
     AdapterConfig,
     count_adapter_params,
     get_adapter_config,
     has_language_adapters,
 )
+from langtune_jax.peft.adapter_io import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder
 from langtune_jax.peft.bottleneck import (  # noqa: F401
     AdapterParam,
     AdapterWrapper,
     BottleneckAdapter,
+    LanguageAdapterParam,
     _trainable_variables,
     adapter_summary,
     adapter_trainable_filter,
 )
+from langtune_jax.peft.language_library import (
+    ADAPTER_WEIGHTS,
+    LIBRARY_FORMAT,
+    library_stack,
+    single_language_config,
+)
 from langtune_jax.peft.routing import language_rows, with_routing  # noqa: F401
-
-#: File names of an adapter-only checkpoint folder.
-CONFIG_FILE = "adapters_config.json"
-WEIGHTS_FILE = "adapters.safetensors"
-_FORMAT = "langtune_jax.bottleneck_adapters"
 
 # Adapted sites per model family, relative to one layer: (path, mode). Modes:
 #   serial             y = base(...); y + adapter(y)
@@ -239,38 +243,50 @@ def apply_adapters(
         )
     family, layer_paths = _find_layers(model)
     hidden = _hidden_size(model)
+    config = config.resolve_language_adapters()  # reads the library's folders (MAD-X)
     config = dataclasses.replace(config, modules_to_save=_resolve_modules_to_save(model, config))
     m = config.bottleneck_size(hidden)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     deterministic = _is_deterministic(model)
-    for i in config.layer_indices(len(layer_paths)):
-        for site in _PLACEMENT_SITES[config.placement]:
-            rel, mode = _SITES[family][site]
-            path = f"{layer_paths[i]}.{rel}"
-            base = _targets.module_at(model, path)
-            kw = dict(
-                non_linearity=config.non_linearity,
-                init=config.init,
-                param_dtype=_param_dtype(base),
-                rngs=rngs,
-            )
-            shared = None
-            if config.languages is None or config.shared_task_adapter:
-                shared = BottleneckAdapter(hidden, m, **kw)
-            per_lang = None
-            if config.languages is not None:
-                per_lang = BottleneckAdapter(hidden, m, num=len(config.languages), **kw)
-            wrapper = AdapterWrapper(
-                base,
-                mode=mode,
-                adapter=shared,
-                language_adapters=per_lang,
-                dropout=config.dropout,
-                scaling=config.scaling,
-                deterministic=deterministic,
-                rngs=rngs,
-            )
-            _targets.set_module_at(model, path, wrapper)
+    sites = [
+        (f"{layer_paths[i]}.{_SITES[family][site][0]}", _SITES[family][site][1])
+        for i in config.layer_indices(len(layer_paths))
+        for site in _PLACEMENT_SITES[config.placement]
+    ]
+    stack = None
+    if config.language_adapters is not None:
+        stack = library_stack(config, [p for p, _ in sites], hidden, len(layer_paths))
+    for path, mode in sites:
+        base = _targets.module_at(model, path)
+        kw = dict(
+            non_linearity=config.non_linearity,
+            init=config.init,
+            param_dtype=_param_dtype(base),
+            rngs=rngs,
+        )
+        shared = None
+        if config.languages is None or config.shared_task_adapter:
+            shared = BottleneckAdapter(hidden, m, **kw)
+        per_lang = None
+        if stack is not None:  # frozen, pretrained rows from the library (MAD-X)
+            kw.update(non_linearity=stack.non_linearity, param_type=LanguageAdapterParam)
+            per_lang = BottleneckAdapter(hidden, stack.bottleneck, num=len(config.languages), **kw)
+            for w, value in stack.rows[path].items():
+                var = getattr(per_lang, w)
+                var[...] = jnp.asarray(value, var[...].dtype)
+        elif config.languages is not None:
+            per_lang = BottleneckAdapter(hidden, m, num=len(config.languages), **kw)
+        wrapper = AdapterWrapper(
+            base,
+            mode=mode,
+            adapter=shared,
+            language_adapters=per_lang,
+            dropout=config.dropout,
+            scaling=config.scaling,
+            deterministic=deterministic,
+            rngs=rngs,
+        )
+        _targets.set_module_at(model, path, wrapper)
     model._adapter_config_json = config.to_json()
     return model
 
@@ -291,6 +307,15 @@ def remove_adapters(model: nnx.Module) -> nnx.Module:
 # Adapter-only checkpoints
 
 
+def host_array(value: Any) -> np.ndarray:
+    """A (possibly sharded, multi-host) array as a contiguous numpy array on every process."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        value = multihost_utils.process_allgather(value, tiled=True)
+    return np.ascontiguousarray(np.asarray(jax.device_get(value)))
+
+
 def save_adapters(model: nnx.Module, folder: str | Path) -> Path:
     """Write the adapter weights (+ ``modules_to_save``) and their config to ``folder``.
 
@@ -302,33 +327,19 @@ def save_adapters(model: nnx.Module, folder: str | Path) -> Path:
     Returns:
       The folder.
     """
-    from safetensors.numpy import save_file
-
     config = get_adapter_config(model)
     _, layer_paths = _find_layers(model)
-    hidden = _hidden_size(model)
-    tensors = {}
-    for key, var in _trainable_variables(model).items():
-        value = var[...]
-        if isinstance(value, jax.Array) and not value.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
-            value = multihost_utils.process_allgather(value, tiled=True)
-        tensors[key] = np.ascontiguousarray(np.asarray(jax.device_get(value)))
+    tensors = {key: host_array(var[...]) for key, var in _trainable_variables(model).items()}
     folder = Path(folder)
     if jax.process_index() == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": _FORMAT,
-            "version": 1,
-            "config": dataclasses.asdict(config),
-            "hidden_size": hidden,
-            "num_layers": len(layer_paths),
-            "model_class": type(model).__name__,
-            "num_adapter_params": count_adapter_params(config, hidden, len(layer_paths)),
-        }
-        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": _FORMAT})
+        write_folder(
+            folder,
+            config,
+            tensors,
+            hidden_size=_hidden_size(model),
+            num_layers=len(layer_paths),
+            model_class=type(model).__name__,
+        )
     return folder
 
 
@@ -345,26 +356,17 @@ def load_adapters(model: nnx.Module, folder: str | Path, *, rngs: nnx.Rngs | Non
       ValueError: missing files, a config or shape that does not fit the model, missing or
         unexpected keys.
     """
-    from safetensors.numpy import load_file
-
-    folder = Path(folder)
-    cfg_file, weights_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    for f in (cfg_file, weights_file):
-        if not f.is_file():
-            raise ValueError(f"load_adapters: {f} does not exist (write it with save_adapters)")
-    meta = json.loads(cfg_file.read_text(encoding="utf-8"))
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"load_adapters: {cfg_file} is not a {_FORMAT} config")
+    weights_file = Path(folder) / WEIGHTS_FILE
+    meta, tensors = read_folder(folder)
     saved = AdapterConfig(**meta["config"])
     if getattr(model, "_adapter_config_json", None):
         if get_adapter_config(model) != saved:
             raise ValueError(
                 f"load_adapters: the model's adapters were built with {get_adapter_config(model)} "
-                f"but {cfg_file} holds {saved}; load into a model without adapters instead"
+                f"but {Path(folder) / CONFIG_FILE} holds {saved}; load into a model without adapters instead"
             )
     else:
         apply_adapters(model, saved, rngs=rngs)
-    tensors = load_file(str(weights_file))
     variables = _trainable_variables(model)
     missing = sorted(set(variables) - set(tensors))
     unexpected = sorted(set(tensors) - set(variables))
@@ -387,3 +389,49 @@ def load_adapters(model: nnx.Module, folder: str | Path, *, rngs: nnx.Rngs | Non
             new = jax.device_put(new, sharding)
         var[...] = new
     return model
+
+
+def save_language_library(model: nnx.Module, folder: str | Path) -> Path:
+    """Write each language's adapter as its own folder: a library of language adapters.
+
+    ``folder/<language>/`` is a single-adapter folder (``adapters_config.json`` +
+    ``adapters.safetensors``, the language's row at every site, no ``modules_to_save``), loadable on
+    its own with :func:`load_adapters` into a fresh model; ``folder/library.json`` lists the
+    languages. A task run stacks on it with ``AdapterConfig(language_adapters=folder)``. Call it on
+    every process (sharded arrays are gathered), process 0 writes.
+
+    Raises:
+      ValueError: the model has no per-language adapters.
+    """
+    config = get_adapter_config(model)
+    if config.languages is None:
+        raise ValueError(
+            "save_language_library: this model has no per-language adapters "
+            "(AdapterConfig.languages); there is no language row to save"
+        )
+    _, layer_paths = _find_layers(model)
+    wrappers = adapter_layers(model)
+    stacks = {p: w.language_adapters for p, w in wrappers.items()}
+    first = next(iter(stacks.values()))
+    m, act = first.down_kernel[...].shape[-1], first.non_linearity
+    weights = {
+        f"{p}.adapter.{w}": host_array(getattr(a, w)[...])
+        for p, a in stacks.items()
+        for w in ADAPTER_WEIGHTS
+    }
+    folder = Path(folder)
+    if jax.process_index() == 0:
+        single = single_language_config(config, m, act)
+        for i, lang in enumerate(config.languages):
+            write_folder(
+                folder / lang,
+                single,
+                {k: np.ascontiguousarray(v[i]) for k, v in weights.items()},
+                hidden_size=_hidden_size(model),
+                num_layers=len(layer_paths),
+                model_class=type(model).__name__,
+                extra={"language": lang},
+            )
+        listing = {"format": LIBRARY_FORMAT, "languages": list(config.languages)}
+        (folder / LIBRARY_FILE).write_text(json.dumps(listing, indent=2) + "\n", encoding="utf-8")
+    return folder

@@ -26,6 +26,14 @@ class AdapterParam(nnx.Variable):
     """A bottleneck adapter weight: the variable type that trains."""
 
 
+class LanguageAdapterParam(nnx.Param):
+    """A frozen, pretrained language adapter weight under a task adapter (MAD-X stacking).
+
+    A ``Param`` (not an ``AdapterParam``): it lands in the frozen state with the base weights, is
+    never differentiated and has no optimizer state; it is reloaded from its library folder.
+    """
+
+
 # --------------------------------------------------------------------------------------------------
 # Modules
 
@@ -35,6 +43,7 @@ class BottleneckAdapter(nnx.Module):
 
     With ``num`` set it is a stack of ``num`` adapters (``down_kernel [num, D, m]`` ...) and the
     call takes ``rows [B]`` choosing one per example (``-1``: a zero branch for that example).
+    ``param_type``: ``AdapterParam`` (trains) or ``LanguageAdapterParam`` (frozen, stacked).
     """
 
     def __init__(
@@ -46,6 +55,7 @@ class BottleneckAdapter(nnx.Module):
         init: str,
         num: int | None = None,
         param_dtype: Any = jnp.float32,
+        param_type: type[nnx.Variable] = AdapterParam,
         rngs: nnx.Rngs,
     ):
         d, m = hidden_size, bottleneck
@@ -63,7 +73,7 @@ class BottleneckAdapter(nnx.Module):
 
         def param(init_fn, shape, *axes):
             value = with_axes(init_fn, *lead_axes, *axes)(rngs.params(), lead + shape, param_dtype)
-            return AdapterParam(value)
+            return param_type(value)
 
         self.down_kernel = param(down, (d, m), EMBED, None)
         self.down_bias = param(zeros, (m,), None)

@@ -31,20 +31,35 @@ def base_model_id(name_or_path: str) -> str:
 
 
 def export_adapter(session: Session, folder: Path) -> None:
-    """Write the trained PEFT weights beside the checkpoints (PEFT format for LoRA)."""
+    """Write the trained PEFT weights beside the checkpoints (PEFT format for LoRA); a run that
+    trained per-language adapters also writes them as ``RUN_DIR/language_adapters/<language>/``."""
     model = session.split.merge()
     method = session.cfg.peft.method
-    if "lora" in method:
+    base = base_model_id(session.cfg.model.name_or_path)
+    if "lora" in method and session.cfg.peft.lora_languages:
+        # Per-language LoRA: one PEFT folder per language, each loadable on its own.
+        for lang in session.cfg.peft.lora_languages:
+            peft_lib.export_peft(
+                model,
+                folder.parent / "language_adapters" / lang,
+                adapter_name=lang,
+                base_model_name_or_path=base,
+                label_names=session.label_names,
+            )
+    elif "lora" in method:
         peft_lib.export_peft(
-            model,
-            folder,
-            base_model_name_or_path=base_model_id(session.cfg.model.name_or_path),
-            label_names=session.label_names,
+            model, folder, base_model_name_or_path=base, label_names=session.label_names
         )
     if "adapters" in method:
         peft_lib.save_adapters(model, folder / "bottleneck" if "lora" in method else folder)
-    if jax.process_index() == 0 and folder.exists():
-        make_readable(folder)
+        adapters = peft_lib.get_adapter_config(model)
+        if adapters.languages is not None and adapters.language_adapters is None:
+            # Per-language adapters trained in this run: also a library a task run can stack on.
+            peft_lib.save_language_library(model, folder.parent / "language_adapters")
+    if jax.process_index() == 0:
+        for out in (folder, folder.parent / "language_adapters"):
+            if out.exists():
+                make_readable(out)
 
 
 def load_run(

@@ -7,6 +7,7 @@ computes the per-language metrics of a session's current state on one data split
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -79,7 +80,8 @@ def apply_peft(model: nnx.Module, cfg: RunConfig, rngs: nnx.Rngs) -> tuple[nnx.M
     method = cfg.peft.method
     filters = []
     if "lora" in method:
-        model = peft_lib.apply_lora(model, cfg.peft.lora, rngs=rngs)
+        for name in cfg.peft.lora_languages or ["default"]:
+            model = peft_lib.apply_lora(model, cfg.peft.lora, adapter_name=name, rngs=rngs)
         filters.append(peft_lib.trainable_filter(model))
     if "adapters" in method:
         model = peft_lib.apply_adapters(model, cfg.peft.adapters, rngs=rngs)
@@ -114,11 +116,65 @@ def warn_frozen_fresh(model: nnx.Module, trainable: Any) -> None:
 
 
 def _routing(model: nnx.Module, languages: list[str]):
-    """Per-language adapter routing for the step, or None when the model has no such adapters."""
-    if not peft_lib.has_language_adapters(model):
+    """Per-language routing for the step (bottleneck rows and / or per-language LoRA adapters),
+    or None when the model has neither."""
+    contexts = []
+    if peft_lib.has_language_adapters(model):
+        table = jnp.asarray(peft_lib.language_rows(model, languages))
+        contexts.append(lambda m, b: peft_lib.with_routing(m, b["language_id"], table=table))
+    names = peft_lib.adapter_names_of(model)
+    if names and names != ("default",):  # per-language LoRA: adapter index, -1 = base model
+        lora = jnp.asarray([names.index(x) if x in names else -1 for x in languages], jnp.int32)
+        contexts.append(
+            lambda m, b: peft_lib.adapter_routing(m, jnp.take(lora, b["language_id"]), names)
+        )
+    if not contexts:
         return None
-    table = jnp.asarray(peft_lib.language_rows(model, languages))
-    return lambda m, batch: peft_lib.with_routing(m, batch["language_id"], table=table)
+
+    @contextlib.contextmanager
+    def routing(m, batch):
+        with contextlib.ExitStack() as stack:
+            for open_context in contexts:
+                stack.enter_context(open_context(m, batch))
+            yield
+
+    return routing
+
+
+def check_zero_shot(
+    model: nnx.Module, dataset: data_lib.DataPipeline, splits: list[str]
+) -> list[str]:
+    """Load the evaluation ``splits`` and check how ``model`` serves their zero-shot languages.
+
+    A language an evaluation split has but train does not is evaluated zero-shot: with
+    per-language adapters through its own adapter (a language adapter library), ``fallback`` or
+    ``default_fallback``; otherwise through the shared adapter. Called before step 0, so a language
+    that no adapter would serve stops the run before training.
+
+    Returns:
+      The zero-shot languages (``dataset.zero_shot``).
+
+    Raises:
+      DataError: with per-language adapters and no shared task adapter, a zero-shot language
+        that neither has an adapter nor a fallback (it would run the bare base model).
+    """
+    for split in splits:
+        if dataset.has_split(split):
+            dataset.split(split)
+    if peft_lib.has_language_adapters(model):
+        adapters = peft_lib.get_adapter_config(model)  # languages resolved from a library
+        rows = peft_lib.language_rows(adapters, dataset.zero_shot)
+        bare = [z for z, r in zip(dataset.zero_shot, rows) if r < 0]
+        if bare and not adapters.shared_task_adapter:
+            raise data_lib.DataError(
+                f"evaluation language(s) {', '.join(map(repr, bare))} are not in train and have "
+                "no adapter: set peft.adapters.fallback (e.g. {"
+                f"{bare[0]}: {adapters.languages[0]}}}) or peft.adapters.default_fallback to one "
+                f"of {adapters.languages}, or keep shared_task_adapter: true"
+            )
+    for z in dataset.zero_shot:
+        log.info("language %r is not in train: evaluated zero-shot", z)
+    return list(dataset.zero_shot)
 
 
 # ----------------------------------------------------------------------------- the session
@@ -137,6 +193,7 @@ class Session:
     split: Any
     shardings: dict[str, Any]
     routing: Any
+    routing_size: int  # languages the routing table covers (dataset.all_languages then)
 
     @property
     def label_names(self) -> list[str] | None:
@@ -164,7 +221,7 @@ def build_session(
       reopened: rebuilding a trained run (eval, export, generate): training-time warnings and
         notes (chat-template fallback, freshly initialised heads) are not repeated.
     """
-    from langtune_jax.train.preflight import check_model_config, preflight
+    from langtune_jax.train.preflight import check_model_config, eval_splits, preflight
 
     maybe_initialize_distributed(cfg.mesh)
     mesh = _mesh(cfg)
@@ -188,6 +245,7 @@ def build_session(
     dropout_key = jax.random.key(cfg.run.seed + 2, impl=cfg.train.rng_impl)
     rngs = nnx.Rngs(params=cfg.run.seed + 1, dropout=dropout_key)
     model, trainable = apply_peft(model, cfg, rngs)
+    check_zero_shot(model, dataset, [split for _, split in eval_splits(cfg)])
     set_remat(model, cfg.train.remat)
     split = split_model(model, trainable)
     shardings = {
@@ -207,7 +265,8 @@ def build_session(
         model,
         split,
         shardings,
-        _routing(model, dataset.languages),
+        _routing(model, dataset.all_languages),
+        len(dataset.all_languages),
     )
 
 
@@ -219,7 +278,7 @@ def _mesh(cfg: RunConfig):
 
 
 def _load_model(cfg: RunConfig, mesh, dataset) -> nnx.Module:
-    num_labels = len(dataset.labels) if cfg.model.task != "causal-lm" else None
+    num_labels = len(dataset.labels) if "classification" in cfg.model.task else None
     dtype = jnp.bfloat16 if cfg.model.compute_dtype() == "bfloat16" else jnp.float32
     param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
     return from_pretrained(
@@ -277,6 +336,13 @@ def sampling_plan(cfg: RunConfig) -> data_lib.SamplingPlan:
 def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any]:
     """Per-language metrics of the current state on a data split (all rows, padding excluded)."""
     cfg = session.cfg
+    languages = session.dataset.all_languages
+    session.dataset.split(split_name)  # may add zero-shot languages (`langtune eval --split`)
+    if len(session.dataset.all_languages) != session.routing_size:
+        languages = session.dataset.all_languages
+        session.routing = _routing(session.model, languages)
+        session.routing_size = len(languages)
+        eval_step = None  # the routing table is part of the compiled step
     if eval_step is None:
         eval_step = make_eval_step(
             session.split,
@@ -286,7 +352,7 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
             routing=session.routing,
         )
     acc = eval_lib.PerLanguageAccumulator(
-        cfg.model.task, session.dataset.languages, label_names=session.label_names
+        cfg.model.task, languages, label_names=session.label_names
     )
     from jax.experimental import multihost_utils
 
@@ -298,7 +364,9 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
         if "segment_language" in host:  # packed classification: one entry per example again
             host = data_lib.unpack_segments(host, cfg.model.task)
         acc.update(host)
-    return acc.compute(source_language=cfg.eval.source_language)
+    return acc.compute(
+        source_language=cfg.eval.source_language, zero_shot=session.dataset.zero_shot
+    )
 
 
 def language_losses(session: Session, batches, eval_step) -> dict[str, float]:

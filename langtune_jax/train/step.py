@@ -20,6 +20,8 @@ Loss per task (float32, padding rows and ``-100`` labels never count):
 * causal-lm: next-token cross-entropy; ``labels [B, T]`` are aligned with ``input_ids`` (HF
   convention) and shifted here; with packing, a position whose next token starts another segment
   (``segment_ids`` change) is not a target.
+* masked-lm: cross-entropy of ``logits [B, T, V]`` at the masked positions (``labels [B, T]``
+  hold the original ids there, ``-100`` elsewhere; no shift).
 """
 
 from __future__ import annotations
@@ -88,6 +90,20 @@ def _forward(model: nnx.Module, batch: dict[str, jax.Array], routing: Routing | 
         return model(**inputs)
 
 
+def _lm_targets(logits: jax.Array, batch: dict[str, jax.Array], task: str):
+    """``(logits, labels, weights)`` of the LM tasks: causal shifted by one, masked LM as is."""
+    labels = batch["labels"]
+    if task == "causal-lm":
+        logits, labels = logits[:, :-1], labels[:, 1:]  # [B, T-1, V], [B, T-1]
+    weights = labels >= 0
+    if task == "causal-lm" and "segment_ids" in batch:
+        seg = batch["segment_ids"]
+        weights &= seg[:, 1:] == seg[:, :-1]
+    if "example_mask" in batch:
+        weights &= batch["example_mask"][:, None] > 0
+    return logits, labels, weights
+
+
 def _token_nll(logits: jax.Array, batch: dict[str, jax.Array], task: str):
     """Per-target negative log-likelihood and 0/1 weights (``[B]`` or ``[B, T']``, float32)."""
     logits = logits.astype(jnp.float32)
@@ -99,14 +115,8 @@ def _token_nll(logits: jax.Array, batch: dict[str, jax.Array], task: str):
         weights = labels >= 0
         if "example_mask" in batch:
             weights &= batch["example_mask"][:, None] > 0
-    elif task == "causal-lm":
-        logits, labels = logits[:, :-1], labels[:, 1:]  # [B, T-1, V], [B, T-1]
-        weights = labels >= 0
-        if "segment_ids" in batch:
-            seg = batch["segment_ids"]
-            weights &= seg[:, 1:] == seg[:, :-1]
-        if "example_mask" in batch:
-            weights &= batch["example_mask"][:, None] > 0
+    elif task in ("causal-lm", "masked-lm"):
+        logits, labels, weights = _lm_targets(logits, batch, task)
     else:
         raise ValueError(f"unknown task {task!r}")
     safe = jnp.where(weights, labels, 0)
@@ -261,7 +271,8 @@ def make_eval_step(
     Outputs per task (batch-sharded arrays):
       * classification: ``predictions`` (argmax class ids, ``[B]`` or ``[B, T]``), and the
         per-example loss ``nll_sum [B]`` over ``token_count [B]`` counted targets;
-      * causal-lm: per-example ``nll_sum [B]``, ``token_count [B]`` and ``correct [B]`` (argmax
+      * causal-lm, masked-lm: per-example ``nll_sum [B]``, ``token_count [B]`` and ``correct [B]``
+        (argmax
         hits), from which perplexity and token accuracy are accumulated.
     """
     graph = split.eval_graph
@@ -269,19 +280,14 @@ def make_eval_step(
     def evaluate(trainable, mutable, frozen, batch):
         model = nnx.merge(graph, trainable, frozen, mutable)
         logits = _forward(model, batch, routing).logits
-        if task != "causal-lm":
+        if task not in ("causal-lm", "masked-lm"):
             nll_sum, count = example_losses(logits, batch, task)
             return {
                 "predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32),
                 "nll_sum": nll_sum,
                 "token_count": count,
             }
-        logits = logits[:, :-1].astype(jnp.float32)
-        labels = batch["labels"][:, 1:]
-        weights = labels >= 0
-        if "segment_ids" in batch:
-            seg = batch["segment_ids"]
-            weights &= seg[:, 1:] == seg[:, :-1]
+        logits, labels, weights = _lm_targets(logits.astype(jnp.float32), batch, task)
         safe = jnp.where(weights, labels, 0)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe) * weights
         correct = (jnp.argmax(logits, axis=-1) == safe) & weights

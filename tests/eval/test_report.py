@@ -23,7 +23,7 @@ from langtune_jax.eval import (
 LANGS = ["en", "de", "sw"]
 SCHEMA_KEYS = {
     "schema_version", "task", "primary_metric", "metrics", "higher_is_better", "languages",
-    "empty_languages", "source_language", "label_names", "per_language", "overall", "gaps",
+    "empty_languages", "zero_shot", "source_language", "label_names", "per_language", "overall", "gaps",
     "run_name", "config_hash", "step", "plan", "history", "files",
 }  # fmt: skip
 
