@@ -44,11 +44,13 @@ demo-madx: $(STAMP)
 	$(BIN)/langtune train configs/demo_madx.yaml --set run.name=demo-madx-lora --set peft.method=lora
 	$(BIN)/langtune compare runs/demo-madx-lora runs/demo-madx --split test --out runs/demo-madx-comparison
 
+# Two workers, each test file on one worker (module fixtures are built once): ~8 min on 2 cores.
 test: $(TEST_STAMP) lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile
 
+# The heavier end-to-end checks (kill -9 resumes, two processes, demo-asset determinism).
 test-slow: $(TEST_STAMP)
-	$(BIN)/python -m pytest tests -m slow
+	$(BIN)/python -m pytest tests -m slow -n 2 --dist loadfile
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check langtune_jax tests scripts

@@ -311,6 +311,7 @@ def lang_run(assets, tmp_path_factory):
     return train(cfg, run_dir=tmp_path_factory.mktemp("langrun") / "causal")
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_generate_routes_each_prompt_through_its_language_adapter(assets, lang_run):
     from langtune_jax import peft as peft_lib
     from langtune_jax.train.loop import load_run

@@ -189,6 +189,7 @@ def test_encoder_loads_in_langtune_and_transformers_with_equal_mlm_logits(data_s
     assert np.isfinite(np.asarray(out.logits)).all()
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_encoder_predicts_masked_words_better_than_word_frequency(data_script):
     """Pretraining learned context: masked-word accuracy beats guessing the commonest token."""
     import jax.numpy as jnp
@@ -218,6 +219,7 @@ def test_encoder_predicts_masked_words_better_than_word_frequency(data_script):
     assert accuracy > baseline + 0.05, scores
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_pretraining_is_deterministic(pretrain_script, tmp_path):
     """Two tiny pretraining runs with the same seed give identical parameters (CPU)."""
     import jax

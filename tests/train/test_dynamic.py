@@ -66,6 +66,7 @@ def test_weights_follow_losses_and_are_logged(assets, tmp_path):
         assert min(per) - 1e-6 <= r["loss"] <= max(per) + 1e-6
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_kill_9_then_restart_equals_unbroken_run_exactly(assets, tmp_path):
     # Checkpoints every 2 steps, updates every 3: the kill lands inside an update window.
     cfg = _config(assets, checkpoint_every=2, log_every=2)
@@ -89,6 +90,7 @@ def test_kill_9_then_restart_equals_unbroken_run_exactly(assets, tmp_path):
     assert len(plans[0]["weight_segments"]) > 1
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_eta_zero_equals_the_prior_exactly(assets, tmp_path):
     dynamic = train(_config(assets, {"eta": 0.0}), run_dir=tmp_path / "dynamic")
     static_cfg = _config(assets).to_dict()

@@ -78,6 +78,7 @@ def _wait_for_checkpoint(ckpt_dir, step, proc=None, timeout=180):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_kill_9_then_restart_equals_unbroken_run(assets, tmp_path):
     from langtune_jax.config import dump_config
 

@@ -88,6 +88,7 @@ def _trainable(run_dir):
     return [np.asarray(x) for x in jax.tree.leaves(session.split.trainable)]
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_stacked_task_run_zero_shot_and_kill_9_resume(assets, library, tmp_path):
     cfg = _task_config(assets, library, steps=8, checkpoint_every=2)
     unbroken = train(cfg, run_dir=tmp_path / "unbroken")
@@ -125,6 +126,7 @@ def nnx_flat(state):
     return nnx.to_flat_state(state)
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_per_language_lora_in_one_run_writes_one_peft_folder_per_language(assets, tmp_path):
     from langtune_jax.models import from_pretrained
     from langtune_jax.peft import adapter_routing, import_peft

@@ -113,6 +113,7 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_two_processes_equal_one_process(assets, tmp_path):
     cfg = _config(assets)
     config_path = tmp_path / "config.yaml"

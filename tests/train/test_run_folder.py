@@ -170,6 +170,7 @@ def _cli_process(path: Path, run: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_lock_and_history_after_kill_9_equal_an_unbroken_run(assets, tmp_path, capsys):
     cfg = _config(assets, steps=12, checkpoint_every=2, log_every=2, eval_every=3)
     unbroken = train(cfg, run_dir=tmp_path / "unbroken")

@@ -67,6 +67,7 @@ def test_zero_shot_language_is_evaluated_and_marked(assets, tmp_path, peft):
     assert g["gap"] == pytest.approx(max(acc.values()) - min(acc.values()))
 
 
+@pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_source_language_and_compare_groups(assets, tmp_path):
     a = train(_config(assets, "a", _LORA, source_language="en"), run_dir=tmp_path / "a")
     b = train(_config(assets, "b", _PER_LANGUAGE, source_language="en"), run_dir=tmp_path / "b")
