@@ -43,8 +43,9 @@ def main(argv: list[str]) -> None:
         f"mesh.process_id={process_id}",
         *extra,
     ]
-    cfg = load_config(config_path, overrides)
-    run_dir = train(cfg, run_dir=Path(run_dir))
+    extend = "--extend" in overrides  # as `langtune train --extend`
+    cfg = load_config(config_path, [o for o in overrides if o != "--extend"])
+    run_dir = train(cfg, run_dir=Path(run_dir), extend=extend)
     assert jax.process_count() == int(num_processes), jax.process_count()
     assert jax.device_count() == LOCAL_DEVICES * int(num_processes), jax.devices()
 

@@ -148,7 +148,8 @@ def test_two_processes_resume_from_their_checkpoint(assets, tmp_path):
     _wait(_start_workers(config_path, multi_dir, tmp_path / "first.npz", ("train.steps=2",), "a"))
     assert _checkpoint_steps(multi_dir) == [2]
     out = tmp_path / "resumed.npz"
-    procs = _start_workers(config_path, multi_dir, out, (), "b")
+    # train.steps changes (2 -> 4): a resume that does so needs --extend (constant LR: no change).
+    procs = _start_workers(config_path, multi_dir, out, ("--extend",), "b")
     expected, lora_b = _reference(cfg, tmp_path / "single")
     _wait(procs)
     assert _checkpoint_steps(multi_dir) == [2, 4]
