@@ -2,12 +2,16 @@
 languages (built once per session, no downloads)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from langtune_jax.config import RunConfig, from_dict
+from langtune_jax.config import RunConfig, dump_config, from_dict
 from tests.data.conftest import make_tokenizer
 
 LANGS = {"en": 40, "es": 24, "sw": 6}
@@ -84,3 +88,20 @@ def tiny_run_config(assets: Path, *, name: str, mesh: dict, **train) -> RunConfi
         "mesh": mesh,
     }
     return from_dict(RunConfig, data)
+
+
+def kill_9_at_checkpoint(cfg: RunConfig, config_path: Path, run_dir: Path, step: int) -> None:
+    """Write ``cfg`` to ``config_path``, run ``langtune train`` on ``run_dir`` in a subprocess and
+    SIGKILL it once checkpoint ``step`` exists (no chance to clean up)."""
+    from tests.train.test_loop import _wait_for_checkpoint
+
+    dump_config(cfg, config_path)
+    cmd = [sys.executable, "-m", "langtune_jax.cli", "train", str(config_path)]
+    cmd += ["--run-dir", str(run_dir)]
+    proc = subprocess.Popen(
+        cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for_checkpoint(run_dir / "checkpoints", step, proc)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL

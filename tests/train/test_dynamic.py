@@ -3,10 +3,6 @@ losses out of the train step, weight segments in plan.json, exact resume after k
 equal to the prior, loss-aware static weights (every: 0) and two processes equal to one."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -16,8 +12,7 @@ import pytest
 from langtune_jax.config import RunConfig, dump_config, from_dict
 from langtune_jax.train import train
 from langtune_jax.train.loop import load_run
-from tests.train.conftest import LANGS, tiny_run_config
-from tests.train.test_loop import _wait_for_checkpoint
+from tests.train.conftest import LANGS, kill_9_at_checkpoint, tiny_run_config
 
 DYNAMIC = {"prior": "natural", "method": "dro", "eta": 4.0, "smoothing": 0.1, "every": 3}
 
@@ -71,17 +66,7 @@ def test_kill_9_then_restart_equals_unbroken_run_exactly(assets, tmp_path):
     # Checkpoints every 2 steps, updates every 3: the kill lands inside an update window.
     cfg = _config(assets, checkpoint_every=2, log_every=2)
     unbroken = train(cfg, run_dir=tmp_path / "unbroken")
-    path = tmp_path / "cfg.yaml"
-    dump_config(cfg, path)
-    cmd = [sys.executable, "-m", "langtune_jax.cli", "train", str(path)]
-    cmd += ["--run-dir", str(tmp_path / "killed")]
-    proc = subprocess.Popen(
-        cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    _wait_for_checkpoint(tmp_path / "killed/checkpoints", 4, proc)
-    proc.kill()
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_at_checkpoint(cfg, tmp_path / "cfg.yaml", tmp_path / "killed", 4)
     train(cfg, run_dir=tmp_path / "killed")
     for a, b in zip(_trainable(unbroken), _trainable(tmp_path / "killed")):
         np.testing.assert_array_equal(a, b)

@@ -4,8 +4,6 @@ SIGTERM handling and the NaN guard."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import typing
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 from langtune_jax.config import TrainConfig
 from langtune_jax.train import train
 from langtune_jax.train.loop import TrainingDiverged, load_run
-from tests.train.conftest import LANGS, RUN_FOLDER_FILES, tiny_run_config
+from tests.train.conftest import LANGS, RUN_FOLDER_FILES, kill_9_at_checkpoint, tiny_run_config
 
 
 def _config(assets: Path, **train):
@@ -80,29 +78,11 @@ def _wait_for_checkpoint(ckpt_dir, step, proc=None, timeout=180):
 
 @pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_kill_9_then_restart_equals_unbroken_run(assets, tmp_path):
-    from langtune_jax.config import dump_config
 
     cfg = _config(assets, steps=12, checkpoint_every=2, log_every=2)
     unbroken = train(cfg, run_dir=tmp_path / "unbroken")
 
-    path = tmp_path / "cfg.yaml"
-    dump_config(cfg, path)
-    cmd = [
-        sys.executable,
-        "-m",
-        "langtune_jax.cli",
-        "train",
-        str(path),
-        "--run-dir",
-        str(tmp_path / "killed"),
-    ]
-    proc = subprocess.Popen(
-        cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    _wait_for_checkpoint(tmp_path / "killed/checkpoints", 4, proc)
-    proc.kill()  # SIGKILL: no chance to clean up
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_at_checkpoint(cfg, tmp_path / "cfg.yaml", tmp_path / "killed", 4)
     done = sorted(
         int(p.name) for p in (tmp_path / "killed/checkpoints").iterdir() if p.name.isdigit()
     )

@@ -3,22 +3,17 @@
 the third zero-shot through its own language adapter; kill -9 then restart equals an unbroken run."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from langtune_jax.config import RunConfig, dump_config, from_dict
+from langtune_jax.config import RunConfig, from_dict
 from langtune_jax.peft.adapter_io import read_folder
 from langtune_jax.train import train
 from langtune_jax.train.loop import load_run
-from tests.train.conftest import LANGS
-from tests.train.test_loop import _wait_for_checkpoint
+from tests.train.conftest import LANGS, kill_9_at_checkpoint
 
 
 def _base(assets: Path, name: str) -> dict:
@@ -100,17 +95,7 @@ def test_stacked_task_run_zero_shot_and_kill_9_resume(assets, library, tmp_path)
     paths = [".".join(map(str, p)) for p, _ in nnx_flat(session.split.trainable)]
     assert paths and not any("language_adapters" in p for p in paths)
 
-    path = tmp_path / "cfg.yaml"
-    dump_config(cfg, path)
-    cmd = [sys.executable, "-m", "langtune_jax.cli", "train", str(path)]
-    cmd += ["--run-dir", str(tmp_path / "killed")]
-    proc = subprocess.Popen(
-        cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    _wait_for_checkpoint(tmp_path / "killed/checkpoints", 4, proc)
-    proc.kill()
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_at_checkpoint(cfg, tmp_path / "cfg.yaml", tmp_path / "killed", 4)
     done = sorted(
         int(p.name) for p in (tmp_path / "killed/checkpoints").iterdir() if p.name.isdigit()
     )
