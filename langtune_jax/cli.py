@@ -289,7 +289,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             if data["weights"]:
                 print(f"wrote {plot_weight_segments(data['weights'], out / 'weights.png')}")
     elif args.command == "generate":
-        from langtune_jax.train.generate import generate_run
+        from langtune_jax.train.runs import generate_run
 
         generate_run(
             Path(args.run_dir),

@@ -1,7 +1,7 @@
 """Typed run configuration: YAML in, validated dataclasses out, before any work starts.
 
 A run config is a tree of small dataclasses, one per concern, each owned by the module that reads it
-(``LoraConfig`` lives in ``peft/lora.py``, ``SamplingConfig`` in ``data/sampling.py`` ...). This file
+(``LoraConfig`` lives in ``peft/lora/config.py``, ``SamplingConfig`` in ``data/sampling.py`` ...). This file
 only composes them into :class:`RunConfig` and converts plain YAML data into that tree, generically,
 from the type hints:
 

@@ -23,8 +23,10 @@ Usage::
         --seeds 0 --steps 50                              # a quick look
     python scripts/bench_balance.py --strategies dynamic --set sampling.update_every=50
 
-``--strategies`` takes any ``sampling.strategy`` name (``temperature`` uses ``--set``-able
-``sampling.alpha``, 0.3 by default); ``--set key=value`` is passed to every langtune_jax run.
+``--strategies`` takes any ``sampling.strategy`` name, optionally with options after a colon, ``/``
+between them: ``temperature:alpha=0.5``, ``dynamic:dynamic.signal=eval/eval.split=validation``
+(a key without a section is a ``sampling`` key); ``--peft-strategies`` takes the static ones with
+their ``language_weights`` options. ``--set key=value`` is passed to every langtune_jax run.
 Results go to ``--out`` (JSON, one record per run, appended as runs finish, so an interrupted
 benchmark keeps what it measured; runs already in the file are not repeated).
 """
@@ -84,12 +86,29 @@ def read_split(data: Path, split: str) -> list[dict]:
 # ----------------------------------------------------------------------------- langtune_jax
 
 
-def run_ours(args, strategy: str, seed: int, model: Path, data: Path, work: Path) -> dict:
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``temperature:alpha=0.5/max_epochs=8`` -> ("temperature", {"alpha": "0.5", ...}).
+
+    A key without a section (``alpha``, ``dynamic.signal``) is a ``sampling`` key; a key that
+    starts with another section (``eval.split``) is used as written.
+    """
+    name, _, rest = spec.partition(":")
+    options = dict(kv.split("=", 1) for kv in rest.split("/") if kv)
+    return name, options
+
+
+def override_key(key: str) -> str:
+    sections = ("run.", "model.", "peft.", "data.", "sampling.", "train.", "eval.", "mesh.")
+    return key if key.startswith(sections) else f"sampling.{key}"
+
+
+def run_ours(args, spec: str, seed: int, model: Path, data: Path, work: Path) -> dict:
     """One langtune_jax run through the library entry point (what ``langtune train`` does)."""
     from langtune_jax.config import RunConfig, apply_overrides, from_dict
     from langtune_jax.train import train
 
-    name = f"{strategy}_s{seed}"
+    strategy, options = parse_spec(spec)
+    name = f"{spec}_s{seed}".replace(":", "_").replace("/", "_").replace("=", "")
     cfg = {
         "run": {"name": name, "seed": seed, "output_dir": str(work)},
         "model": {"name_or_path": str(model), "task": "sequence-classification"},
@@ -108,7 +127,8 @@ def run_ours(args, strategy: str, seed: int, model: Path, data: Path, work: Path
         },
         "eval": {"split": "test", "final_splits": [], "batch_size": 128, "metric": "macro_f1"},
     }
-    config = from_dict(RunConfig, apply_overrides(cfg, args.set))
+    overrides = [f"{override_key(k)}={v}" for k, v in options.items()] + args.set
+    config = from_dict(RunConfig, apply_overrides(cfg, overrides))
     run_dir = work / name
     if run_dir.exists():
         import shutil
@@ -133,7 +153,7 @@ def lora_options(args) -> dict:
 # ----------------------------------------------------------------------------- PEFT + torch
 
 
-def run_peft(args, strategy: str, seed: int, model_dir: Path, data: Path, work: Path) -> dict:
+def run_peft(args, spec: str, seed: int, model_dir: Path, data: Path, work: Path) -> dict:
     """The same recipe with PEFT + transformers.Trainer's optimizer/scheduler + WeightedRandomSampler."""
     import peft
     import torch
@@ -162,9 +182,11 @@ def run_peft(args, strategy: str, seed: int, model_dir: Path, data: Path, work: 
     ids, mask, y = encode(train_rows)
     langs = [r["language"] for r in train_rows]
     counts = {lang: langs.count(lang) for lang in dict.fromkeys(langs)}
-    probs = language_weights(
-        counts, strategy, **({"alpha": 0.3} if strategy == "temperature" else {})
-    )
+    strategy, options = parse_spec(spec)
+    options = {k: float(v) for k, v in options.items()}
+    if strategy == "unimax":  # ours sets the budget to the run's examples; so does this side
+        options.setdefault("budget", float(args.steps * args.batch_size))
+    probs = language_weights(counts, strategy, **options)
     weights = torch.tensor([probs[lang] / counts[lang] for lang in langs], dtype=torch.double)
     gen = torch.Generator().manual_seed(seed)
     total = args.steps * args.batch_size

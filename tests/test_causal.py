@@ -5,7 +5,7 @@
 * loss mask: prompt tokens contribute nothing to the loss or the gradients;
 * a short ``train`` run of ``configs/demo_causal.yaml`` writes per-language perplexity reports
   that match transformers + peft in PyTorch on the exported adapter;
-* generation: greedy tokens of ``langtune_jax.train.generate`` equal transformers' ``generate``
+* generation: greedy tokens of ``langtune_jax.models.llama.generate`` equal transformers' ``generate``
   with the exported PEFT adapter.
 """
 
@@ -25,8 +25,9 @@ from flax import nnx
 from langtune_jax.config import load_config
 from langtune_jax.data.features import IGNORE, collate, pack, tokenize
 from langtune_jax.models import from_pretrained
+from langtune_jax.models.llama.generate import encode_prompts
 from langtune_jax.train import task_loss, train
-from langtune_jax.train.generate import encode_prompts, generate_run
+from langtune_jax.train.runs import generate_run
 from langtune_jax.train.step import _forward
 from tests.conftest import load_script
 

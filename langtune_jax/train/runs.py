@@ -1,4 +1,4 @@
-"""Reopening a finished run folder: ``langtune eval``, ``langtune export`` and the adapter export.
+"""Reopening a finished run folder: ``langtune eval``, ``langtune export``, ``langtune generate``.
 
 :func:`load_run` rebuilds the session from ``config.yaml`` and restores the newest checkpoint.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from langtune_jax import peft as peft_lib
 from langtune_jax.config import ConfigError, RunConfig, from_dict
 from langtune_jax.eval.report import REPORT_FILE
 from langtune_jax.models.hub import make_readable
+from langtune_jax.models.llama.generate import Completion, generate_completions
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.optim import make_optimizer
 from langtune_jax.train.session import Session, build_session, evaluate
@@ -210,3 +212,80 @@ def export_run(
             make_readable(out)
     print(f"exported {run_dir} as {fmt} to {out}")
     return out
+
+
+def generate_run(
+    run_dir: str | Path,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    languages: Sequence[str] | None = None,
+    verbose: bool = True,
+) -> list[Completion]:
+    """``langtune generate``: complete prompts with a trained causal-LM run (newest checkpoint).
+
+    Args:
+      run_dir: the run folder (``config.yaml`` + ``checkpoints/``).
+      prompts, max_new_tokens, temperature, top_p, seed: see :func:`generate_completions`.
+      languages: for runs with per-language adapters, the language of the prompts: one name for
+        all of them or one per prompt; each prompt then runs through its language's adapter
+        (with the run's fallbacks), as in training.
+      verbose: print each prompt and its completion.
+
+    Returns:
+      One :class:`Completion` per prompt.
+    """
+    cfg, session = load_run(Path(run_dir))
+    if cfg.model.task != "causal-lm":
+        raise ValueError(
+            f"{run_dir} was trained with model.task={cfg.model.task}; generation needs causal-lm"
+        )
+    chat = any(s.messages_column for s in cfg.data.sources)
+    language_id = _language_ids(session, prompts, languages, run_dir)
+    completions = generate_completions(
+        session.split.merge(),
+        session.tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        chat=chat,
+        routing=session.routing if language_id is not None else None,
+        language_id=language_id,
+    )
+    if verbose and jax.process_index() == 0:
+        for c in completions:
+            print(f">>> {c.prompt}\n{c.text}\n")
+    return completions
+
+
+def _language_ids(session, prompts, languages, run_dir) -> list[int] | None:
+    """Data-pipeline language ids of the prompts, or None for a run without language adapters."""
+    known = list(session.dataset.languages)
+    if session.routing is None:
+        if languages:
+            raise ValueError(
+                f"{run_dir} has no per-language adapters, so --language has no effect; drop it"
+            )
+        return None
+    if not languages:
+        raise ValueError(
+            f"{run_dir} has per-language adapters: give the prompts' language with --language "
+            f"(once for all prompts or once per prompt; one of {', '.join(known)})"
+        )
+    names = list(languages) * len(prompts) if len(languages) == 1 else list(languages)
+    if len(names) != len(prompts):
+        raise ValueError(
+            f"got {len(languages)} --language values for {len(prompts)} prompts: give one for "
+            "all prompts or one per prompt"
+        )
+    unknown = sorted({n for n in names if n not in known})
+    if unknown:
+        raise ValueError(
+            f"language(s) {', '.join(unknown)} not in the run's data (languages: {', '.join(known)})"
+        )
+    return [known.index(n) for n in names]

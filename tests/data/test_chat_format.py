@@ -9,7 +9,7 @@ import pytest
 
 from langtune_jax.data import IGNORE, DataConfig, DataPipeline, SamplingConfig, SourceConfig
 from langtune_jax.data.features import tokenize
-from langtune_jax.train.generate import encode_prompts
+from langtune_jax.models.llama.generate import encode_prompts
 
 TEMPLATE = (
     "{% for m in messages %}[{{ m.role }}] {{ m.content }} {% endfor %}"

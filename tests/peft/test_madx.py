@@ -11,7 +11,6 @@ import pytest
 from flax import nnx
 
 from langtune_jax.peft import targets
-from langtune_jax.peft.adapter_io import read_folder
 from langtune_jax.peft.adapters import (
     AdapterConfig,
     AdapterWrapper,
@@ -26,6 +25,7 @@ from langtune_jax.peft.adapters import (
     save_language_library,
     with_routing,
 )
+from langtune_jax.peft.adapters.io import read_folder
 from tests.peft.test_adapters import LANGS, batch, make_model, randomize_up, routed
 
 M_LANG, M_TASK = 6, 4

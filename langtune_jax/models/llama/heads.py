@@ -7,14 +7,15 @@ Face checkpoints (``lm_head``, absent when tied, or ``score``).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from langtune_jax.models.common import EMBED, VOCAB, ModelOutput
-from langtune_jax.models.llama_config import _ARCH, LlamaConfig
-from langtune_jax.models.llama_decoder import LlamaModel, _linear
+from langtune_jax.models.llama.config import ARCH, LlamaConfig
+from langtune_jax.models.llama.modeling import LlamaModel, linear
 
 Array = jax.Array
 
@@ -32,13 +33,13 @@ class LlamaForCausalLM(nnx.Module):
     @property
     def hf_architecture(self) -> str:
         """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
-        return _ARCH[self.config.model_type] + "ForCausalLM"
+        return ARCH[self.config.model_type] + "ForCausalLM"
 
     def __init__(self, cfg: LlamaConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = cfg
         self.model = LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if not cfg.tie_word_embeddings:
-            self.lm_head = _linear(
+            self.lm_head = linear(
                 cfg,
                 cfg.hidden_size,
                 cfg.vocab_size,
@@ -81,12 +82,12 @@ class LlamaForSequenceClassification(nnx.Module):
     @property
     def hf_architecture(self) -> str:
         """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
-        return _ARCH[self.config.model_type] + "ForSequenceClassification"
+        return ARCH[self.config.model_type] + "ForSequenceClassification"
 
     def __init__(self, cfg: LlamaConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = cfg
         self.model = LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.score = _linear(
+        self.score = linear(
             cfg,
             cfg.hidden_size,
             cfg.num_labels,
@@ -128,13 +129,13 @@ class LlamaForTokenClassification(nnx.Module):
     @property
     def hf_architecture(self) -> str:
         """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
-        return _ARCH[self.config.model_type] + "ForTokenClassification"
+        return ARCH[self.config.model_type] + "ForTokenClassification"
 
     def __init__(self, cfg: LlamaConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = cfg
         self.model = LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.classifier_dropout, rngs=rngs)
-        self.score = _linear(
+        self.score = linear(
             cfg,
             cfg.hidden_size,
             cfg.num_labels,
@@ -156,3 +157,38 @@ class LlamaForTokenClassification(nnx.Module):
         )
         logits = self.score(self.dropout(out.last_hidden_state))  # [B, T, num_labels]
         return dataclasses.replace(out, logits=logits)
+
+
+TASKS = (None, "causal-lm", "sequence-classification", "token-classification")
+
+
+def from_hf_config(
+    hf_config: dict[str, Any],
+    task: str | None,
+    *,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+    num_labels: int | None = None,
+) -> nnx.Module:
+    """Builds the randomly initialised model for a Hugging Face ``config.json`` dict and ``task``.
+
+    ``task``: ``None`` (bare :class:`LlamaModel`), ``"causal-lm"``, ``"sequence-classification"``
+    or ``"token-classification"`` (``num_labels`` overrides the config's ``id2label``).
+    ``langtune_jax.models.hub`` loads the weights.
+    """
+    if task not in TASKS:
+        supported = ", ".join(repr(t) for t in TASKS)
+        raise ValueError(f"task={task!r} is not available for Llama-family models; use {supported}")
+    cfg = LlamaConfig.from_hf(hf_config)
+    if task in ("sequence-classification", "token-classification") and num_labels is not None:
+        if cfg.num_labels != num_labels or cfg.id2label is None:
+            labels = {str(i): f"LABEL_{i}" for i in range(num_labels)}
+            cfg = dataclasses.replace(cfg, id2label=labels)
+    cls = {
+        None: LlamaModel,
+        "causal-lm": LlamaForCausalLM,
+        "sequence-classification": LlamaForSequenceClassification,
+        "token-classification": LlamaForTokenClassification,
+    }[task]
+    return cls(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from langtune_jax.peft.adapter_config import AdapterConfig, count_adapter_params
+from langtune_jax.peft.adapters.config import AdapterConfig, count_adapter_params
 
 #: File names of an adapter-only checkpoint folder.
 CONFIG_FILE = "adapters_config.json"

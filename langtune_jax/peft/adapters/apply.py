@@ -1,84 +1,4 @@
-"""Bottleneck adapters and per-language (MAD-X style) adapters, wired into the forward pass.
-
-A bottleneck adapter (Houlsby et al., 2019) is a small residual MLP on a sub-layer's output ``y``:
-``adapter(y) = y + s * up(f(down(y)))`` with ``down: [D, m]``, ``up: [m, D]``, ``m << D``. With the
-up-projection initialised to zero it is the identity, so the adapted model starts equal to the base.
-
-Tree surgery
-------------
-``apply_adapters`` replaces the sub-module that produces the adapted output by an ``AdapterWrapper``
-that *holds* it and calls it, so the adapter is on the computation path by construction (the
-wrapper's ``__call__`` is the only way the model reaches the original layer). For a BERT layer with
-``placement="houlsby"``::
-
-    encoder.layer.3                              encoder.layer.3
-    ├── attention.output                         ├── attention.output
-    │   ├── dense: Linear                ──►     │   ├── dense: AdapterWrapper  adapter(dense(h))
-    │   └── LayerNorm                            │   │   ├── base_layer: Linear        (frozen)
-    ├── intermediate.dense                       │   │   └── adapter: BottleneckAdapter
-    └── output                                   │   │       ├── down_kernel: AdapterParam [D, m]
-        ├── dense: Linear                        │   │       ├── down_bias:   AdapterParam [m]
-        └── LayerNorm                            │   │       ├── up_kernel:   AdapterParam [m, D]
-                                                 │   │       └── up_bias:     AdapterParam [D]
-                                                 │   └── LayerNorm
-                                                 └── output.dense: AdapterWrapper (as above)
-
-Placements (``AdapterConfig.placement``), per adapted layer:
-
-========  =====================================================================================
-pfeiffer  one adapter after the feed-forward block (Pfeiffer et al., 2020/2021; the MAD-X site):
-          BERT ``output.dense``, Llama ``mlp.down_proj``
-houlsby   two: after attention and after the feed-forward block (Houlsby et al., 2019): BERT
-          ``attention.output.dense`` + ``output.dense``; Llama ``self_attn.o_proj`` +
-          ``mlp.down_proj``
-parallel  one adapter reading the feed-forward *input* and adding to its output (He et al., 2022):
-          Llama ``mlp(x) + s * adapter(x)``; BERT ``LayerNorm(ffn(x) + x + s * adapter(x))``
-========  =====================================================================================
-
-Serial adapters sit on the projection output *before* the residual add (and, for BERT, before the
-residual LayerNorm), as in Houlsby's design; BERT's hidden dropout follows the adapter instead of
-preceding it. The ``adapters`` library's Pfeiffer config additionally re-uses the layer's LayerNorm
-around the adapter; we keep the simpler Houlsby-style position for both (same parameter count).
-
-Per-language adapters
----------------------
-With ``languages=[...]`` every adapted site holds a *stack* of language adapters (``[L, D, m]`` ...,
-row ``i`` = ``languages[i]``) plus, with ``shared_task_adapter``, a shared task adapter applied after
-it (MAD-X: ``task(lang(y))``; parallel placement sums both branches). Each example picks its row by
-a ``[B]`` int array: the wrapper gathers the rows (``jnp.take``) and applies them with a batched
-``einsum``. One compiled program serves any mix of languages; row ``-1`` means "no language
-adapter" (only the shared adapter, or the base model when there is none).
-
-The rows reach the wrappers through a context, not through the model's call signature, so the models
-need no ``language_id`` argument::
-
-    @nnx.jit
-    def forward(model, batch):
-        with with_routing(model, batch["language_id"], table=rows):   # rows: language_rows(...)
-            return model(batch["input_ids"], batch["attention_mask"]).logits
-
-Open it *inside* the traced function, with the ids a traced argument (a concrete array would be
-frozen into the compiled program; the wrapper refuses that case). Nothing is stored on the model, so
-``nnx.split`` / checkpoints never see the routing. :func:`language_rows` maps language names to rows
-and implements the evaluation fallback for languages without their own adapter (``fallback`` names
-one, else ``default_fallback``: ``"shared"`` or a language).
-
-Trainable set: ``AdapterParam`` plus the ``nnx.Param``s of ``modules_to_save`` (the task head by
-default): :func:`adapter_trainable_filter`. LoRA composes: ``apply_lora`` then ``apply_adapters``
-keeps LoRA's paths PEFT-exact (recommended); the reverse order gives the same function, but LoRA on a
-layer the adapters already wrap must then name its ``base_layer`` path.
-
-Modules: ``adapter_config`` (``AdapterConfig``), ``bottleneck`` (the adapter modules and the
-trainable filter), ``routing`` (``with_routing``, ``language_rows``); this module does the tree
-surgery and the adapter-only checkpoints. Every name stays importable from here.
-
-References:
-  Houlsby et al., "Parameter-Efficient Transfer Learning for NLP", ICML 2019, arXiv:1902.00751.
-  Pfeiffer et al., "MAD-X: An Adapter-Based Framework for Multi-Task Cross-Lingual Transfer",
-  EMNLP 2020, arXiv:2005.00052; "AdapterFusion", EACL 2021, arXiv:2005.00247.
-  He et al., "Towards a Unified View of Parameter-Efficient Transfer Learning", ICLR 2022,
-  arXiv:2110.04366.
-"""
+"""Bottleneck adapters on a model: apply, remove, save and load them (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -94,32 +14,25 @@ import numpy as np
 from flax import nnx
 
 from langtune_jax.peft import targets as _targets
-from langtune_jax.peft.adapter_config import (  # noqa: F401
-    _PLACEMENT_SITES,
-    DEFAULT_REDUCTION_FACTOR,
+from langtune_jax.peft.adapters.config import (
     LIBRARY_FILE,
+    PLACEMENT_SITES,
     AdapterConfig,
-    count_adapter_params,
     get_adapter_config,
-    has_language_adapters,
 )
-from langtune_jax.peft.adapter_io import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder
-from langtune_jax.peft.bottleneck import (  # noqa: F401
-    AdapterParam,
+from langtune_jax.peft.adapters.io import CONFIG_FILE, WEIGHTS_FILE, read_folder, write_folder
+from langtune_jax.peft.adapters.layer import (
     AdapterWrapper,
     BottleneckAdapter,
     LanguageAdapterParam,
-    _trainable_variables,
-    adapter_summary,
-    adapter_trainable_filter,
+    trainable_variables,
 )
-from langtune_jax.peft.language_library import (
+from langtune_jax.peft.adapters.library import (
     ADAPTER_WEIGHTS,
     LIBRARY_FORMAT,
     library_stack,
     single_language_config,
 )
-from langtune_jax.peft.routing import language_rows, with_routing  # noqa: F401
 
 # Adapted sites per model family, relative to one layer: (path, mode). Modes:
 #   serial             y = base(...); y + adapter(y)
@@ -251,7 +164,7 @@ def apply_adapters(
     sites = [
         (f"{layer_paths[i]}.{_SITES[family][site][0]}", _SITES[family][site][1])
         for i in config.layer_indices(len(layer_paths))
-        for site in _PLACEMENT_SITES[config.placement]
+        for site in PLACEMENT_SITES[config.placement]
     ]
     stack = None
     if config.language_adapters is not None:
@@ -329,7 +242,7 @@ def save_adapters(model: nnx.Module, folder: str | Path) -> Path:
     """
     config = get_adapter_config(model)
     _, layer_paths = _find_layers(model)
-    tensors = {key: host_array(var[...]) for key, var in _trainable_variables(model).items()}
+    tensors = {key: host_array(var[...]) for key, var in trainable_variables(model).items()}
     folder = Path(folder)
     if jax.process_index() == 0:
         write_folder(
@@ -367,7 +280,7 @@ def load_adapters(model: nnx.Module, folder: str | Path, *, rngs: nnx.Rngs | Non
             )
     else:
         apply_adapters(model, saved, rngs=rngs)
-    variables = _trainable_variables(model)
+    variables = trainable_variables(model)
     missing = sorted(set(variables) - set(tensors))
     unexpected = sorted(set(tensors) - set(variables))
     if missing or unexpected:

@@ -1,8 +1,8 @@
 """BERT-family encoder layers: embeddings, self-attention, feed-forward, pooler, ``BertModel``.
 
 Attribute paths mirror the Hugging Face state-dict keys (see :mod:`langtune_jax.models.bert`). Also
-holds the initialiser helpers (``_linear``, ``_layer_norm``) and the ``_Block`` base the task heads
-in :mod:`langtune_jax.models.bert_heads` reuse.
+holds the initialiser helpers (``linear``, ``layer_norm``) and the ``Block`` base the task heads
+in :mod:`langtune_jax.models.bert.heads` reuse.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from langtune_jax.models.bert_config import _ACTIVATIONS, BertConfig
+from langtune_jax.models.bert.config import ACTIVATIONS, BertConfig
 from langtune_jax.models.common import (
     BATCH,
     EMBED,
@@ -36,7 +36,7 @@ def _normal(cfg: BertConfig, *names: str | None):
     return with_axes(nnx.initializers.normal(cfg.initializer_range), *names)
 
 
-def _linear(cfg, d_in, d_out, axes, *, dtype, param_dtype, rngs) -> nnx.Linear:
+def linear(cfg, d_in, d_out, axes, *, dtype, param_dtype, rngs) -> nnx.Linear:
     """An ``nnx.Linear`` initialised like HF (normal(initializer_range), zero bias) with axes."""
     return nnx.Linear(
         d_in,
@@ -49,7 +49,7 @@ def _linear(cfg, d_in, d_out, axes, *, dtype, param_dtype, rngs) -> nnx.Linear:
     )
 
 
-def _layer_norm(cfg, *, param_dtype, rngs) -> nnx.LayerNorm:
+def layer_norm(cfg, *, param_dtype, rngs) -> nnx.LayerNorm:
     # dtype=float32: statistics and output in float32 whatever the compute dtype.
     return nnx.LayerNorm(
         cfg.hidden_size,
@@ -62,7 +62,7 @@ def _layer_norm(cfg, *, param_dtype, rngs) -> nnx.LayerNorm:
     )
 
 
-class _Block(nnx.Module):
+class Block(nnx.Module):
     """Base for the sub-layers: remembers the compute dtype."""
 
     def _init(self, cfg, dtype, param_dtype):
@@ -72,7 +72,7 @@ class _Block(nnx.Module):
         return norm(x).astype(self.dtype)
 
 
-class BertEmbeddings(_Block):
+class BertEmbeddings(Block):
     """Word + position + token-type embeddings, LayerNorm, dropout."""
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -89,7 +89,7 @@ class BertEmbeddings(_Block):
         self.token_type_embeddings = nnx.Embed(
             cfg.type_vocab_size, d, embedding_init=_normal(cfg, None, EMBED), **kw
         )
-        self.LayerNorm = _layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.LayerNorm = layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
     def position_ids(self, input_ids: Array, segment_ids: Array | None = None) -> Array:
@@ -126,7 +126,7 @@ class BertEmbeddings(_Block):
         return self.dropout(self._norm(self.LayerNorm, x))
 
 
-class BertSelfAttention(_Block):
+class BertSelfAttention(Block):
     """Multi-head self-attention: ``query``/``key``/``value`` projections, masked softmax."""
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -135,9 +135,9 @@ class BertSelfAttention(_Block):
         self.num_heads = cfg.num_attention_heads
         self.head_dim = d // cfg.num_attention_heads
         kw = dict(dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
-        self.query = _linear(cfg, d, d, (EMBED, HEADS), **kw)
-        self.key = _linear(cfg, d, d, (EMBED, HEADS), **kw)
-        self.value = _linear(cfg, d, d, (EMBED, HEADS), **kw)
+        self.query = linear(cfg, d, d, (EMBED, HEADS), **kw)
+        self.key = linear(cfg, d, d, (EMBED, HEADS), **kw)
+        self.value = linear(cfg, d, d, (EMBED, HEADS), **kw)
         self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
 
     def __call__(self, x: Array, keep: Array | None) -> Array:
@@ -150,16 +150,16 @@ class BertSelfAttention(_Block):
         return out.reshape(b, t, -1)
 
 
-class BertSelfOutput(_Block):
+class BertSelfOutput(Block):
     """Attention output projection + dropout + residual LayerNorm."""
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self._init(cfg, dtype, param_dtype)
         d = cfg.hidden_size
-        self.dense = _linear(
+        self.dense = linear(
             cfg, d, d, (HEADS, EMBED), dtype=self.dtype, param_dtype=param_dtype, rngs=rngs
         )
-        self.LayerNorm = _layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.LayerNorm = layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
     def __call__(self, h: Array, residual: Array) -> Array:
@@ -178,31 +178,31 @@ class BertAttention(nnx.Module):
         return self.output(self.self(x, keep), x)
 
 
-class BertIntermediate(_Block):
+class BertIntermediate(Block):
     """Feed-forward up-projection and activation."""
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self._init(cfg, dtype, param_dtype)
-        self.dense = _linear(
+        self.dense = linear(
             cfg, cfg.hidden_size, cfg.intermediate_size, (EMBED, MLP),
             dtype=self.dtype, param_dtype=param_dtype, rngs=rngs,
         )  # fmt: skip
-        self.act = _ACTIVATIONS[cfg.hidden_act]
+        self.act = ACTIVATIONS[cfg.hidden_act]
 
     def __call__(self, x: Array) -> Array:
         return self.act(self.dense(x))  # [B, T, F]
 
 
-class BertOutput(_Block):
+class BertOutput(Block):
     """Feed-forward down-projection + dropout + residual LayerNorm."""
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self._init(cfg, dtype, param_dtype)
-        self.dense = _linear(
+        self.dense = linear(
             cfg, cfg.intermediate_size, cfg.hidden_size, (MLP, EMBED),
             dtype=self.dtype, param_dtype=param_dtype, rngs=rngs,
         )  # fmt: skip
-        self.LayerNorm = _layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.LayerNorm = layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
     def __call__(self, h: Array, residual: Array) -> Array:
@@ -250,14 +250,14 @@ class BertEncoder(nnx.Module):
         return x, (tuple(hidden) if hidden is not None else None)
 
 
-class BertPooler(_Block):
+class BertPooler(Block):
     """``tanh(dense(first))`` over the first-token states (``[B, D]``, or ``[B, S, D]`` for the
     segments of packed rows): the [CLS] summary BERT classifies."""
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self._init(cfg, dtype, param_dtype)
         d = cfg.hidden_size
-        self.dense = _linear(
+        self.dense = linear(
             cfg, d, d, (EMBED, None), dtype=self.dtype, param_dtype=param_dtype, rngs=rngs
         )
 

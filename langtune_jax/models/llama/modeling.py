@@ -1,8 +1,8 @@
 """Llama-family decoder: masks and positions, rope, the KV cache, the layers and ``LlamaModel``.
 
 The mask, position, cache and dtype conventions are described in :mod:`langtune_jax.models.llama`;
-the task heads over :class:`LlamaModel` are in :mod:`langtune_jax.models.llama_heads` and decoding
-in :mod:`langtune_jax.models.llama_generate`.
+the task heads over :class:`LlamaModel` are in :mod:`langtune_jax.models.llama.heads` and decoding
+in :mod:`langtune_jax.models.llama.generate`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from langtune_jax.models.common import (
     remat_layer,
     with_axes,
 )
-from langtune_jax.models.llama_config import _ARCH, LlamaConfig
+from langtune_jax.models.llama.config import ARCH, LlamaConfig
 
 Array = jax.Array
 
@@ -139,7 +139,7 @@ class RMSNorm(nnx.RMSNorm):
         return self.scale[...].astype(dtype) * y.astype(dtype)
 
 
-def _linear(cfg, d_in, d_out, axes, bias, *, dtype, param_dtype, rngs) -> nnx.Linear:
+def linear(cfg, d_in, d_out, axes, bias, *, dtype, param_dtype, rngs) -> nnx.Linear:
     init = nnx.initializers.normal(cfg.initializer_range)
     return nnx.Linear(
         d_in,
@@ -164,10 +164,10 @@ class LlamaAttention(nnx.Module):
             cfg.head_dim,
         )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.q_proj = _linear(cfg, d, h * hd, (EMBED, HEADS), cfg.qkv_bias, **kw)
-        self.k_proj = _linear(cfg, d, kv * hd, (EMBED, KV_HEADS), cfg.qkv_bias, **kw)
-        self.v_proj = _linear(cfg, d, kv * hd, (EMBED, KV_HEADS), cfg.qkv_bias, **kw)
-        self.o_proj = _linear(cfg, h * hd, d, (HEADS, EMBED), cfg.o_bias, **kw)
+        self.q_proj = linear(cfg, d, h * hd, (EMBED, HEADS), cfg.qkv_bias, **kw)
+        self.k_proj = linear(cfg, d, kv * hd, (EMBED, KV_HEADS), cfg.qkv_bias, **kw)
+        self.v_proj = linear(cfg, d, kv * hd, (EMBED, KV_HEADS), cfg.qkv_bias, **kw)
+        self.o_proj = linear(cfg, h * hd, d, (HEADS, EMBED), cfg.o_bias, **kw)
         if cfg.qk_norm:
             norm = dict(epsilon=cfg.rms_norm_eps, scale_init=with_axes(nnx.initializers.ones, None))
             self.q_norm = RMSNorm(hd, **norm, **kw)
@@ -213,9 +213,9 @@ class LlamaMLP(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         d, m = cfg.hidden_size, cfg.intermediate_size
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.gate_proj = _linear(cfg, d, m, (EMBED, MLP), cfg.mlp_bias, **kw)
-        self.up_proj = _linear(cfg, d, m, (EMBED, MLP), cfg.mlp_bias, **kw)
-        self.down_proj = _linear(cfg, m, d, (MLP, EMBED), cfg.mlp_bias, **kw)
+        self.gate_proj = linear(cfg, d, m, (EMBED, MLP), cfg.mlp_bias, **kw)
+        self.up_proj = linear(cfg, d, m, (EMBED, MLP), cfg.mlp_bias, **kw)
+        self.down_proj = linear(cfg, m, d, (MLP, EMBED), cfg.mlp_bias, **kw)
 
     def __call__(self, x: Array) -> Array:
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))  # [B, T, D]
@@ -256,7 +256,7 @@ class LlamaModel(nnx.Module):
     @property
     def hf_architecture(self) -> str:
         """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
-        return _ARCH[self.config.model_type] + "Model"
+        return ARCH[self.config.model_type] + "Model"
 
     def __init__(self, cfg: LlamaConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)

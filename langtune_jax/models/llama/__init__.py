@@ -36,22 +36,31 @@ sized for prompt plus new tokens (slots past its end are clamped inside jit); th
 dropout (``attention_dropout``, 0 in every released checkpoint, is not read); rope types other than
 ``default``, ``linear`` and ``llama3`` are rejected when the config is read.
 
-Layout (lowest first): ``llama_config`` (:class:`LlamaConfig`), ``llama_decoder`` (masks, rope, the
-KV cache and :class:`LlamaModel`), ``llama_heads`` (task models), ``llama_generate``
-(:func:`generate`). This module builds a model for a task with :func:`from_hf_config` and
-re-exports the public names of the four.
+Package layout (lowest first): ``config`` (:class:`LlamaConfig`), ``modeling`` (masks, rope, the
+KV cache and :class:`LlamaModel`), ``heads`` (the task models and :func:`from_hf_config`, which
+builds the model for a task), ``generate`` (:func:`generate`, KV-cache decoding, and
+:func:`generate_completions`, text in, text out). This ``__init__`` is the package's public surface.
 """
 
-from __future__ import annotations
-
-import dataclasses
-from typing import Any
-
-import jax.numpy as jnp
-from flax import nnx
-
-from langtune_jax.models.llama_config import MODEL_TYPES, LayerType, LlamaConfig  # noqa: F401
-from langtune_jax.models.llama_decoder import (  # noqa: F401
+from langtune_jax.models.llama.config import (
+    MODEL_TYPES,
+    LayerType,
+    LlamaConfig,
+)
+from langtune_jax.models.llama.generate import (
+    Completion,
+    encode_prompts,
+    generate,
+    generate_completions,
+)
+from langtune_jax.models.llama.heads import (
+    TASKS,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    LlamaForTokenClassification,
+    from_hf_config,
+)
+from langtune_jax.models.llama.modeling import (
     KVCache,
     LlamaAttention,
     LlamaDecoderLayer,
@@ -62,43 +71,27 @@ from langtune_jax.models.llama_decoder import (  # noqa: F401
     positions_from_mask,
     rope_inv_freq,
 )
-from langtune_jax.models.llama_generate import generate  # noqa: F401
-from langtune_jax.models.llama_heads import (  # noqa: F401
-    LlamaForCausalLM,
-    LlamaForSequenceClassification,
-    LlamaForTokenClassification,
-)
 
-TASKS = (None, "causal-lm", "sequence-classification", "token-classification")
-
-
-def from_hf_config(
-    hf_config: dict[str, Any],
-    task: str | None,
-    *,
-    dtype: Any = None,
-    param_dtype: Any = jnp.float32,
-    rngs: nnx.Rngs,
-    num_labels: int | None = None,
-) -> nnx.Module:
-    """Builds the randomly initialised model for a Hugging Face ``config.json`` dict and ``task``.
-
-    ``task``: ``None`` (bare :class:`LlamaModel`), ``"causal-lm"``, ``"sequence-classification"``
-    or ``"token-classification"`` (``num_labels`` overrides the config's ``id2label``).
-    ``langtune_jax.models.hub`` loads the weights.
-    """
-    if task not in TASKS:
-        supported = ", ".join(repr(t) for t in TASKS)
-        raise ValueError(f"task={task!r} is not available for Llama-family models; use {supported}")
-    cfg = LlamaConfig.from_hf(hf_config)
-    if task in ("sequence-classification", "token-classification") and num_labels is not None:
-        if cfg.num_labels != num_labels or cfg.id2label is None:
-            labels = {str(i): f"LABEL_{i}" for i in range(num_labels)}
-            cfg = dataclasses.replace(cfg, id2label=labels)
-    cls = {
-        None: LlamaModel,
-        "causal-lm": LlamaForCausalLM,
-        "sequence-classification": LlamaForSequenceClassification,
-        "token-classification": LlamaForTokenClassification,
-    }[task]
-    return cls(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+__all__ = [
+    "KVCache",
+    "LayerType",
+    "LlamaAttention",
+    "LlamaConfig",
+    "LlamaDecoderLayer",
+    "LlamaForCausalLM",
+    "LlamaForSequenceClassification",
+    "LlamaForTokenClassification",
+    "LlamaMLP",
+    "LlamaModel",
+    "MODEL_TYPES",
+    "RMSNorm",
+    "TASKS",
+    "from_hf_config",
+    "Completion",
+    "encode_prompts",
+    "generate",
+    "generate_completions",
+    "init_cache",
+    "positions_from_mask",
+    "rope_inv_freq",
+]

@@ -25,8 +25,8 @@ import dataclasses
 
 import numpy as np
 
-from langtune_jax.peft.adapter_config import AdapterConfig
-from langtune_jax.peft.adapter_io import read_folder
+from langtune_jax.peft.adapters.config import AdapterConfig
+from langtune_jax.peft.adapters.io import read_folder
 
 LIBRARY_FORMAT = "langtune_jax.language_adapter_library"
 #: The weights of one bottleneck adapter, as ``BottleneckAdapter`` names them.

@@ -19,7 +19,7 @@ from flax import nnx
 #: Bottleneck reduction when neither ``adapter_size`` nor ``reduction_factor`` is set.
 DEFAULT_REDUCTION_FACTOR = 16.0
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "relu": jax.nn.relu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "swish": jax.nn.silu,
@@ -27,7 +27,7 @@ _ACTIVATIONS = {
 _LAYERS_RE = re.compile(r"^(all|last:(\d+)|every:(\d+))$")
 
 # The sites (``adapters._SITES``) each placement adapts in every adapted layer.
-_PLACEMENT_SITES = {
+PLACEMENT_SITES = {
     "pfeiffer": ("ffn",),
     "houlsby": ("attention", "ffn"),
     "parallel": ("ffn_parallel",),
@@ -91,10 +91,10 @@ class AdapterConfig:
         def bad(field: str, why: str) -> ValueError:
             return ValueError(f"AdapterConfig.{field}={getattr(self, field)!r}: {why}")
 
-        if self.placement not in _PLACEMENT_SITES:
-            raise bad("placement", f"expected one of {sorted(_PLACEMENT_SITES)}")
-        if self.non_linearity not in _ACTIVATIONS:
-            raise bad("non_linearity", f"expected one of {sorted(_ACTIVATIONS)}")
+        if self.placement not in PLACEMENT_SITES:
+            raise bad("placement", f"expected one of {sorted(PLACEMENT_SITES)}")
+        if self.non_linearity not in ACTIVATIONS:
+            raise bad("non_linearity", f"expected one of {sorted(ACTIVATIONS)}")
         if self.init not in ("identity", "bert"):
             raise bad("init", "expected 'identity' or 'bert'")
         if self.adapter_size is not None and self.reduction_factor is not None:
@@ -288,7 +288,7 @@ def has_language_adapters(model: nnx.Module) -> bool:
     return bool(text) and AdapterConfig.from_json(text).languages is not None
 
 
-def _config_of(model_or_config: nnx.Module | AdapterConfig) -> AdapterConfig:
+def config_of(model_or_config: nnx.Module | AdapterConfig) -> AdapterConfig:
     if isinstance(model_or_config, AdapterConfig):
         return model_or_config
     return get_adapter_config(model_or_config)
@@ -304,5 +304,5 @@ def count_adapter_params(config: AdapterConfig, hidden_size: int, num_layers: in
     """
     d, m = hidden_size, config.bottleneck_size(hidden_size)
     per_adapter = 2 * d * m + m + d
-    sites = len(config.layer_indices(num_layers)) * len(_PLACEMENT_SITES[config.placement])
+    sites = len(config.layer_indices(num_layers)) * len(PLACEMENT_SITES[config.placement])
     return sites * config.adapters_per_site * per_adapter

@@ -11,7 +11,7 @@ import json
 from typing import Any, Literal
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-_ARCH = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+ARCH = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 LayerType = Literal["full_attention", "sliding_attention"]
 
 

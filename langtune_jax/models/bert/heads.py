@@ -13,8 +13,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from langtune_jax.models.bert_config import _ACTIVATIONS, BertConfig
-from langtune_jax.models.bert_encoder import BertModel, _Block, _layer_norm, _linear, first_tokens
+from langtune_jax.models.bert.config import ACTIVATIONS, BertConfig
+from langtune_jax.models.bert.modeling import (
+    BertModel,
+    Block,
+    RobertaModel,
+    first_tokens,
+    layer_norm,
+    linear,
+)
 from langtune_jax.models.common import EMBED, VOCAB, ModelOutput, with_axes
 
 Array = jax.Array
@@ -112,7 +119,7 @@ class BertForSequenceClassification(_EncoderTask):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         super().__init__(cfg, True, kw)
         self.dropout = nnx.Dropout(cfg.head_dropout, rngs=rngs)
-        self.classifier = _linear(cfg, cfg.hidden_size, cfg.num_labels, (EMBED, None), **kw)
+        self.classifier = linear(cfg, cfg.hidden_size, cfg.num_labels, (EMBED, None), **kw)
 
     def _head(self, out: ModelOutput, segment_starts: Array | None) -> Array:
         return self.classifier(self.dropout(out.logits))  # pooled [B, (S,) D] -> [B, (S,) C]
@@ -128,21 +135,21 @@ class BertForTokenClassification(_EncoderTask):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         super().__init__(cfg, False, kw)
         self.dropout = nnx.Dropout(cfg.head_dropout, rngs=rngs)
-        self.classifier = _linear(cfg, cfg.hidden_size, cfg.num_labels, (EMBED, None), **kw)
+        self.classifier = linear(cfg, cfg.hidden_size, cfg.num_labels, (EMBED, None), **kw)
 
     def _head(self, out: ModelOutput, segment_starts: Array | None) -> Array:
         return self.classifier(self.dropout(out.last_hidden_state))  # [B, T, C]
 
 
-class BertPredictionHeadTransform(_Block):
+class BertPredictionHeadTransform(Block):
     """``LayerNorm(act(dense(h)))`` before the tied vocabulary projection."""
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self._init(cfg, dtype, param_dtype)
         kw = dict(dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
-        self.dense = _linear(cfg, cfg.hidden_size, cfg.hidden_size, (EMBED, None), **kw)
-        self.LayerNorm = _layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
-        self.act = _ACTIVATIONS[cfg.hidden_act]
+        self.dense = linear(cfg, cfg.hidden_size, cfg.hidden_size, (EMBED, None), **kw)
+        self.LayerNorm = layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.act = ACTIVATIONS[cfg.hidden_act]
 
     def __call__(self, h: Array) -> Array:
         return self._norm(self.LayerNorm, self.act(self.dense(h)))
@@ -182,7 +189,7 @@ class BertForMaskedLM(_EncoderTask):
         return self._tied_logits(pred.transform(out.last_hidden_state), pred.bias)  # [B, T, V]
 
 
-class RobertaClassificationHead(_Block):
+class RobertaClassificationHead(Block):
     """``out_proj(dropout(tanh(dense(dropout(first)))))`` over the ``<s>`` token states
     (``[B, D]``, or ``[B, S, D]`` per packed segment)."""
 
@@ -190,9 +197,9 @@ class RobertaClassificationHead(_Block):
         self._init(cfg, dtype, param_dtype)
         kw = dict(dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
         d = cfg.hidden_size
-        self.dense = _linear(cfg, d, d, (EMBED, None), **kw)
+        self.dense = linear(cfg, d, d, (EMBED, None), **kw)
         self.dropout = nnx.Dropout(cfg.head_dropout, rngs=rngs)
-        self.out_proj = _linear(cfg, d, cfg.num_labels, (None, None), **kw)
+        self.out_proj = linear(cfg, d, cfg.num_labels, (None, None), **kw)
 
     def __call__(self, first: Array) -> Array:
         x = jnp.tanh(self.dense(self.dropout(first)))  # [B, (S,) D]
@@ -221,14 +228,14 @@ class RobertaForTokenClassification(BertForTokenClassification):
     base_model_prefix = "roberta"
 
 
-class RobertaLMHead(_Block):
+class RobertaLMHead(Block):
     """``layer_norm(gelu(dense(h)))`` + tied decoder + ``bias`` (always exact gelu, as HF)."""
 
     def __init__(self, cfg: BertConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self._init(cfg, dtype, param_dtype)
         kw = dict(dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
-        self.dense = _linear(cfg, cfg.hidden_size, cfg.hidden_size, (EMBED, None), **kw)
-        self.layer_norm = _layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
+        self.dense = linear(cfg, cfg.hidden_size, cfg.hidden_size, (EMBED, None), **kw)
+        self.layer_norm = layer_norm(cfg, param_dtype=param_dtype, rngs=rngs)
         self.bias = _vocab_bias(cfg, param_dtype, rngs)
 
     def transform(self, h: Array) -> Array:
@@ -257,3 +264,48 @@ class RobertaForMaskedLM(_EncoderTask):
 XLMRobertaForSequenceClassification = RobertaForSequenceClassification
 XLMRobertaForTokenClassification = RobertaForTokenClassification
 XLMRobertaForMaskedLM = RobertaForMaskedLM
+
+#: Tasks ``from_hf_config`` builds (``None`` is the bare encoder).
+TASKS = (None, "sequence-classification", "token-classification", "masked-lm")
+
+_CLASSES = {
+    False: {
+        None: BertModel,
+        "sequence-classification": BertForSequenceClassification,
+        "token-classification": BertForTokenClassification,
+        "masked-lm": BertForMaskedLM,
+    },
+    True: {
+        None: RobertaModel,
+        "sequence-classification": RobertaForSequenceClassification,
+        "token-classification": RobertaForTokenClassification,
+        "masked-lm": RobertaForMaskedLM,
+    },
+}
+
+
+def from_hf_config(
+    hf_config: dict[str, Any],
+    task: str | None,
+    *,
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+    num_labels: int | None = None,
+) -> nnx.Module:
+    """Build a randomly initialised model for ``task`` from a config.json dict.
+
+    Args:
+      hf_config: the parsed config.json (``model_type`` one of ``MODEL_TYPES``).
+      task: one of ``TASKS`` (``None``: the bare encoder with pooler).
+      dtype: compute dtype (``None``: ``param_dtype``); param_dtype: storage dtype of weights.
+      rngs: ``nnx.Rngs`` with ``params`` (and ``dropout``) streams.
+      num_labels: number of classes of a classification head (default: from the config).
+    """
+    if task not in TASKS:
+        raise ValueError(
+            f"task={task!r} is not supported by BERT-family models; use one of {TASKS}"
+        )
+    cfg = BertConfig.from_hf(hf_config, num_labels=num_labels)
+    cls = _CLASSES[cfg.is_roberta][task]
+    return cls(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -1,64 +1,4 @@
-"""LoRA for any Flax NNX model, with Hugging Face PEFT's options and meanings.
-
-LoRA (Hu et al., 2021) freezes a linear layer ``y = x W + b`` and learns a low-rank update:
-``y = x W + b + dropout(x) A B * scale`` with ``A: [in, r]``, ``B: [r, out]`` and
-``scale = lora_alpha / r`` (or ``lora_alpha / sqrt(r)`` with rsLoRA, Kalajdzievski 2023). ``B``
-starts at zero, so the wrapped model equals the base model exactly until the first update.
-
-Tree surgery
-------------
-``apply_lora`` finds the targets (``langtune_jax.peft.targets``, PEFT's matching rules) and replaces
-each ``nnx.Linear`` in place by a ``LoRALinear`` that *holds* the original layer. Before and after,
-for ``target_modules=["query", "value"]`` on BERT::
-
-    attention.self                               attention.self
-    ├── query: Linear                            ├── query: LoRALinear
-    │   ├── kernel: Param [D, D]                 │   ├── base_layer: Linear      (frozen)
-    │   └── bias:   Param [D]          ──►       │   │   ├── kernel: Param [D, D]
-    ├── key:   Linear                            │   │   └── bias:   Param [D]
-    └── value: Linear                            │   ├── lora_A: Dict{"default": LoRAParam [D, r]}
-                                                 │   ├── lora_B: Dict{"default": LoRAParam [r, D]}
-                                                 │   └── lora_dropout: Dict{"default": Dropout}
-                                                 ├── key:   Linear                (untouched)
-                                                 └── value: LoRALinear            (as query)
-
-The names are PEFT's (``base_layer``, ``lora_A``, ``lora_B``), so a variable's path *is* its PEFT
-state-dict key once the adapter name is dropped (``...query.lora_A.default`` <->
-``base_model.model....query.lora_A.weight``, transposed) and ``peft_format`` needs no table.
-
-- **Trainable set.** ``LoRAParam`` is its own ``nnx.Variable`` type; ``trainable_filter`` is that
-  type plus the ``nnx.Param``s of ``modules_to_save`` (and biases per ``bias``). Use it as
-  ``nnx.Optimizer(model, tx, wrt=filter)`` and ``nnx.DiffState(0, filter)``: frozen weights get no
-  gradient and no optimizer state.
-- **Layout.** ``A`` inherits the base kernel's input logical axis, ``B`` its output axis (and, when
-  the kernel is already placed on a mesh, the matching ``NamedSharding``), so a tensor-parallel layer
-  stays tensor-parallel.
-- **Named adapters.** Each wrapper keeps one ``A``/``B`` per adapter name. ``apply_lora(...,
-  adapter_name=...)`` on an adapted model adds an adapter (inactive unless it is the first, as in
-  PEFT's ``add_adapter``); ``set_adapter`` picks the active one(s); ``delete_adapter`` removes one
-  (unwrapping layers left without adapters).
-- **Per-example adapters.** Inside ``with adapter_routing(model, adapter_ids):`` (``adapter_ids``
-  ``[B]`` int, indices into the model's adapter names, ``-1`` = base model only) every wrapper
-  stacks its adapters' ``A``/``B`` (``[N, in, r]``, ``[N, r, out]``, ranks zero-padded to the
-  largest), gathers one pair per example and applies it with a batched ``einsum``: one program for
-  any mix of languages, no Python branch per language, no recompilation when the mix changes. Enter
-  the context *inside* the jitted function, where ``adapter_ids`` is a traced argument (a concrete
-  array closed over by a traced function would be frozen into the compiled program; the wrapper
-  refuses that case).
-- **Merge.** ``merge_lora`` adds ``scale * A @ B`` to the base kernel with ``jnp`` ops under ``jit``
-  with the kernel's own ``out_shardings``: sharded kernels stay sharded and no host gathers a matrix.
-  ``unmerge_lora`` subtracts it again. ``merge_and_unload`` removes the wrappers for export.
-
-Modules: ``lora_config`` (``LoraConfig``, the adapters recorded on a model), ``lora_linear``
-(``LoRALinear``, ``LoRAParam``), ``routing`` (``adapter_routing``), ``lora_merge`` (merge, unmerge,
-``merged_view``); this module applies LoRA, manages named adapters and says what trains. Every name
-stays importable from here.
-
-References:
-  Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", 2021, arXiv:2106.09685.
-  Kalajdzievski, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA", 2023,
-  arXiv:2312.03732. Meng et al., "PiSSA", 2024, arXiv:2404.02948. Hugging Face PEFT ``LoraConfig``.
-"""
+"""LoRA on a model: apply it, manage named adapters, and say what trains (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -72,22 +12,13 @@ import numpy as np
 from flax import nnx
 
 from langtune_jax.peft import targets as _targets
-from langtune_jax.peft.lora_config import (  # noqa: F401
-    _PEFT_CLS_HEADS,
+from langtune_jax.peft.lora.config import (
     DEFAULT_TARGET_MODULES,
+    PEFT_CLS_HEADS,
     LoraConfig,
-    TaskType,
     adapter_names_of,
-    get_lora_config,
 )
-from langtune_jax.peft.lora_linear import LoRALinear, LoRAParam, lora_layers
-from langtune_jax.peft.lora_merge import (  # noqa: F401
-    merge_and_unload,
-    merge_lora,
-    merged_view,
-    unmerge_lora,
-)
-from langtune_jax.peft.routing import adapter_routing  # noqa: F401
+from langtune_jax.peft.lora.layer import LoRALinear, LoRAParam, lora_layers
 
 # --------------------------------------------------------------------------------------------------
 # Model-level API
@@ -150,14 +81,14 @@ def resolve_config(model: nnx.Module, config: LoraConfig) -> LoraConfig:
             config = dataclasses.replace(config, task_type=inferred)
     modules_to_save = list(config.modules_to_save or [])
     if config.task_type in ("SEQ_CLS", "TOKEN_CLS"):
-        heads = list(getattr(model, "head_modules", ()) or _PEFT_CLS_HEADS)
+        heads = list(getattr(model, "head_modules", ()) or PEFT_CLS_HEADS)
         present = _targets.named_modules(model)
         # PEFT writes both of its guesses ("classifier", "score") into adapter_config.json and
         # ignores the one the model lacks; so do we.
         modules_to_save = [
             m
             for m in modules_to_save
-            if m not in _PEFT_CLS_HEADS or any(_targets.in_modules_to_save(p, [m]) for p in present)
+            if m not in PEFT_CLS_HEADS or any(_targets.in_modules_to_save(p, [m]) for p in present)
         ]
         for head in heads:
             if head not in modules_to_save and any(
@@ -304,7 +235,7 @@ def resolve_peft_heads(config: LoraConfig) -> LoraConfig:
         return config
     saves = list(config.modules_to_save or [])
     if not saves:
-        saves = list(_PEFT_CLS_HEADS)
+        saves = list(PEFT_CLS_HEADS)
     return dataclasses.replace(config, modules_to_save=saves)
 
 

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from langtune_jax.peft import targets as _targets
-from langtune_jax.peft.routing import _LORA_ROUTING, _Routing, check_traced
+from langtune_jax.peft.lora.routing import Routing, active_routing
+from langtune_jax.peft.tracing import check_traced
 
 Array = jax.Array
 
@@ -131,7 +132,7 @@ class LoRALinear(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         y = self.base_layer(x)  # [..., out]
-        routing = _LORA_ROUTING.get()
+        routing = active_routing()
         if routing is not None:  # per-example adapters replace the active ones
             if not any(n in self.lora_A for n in routing.names):
                 return y
@@ -146,7 +147,7 @@ class LoRALinear(nnx.Module):
             y = y + ((h * self.scaling[name]) @ b.astype(dtype)).astype(y.dtype)  # [..., out]
         return y
 
-    def _routed(self, x: Array, routing: _Routing) -> Array:
+    def _routed(self, x: Array, routing: Routing) -> Array:
         ids = routing.adapter_ids
         check_traced(x, ids, "adapter_routing", "adapter_ids")
         if any(n in self.merged_adapters for n in routing.names):

@@ -15,9 +15,10 @@ from flax import nnx
 
 from langtune_jax.models.common import EMBED, with_axes
 from langtune_jax.peft import targets as _targets
-from langtune_jax.peft.adapter_config import _ACTIVATIONS, AdapterConfig, _config_of
-from langtune_jax.peft.lora_linear import LoRAParam
-from langtune_jax.peft.routing import _LANGUAGE_ROUTING, check_traced
+from langtune_jax.peft.adapters.config import ACTIVATIONS, AdapterConfig, config_of
+from langtune_jax.peft.adapters.routing import active_rows
+from langtune_jax.peft.lora.layer import LoRAParam
+from langtune_jax.peft.tracing import check_traced
 
 Array = jax.Array
 
@@ -84,7 +85,7 @@ class BottleneckAdapter(nnx.Module):
 
     def __call__(self, h: Array, rows: Array | None = None) -> Array:
         dtype = h.dtype
-        act = _ACTIVATIONS[self.non_linearity]
+        act = ACTIVATIONS[self.non_linearity]
         wd, bd = self.down_kernel[...].astype(dtype), self.down_bias[...].astype(dtype)
         wu, bu = self.up_kernel[...].astype(dtype), self.up_bias[...].astype(dtype)
         if self.num is None:
@@ -143,7 +144,7 @@ class AdapterWrapper(nnx.Module):
     def _rows(self, h: Array) -> Array | None:
         if self.language_adapters is None:
             return None
-        rows = _LANGUAGE_ROUTING.get()
+        rows = active_rows()
         if rows is None:
             raise ValueError(
                 "this model has per-language adapters: call it inside `with with_routing(model, "
@@ -199,7 +200,7 @@ def adapter_trainable_filter(
       A filter for ``nnx.Optimizer(model, tx, wrt=...)``, ``nnx.DiffState(0, ...)``, ``nnx.state``.
       Combine with LoRA's as ``nnx.Any(lora_filter, adapter_filter)``.
     """
-    saves = _config_of(model_or_config).modules_to_save or []
+    saves = config_of(model_or_config).modules_to_save or []
     save_re = [re.compile(rf"(^|.*\.){re.escape(s)}($|\..*)") for s in saves]
 
     def saved(path: tuple, value: Any) -> bool:
@@ -210,7 +211,7 @@ def adapter_trainable_filter(
     return nnx.Any(AdapterParam, saved)
 
 
-def _trainable_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
+def trainable_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
     keep = nnx.filterlib.to_predicate(adapter_trainable_filter(model))
     return {
         _targets.path_str(path): var
@@ -221,7 +222,7 @@ def _trainable_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
 
 def adapter_summary(model: nnx.Module) -> str:
     """``"adapter params: 1,234 || trainable: 2,000 || all params: 5,678 || trainable%: 35.2"``."""
-    trainable = _trainable_variables(model)
+    trainable = trainable_variables(model)
     n_adapter = sum(v.size for v in trainable.values() if isinstance(v, AdapterParam))
     n_train = sum(v.size for v in trainable.values())
     n_all = sum(

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 #: ``model_type`` values this module implements.
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # HF "gelu" is the exact erf form
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -86,9 +86,9 @@ class BertConfig:
                 f"hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
             )
-        if self.hidden_act not in _ACTIVATIONS:
+        if self.hidden_act not in ACTIVATIONS:
             raise ValueError(
-                f"hidden_act={self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}"
+                f"hidden_act={self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}"
             )
         for name in ("vocab_size", "num_hidden_layers", "max_position_embeddings"):
             if getattr(self, name) <= 0:

@@ -38,7 +38,7 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 }
 #: Task heads PEFT adds to ``modules_to_save`` for ``SEQ_CLS`` / ``TOKEN_CLS`` when the model does
 #: not name its heads (``head_modules``).
-_PEFT_CLS_HEADS = ["classifier", "score"]
+PEFT_CLS_HEADS = ["classifier", "score"]
 _INIT_KINDS = (True, False, "gaussian", "pissa")
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from langtune_jax.peft import targets as _targets
-from langtune_jax.peft.lora_linear import lora_layers
+from langtune_jax.peft.lora.layer import lora_layers
 
 Array = jax.Array
 
