@@ -289,17 +289,26 @@ class RunConfig:
                 "but train.eval_every is 0; set train.eval_every (and train.checkpoint_every to "
                 "the same cadence) or drop train.best_metric"
             )
-        adapters = self.peft.method in ("adapters", "lora+adapters")
-        encoder = self.model.task != "causal-lm"
-        if encoder and self.data.packing and adapters and self.peft.adapters.languages is not None:
-            # Routing picks one adapter per row; a packed row mixes languages. (Causal packing
-            # predates this check and routes a row by its first segment.)
+        if self.data.packing and (routed := self._per_language_peft_key()):
+            # Routing picks one adapter per row, and a packed row holds several examples that
+            # may be of different languages: refuse rather than route them by the first one.
             raise ConfigError(
-                "config key 'data.packing': with per-language adapters (peft.adapters.languages) "
-                "every example of a packed row would go through its first example's language "
+                f"config key 'data.packing': with per-language adapters ({routed}) every "
+                "example of a packed row would go through its first example's language "
                 "adapter; set data.packing: false"
             )
         self._normalize_languages()
+
+    def _per_language_peft_key(self) -> str | None:
+        """The config key that gives each language its own adapter, if one does."""
+        if self.peft.method in ("adapters", "lora+adapters"):
+            if self.peft.adapters.language_adapters:
+                return "peft.adapters.language_adapters"
+            if self.peft.adapters.languages is not None:
+                return "peft.adapters.languages"
+        if self.peft.method in ("lora", "lora+adapters") and self.peft.lora_languages:
+            return "peft.lora_languages"
+        return None
 
     def _normalize_languages(self) -> None:
         """Languages the config names are read in BCP-47 case, as the data's are."""

@@ -269,3 +269,24 @@ def test_packing_with_per_language_adapters_is_refused(tmp_path):
     with pytest.raises((ConfigError, ValueError), match="data.packing.*per-language adapters"):
         load_config(_write(tmp_path, BASE), sets)
     assert load_config(_write(tmp_path, BASE), sets[:2]).data.packing
+
+
+@pytest.mark.parametrize(
+    "sets, key",
+    [
+        (
+            ["model.task=causal-lm", "peft.method=adapters", "peft.adapters.languages=[en, sw]"],
+            "peft.adapters.languages",
+        ),
+        (["peft.method=lora", "peft.lora_languages=[en, sw]"], "peft.lora_languages"),
+        (
+            ["peft.method=adapters", "peft.adapters.language_adapters={en: a, sw: b}"],
+            "peft.adapters.language_adapters",
+        ),
+    ],
+)
+def test_packing_with_any_per_language_routing_is_refused(tmp_path, sets, key):
+    """Every way of giving languages their own adapter routes a packed row by one language."""
+    with pytest.raises(ConfigError, match=f"data.packing.*{key.replace('.', '[.]')}"):
+        load_config(_write(tmp_path, BASE), ["data.packing=true", *sets])
+    assert not load_config(_write(tmp_path, BASE), sets).data.packing
