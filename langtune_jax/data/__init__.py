@@ -1,5 +1,7 @@
 """Data: sources, language weighting strategies, the stateless mixture and the batch pipelines."""
 
+from langtune_jax.data.config import DataConfig, SourceConfig
+from langtune_jax.data.errors import DataError, MissingSplitError
 from langtune_jax.data.features import (
     IGNORE,
     Tokenized,
@@ -23,15 +25,7 @@ from langtune_jax.data.sampling import (
     dynamic_lines,
     language_weights,
 )
-from langtune_jax.data.sources import (
-    DataConfig,
-    DataError,
-    MissingSplitError,
-    SourceConfig,
-    SplitData,
-    infer_labels,
-    load_split,
-)
+from langtune_jax.data.sources import SplitData, infer_labels, load_split
 
 __all__ = [
     "IGNORE",

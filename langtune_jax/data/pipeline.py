@@ -40,6 +40,8 @@ import jax
 import numpy as np
 
 from langtune_jax.data import cache as cache_lib
+from langtune_jax.data.config import DataConfig
+from langtune_jax.data.errors import DataError, MissingSplitError
 from langtune_jax.data.features import (
     IGNORE,
     Tokenized,
@@ -57,14 +59,7 @@ from langtune_jax.data.mixture import LanguageMixture, hash_key, permute
 from langtune_jax.data.plan import WeightRecord
 from langtune_jax.data.readers import class_names
 from langtune_jax.data.sampling import SamplingConfig, SamplingPlan, build_plan
-from langtune_jax.data.sources import (
-    DataConfig,
-    DataError,
-    MissingSplitError,
-    SplitData,
-    infer_labels,
-    load_split,
-)
+from langtune_jax.data.sources import SplitData, infer_labels, load_split
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from typing import Literal
 
-from langtune_jax.data.sources import DataError
+from langtune_jax.data.errors import DataError
 
 StaticStrategy = Literal["natural", "uniform", "inverse", "temperature", "log", "unimax", "manual"]
 Strategy = Literal[
