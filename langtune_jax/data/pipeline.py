@@ -56,9 +56,9 @@ from langtune_jax.data.features import (
 )
 from langtune_jax.data.holdout import hold_out_validation
 from langtune_jax.data.mixture import LanguageMixture, hash_key, permute
-from langtune_jax.data.plan import WeightRecord
+from langtune_jax.data.plan import SamplingPlan, WeightRecord, build_plan
 from langtune_jax.data.readers import class_names
-from langtune_jax.data.sampling import SamplingConfig, SamplingPlan, build_plan
+from langtune_jax.data.sampling import SamplingConfig
 from langtune_jax.data.sources import SplitData, infer_labels, load_split
 
 log = logging.getLogger(__name__)
