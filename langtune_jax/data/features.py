@@ -108,7 +108,7 @@ def tokenize(
     Args:
       examples: example dicts from `load_split` (one language or several).
       tokenizer: a Hugging Face fast tokenizer (`PreTrainedTokenizerFast`).
-      task: sequence-classification, token-classification or causal-lm.
+      task: sequence-classification, token-classification, causal-lm or masked-lm.
       max_length: rows are truncated to this many tokens (special tokens included).
       label_to_id: label (tag) -> id, for the classification tasks.
       chunk: examples per tokenizer call.

@@ -396,9 +396,9 @@ class DataPipeline:
         stores = [self.stores[name] for name in mix.languages]
         return [(stores[li], int(e)) for li, e in zip(lang.tolist(), ex.tolist())], lang
 
-    def _packed(self, step: int, batch_size: int):
-        rows, lang = self._draws(step, batch_size)
-        batch, placed, dropped = pack(
+    def _pack(self, rows: list[tuple[Tokenized, int]], batch_size: int):
+        """`pack` into `batch_size` rows of data.max_length with the pipeline's segment slots."""
+        return pack(
             rows,
             batch_size,
             self.data_cfg.max_length,
@@ -406,6 +406,10 @@ class DataPipeline:
             task=self.task,
             num_segments=self.num_segments,
         )
+
+    def _packed(self, step: int, batch_size: int):
+        rows, lang = self._draws(step, batch_size)
+        batch, placed, dropped = self._pack(rows, batch_size)
         return batch, placed, dropped, lang
 
     def _finish_packed(self, batch, placed, lang, local: slice) -> dict[str, np.ndarray]:
@@ -584,10 +588,7 @@ class DataPipeline:
             part = order[bounds[k] : bounds[k + 1]]
             rows = [(stores[lang], r) for lang, r in part]
             lang = np.array([lang_index[g] for g, _ in part], np.int32)
-            batch, placed, dropped = pack(
-                rows, batch_size, self.data_cfg.max_length, pad_id=self.pad_id,
-                task=self.task, num_segments=self.num_segments,
-            )  # fmt: skip
+            batch, placed, dropped = self._pack(rows, batch_size)
             assert dropped == 0, "eval packing layout and pack() disagree"
             return self._finish_packed(batch, placed, lang, local)
         part = order[k * batch_size : (k + 1) * batch_size]
