@@ -1,5 +1,7 @@
 """Data: sources, language weighting strategies, the stateless mixture and the batch pipelines."""
 
+from langtune_jax.data.config import DataConfig, SourceConfig
+from langtune_jax.data.errors import DataError, MissingSplitError
 from langtune_jax.data.features import (
     IGNORE,
     Tokenized,
@@ -11,27 +13,15 @@ from langtune_jax.data.features import (
 )
 from langtune_jax.data.mixture import LanguageMixture, apportion, permute
 from langtune_jax.data.pipeline import DataPipeline, eval_batches, train_batches
-from langtune_jax.data.plan import WeightRecord
+from langtune_jax.data.plan import PlanRow, SamplingPlan, WeightRecord, build_plan, dynamic_lines
 from langtune_jax.data.sampling import (
     STATIC_STRATEGIES,
     STRATEGIES,
     DynamicConfig,
-    PlanRow,
     SamplingConfig,
-    SamplingPlan,
-    build_plan,
-    dynamic_lines,
     language_weights,
 )
-from langtune_jax.data.sources import (
-    DataConfig,
-    DataError,
-    MissingSplitError,
-    SourceConfig,
-    SplitData,
-    infer_labels,
-    load_split,
-)
+from langtune_jax.data.sources import SplitData, infer_labels, load_split
 
 __all__ = [
     "IGNORE",

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from langtune_jax.data.config import DataConfig
+from langtune_jax.data.errors import DataError
 from langtune_jax.data.features import Tokenized
-from langtune_jax.data.readers import DataError
-from langtune_jax.data.sources import DataConfig, SplitData
+from langtune_jax.data.sources import SplitData
 
 CACHE_VERSION = 1
 _ARRAYS = ("input_ids", "offsets", "token_type_ids", "token_labels", "labels")

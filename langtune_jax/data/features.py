@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def tokenize(
     Args:
       examples: example dicts from `load_split` (one language or several).
       tokenizer: a Hugging Face fast tokenizer (`PreTrainedTokenizerFast`).
-      task: sequence-classification, token-classification or causal-lm.
+      task: sequence-classification, token-classification, causal-lm or masked-lm.
       max_length: rows are truncated to this many tokens (special tokens included).
       label_to_id: label (tag) -> id, for the classification tasks.
       chunk: examples per tokenizer call.
@@ -121,67 +122,84 @@ def tokenize(
             "(word ids for label alignment, batched encoding): load it with use_fast=True or "
             "convert it with transformers' PreTrainedTokenizerFast"
         )
-    ids: list[list[int]] = []
-    types: list[list[int]] = []
-    tok_labels: list[list[int]] = []
-    labels: list[int] = []
+    if task not in _ADD_ROWS:
+        raise ValueError(f"unknown task {task!r}")
+    rows = _Rows(tokenizer, max_length)
     for start in range(0, len(examples), chunk):
-        part = examples[start : start + chunk]
-        if task == "sequence-classification":
-            pairs = [ex.get("text_pair") for ex in part]
-            enc = tokenizer(
-                [ex["text"] for ex in part],
-                pairs if any(p is not None for p in pairs) else None,
-                truncation=True,
-                max_length=max_length,
-            )
-            ids += enc["input_ids"]
-            if "token_type_ids" in enc:
-                types += enc["token_type_ids"]
-            labels += [label_to_id[ex["label"]] for ex in part]
-        elif task == "token-classification":
-            enc = tokenizer(
-                [ex["tokens"] for ex in part],
-                is_split_into_words=True,
-                truncation=True,
-                max_length=max_length,
-            )
-            ids += enc["input_ids"]
-            if "token_type_ids" in enc:
-                types += enc["token_type_ids"]
-            for b, ex in enumerate(part):
-                row, prev = [], None
-                for w in enc.word_ids(b):
-                    # Only the first sub-token of a word carries its tag.
-                    row.append(IGNORE if w is None or w == prev else label_to_id[ex["tags"][w]])
-                    prev = w
-                tok_labels.append(row)
-        elif task == "causal-lm":
-            ids_part, lab_part = _causal_rows(part, tokenizer, max_length)
-            ids += ids_part
-            tok_labels += lab_part
-        elif task == "masked-lm":
-            enc = tokenizer(
-                [ex["text"] for ex in part],
-                truncation=True,
-                max_length=max_length,
-                return_special_tokens_mask=True,
-            )
-            ids += enc["input_ids"]
-            if "token_type_ids" in enc:
-                types += enc["token_type_ids"]
-            for row, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
-                tok_labels.append([IGNORE if sp else t for t, sp in zip(row, special)])
-        else:
-            raise ValueError(f"unknown task {task!r}")
-    flat, offsets = _ragged(ids)
-    return Tokenized(
-        input_ids=flat,
-        offsets=offsets,
-        token_type_ids=_ragged(types)[0] if types else None,
-        token_labels=_ragged(tok_labels)[0] if tok_labels else None,
-        labels=np.asarray(labels, dtype=np.int32) if labels else None,
-    )
+        _ADD_ROWS[task](rows, examples[start : start + chunk], label_to_id)
+    return rows.store()
+
+
+@dataclasses.dataclass
+class _Rows:
+    """The rows of a `Tokenized` store while they are being tokenized, chunk by chunk."""
+
+    tokenizer: Any
+    max_length: int
+    ids: list[list[int]] = dataclasses.field(default_factory=list)
+    types: list[list[int]] = dataclasses.field(default_factory=list)
+    token_labels: list[list[int]] = dataclasses.field(default_factory=list)
+    labels: list[int] = dataclasses.field(default_factory=list)
+
+    def encode(self, *texts, **options):
+        """``tokenizer(*texts, **options)`` truncated to max_length; its input ids (and token
+        type ids, when the tokenizer gives them) are appended. Returns the encoding."""
+        enc = self.tokenizer(*texts, truncation=True, max_length=self.max_length, **options)
+        self.ids += enc["input_ids"]
+        if "token_type_ids" in enc:
+            self.types += enc["token_type_ids"]
+        return enc
+
+    def store(self) -> Tokenized:
+        flat, offsets = _ragged(self.ids)
+        return Tokenized(
+            input_ids=flat,
+            offsets=offsets,
+            token_type_ids=_ragged(self.types)[0] if self.types else None,
+            token_labels=_ragged(self.token_labels)[0] if self.token_labels else None,
+            labels=np.asarray(self.labels, dtype=np.int32) if self.labels else None,
+        )
+
+
+def _sequence_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
+    """Text (and text pair) rows; the label id per row."""
+    pairs = [ex.get("text_pair") for ex in part]
+    rows.encode([ex["text"] for ex in part], pairs if any(p is not None for p in pairs) else None)
+    rows.labels += [label_to_id[ex["label"]] for ex in part]
+
+
+def _token_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
+    """Pre-split words; the tag id on the first sub-token of each word, -100 elsewhere."""
+    enc = rows.encode([ex["tokens"] for ex in part], is_split_into_words=True)
+    for b, ex in enumerate(part):
+        row, prev = [], None
+        for w in enc.word_ids(b):
+            # Only the first sub-token of a word carries its tag.
+            row.append(IGNORE if w is None or w == prev else label_to_id[ex["tags"][w]])
+            prev = w
+        rows.token_labels.append(row)
+
+
+def _masked_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
+    """Text rows; token labels = the ids, -100 on special tokens (`mask_tokens` draws later)."""
+    enc = rows.encode([ex["text"] for ex in part], return_special_tokens_mask=True)
+    for row, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
+        rows.token_labels.append([IGNORE if sp else t for t, sp in zip(row, special)])
+
+
+def _lm_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
+    """Causal LM rows (see `_causal_rows`): no token type ids."""
+    ids, labels = _causal_rows(part, rows.tokenizer, rows.max_length)
+    rows.ids += ids
+    rows.token_labels += labels
+
+
+_ADD_ROWS = {
+    "sequence-classification": _sequence_rows,
+    "token-classification": _token_rows,
+    "causal-lm": _lm_rows,
+    "masked-lm": _masked_rows,
+}
 
 
 def _causal_rows(part, tokenizer, max_length):
@@ -338,56 +356,78 @@ def pack(
        placed [K, 2] the (row, 0-based segment) of every drawn example, (-1, -1) if dropped;
        the number of dropped examples).
     """
-    causal, seq_cls = task == "causal-lm", task == "sequence-classification"
     cap = num_segments if num_segments is not None else length
-    input_ids = np.full((num_rows, length), pad_id, dtype=np.int32)  # [R, T]
-    segment_ids = np.zeros((num_rows, length), dtype=np.int32)
     has_types = bool(rows) and rows[0][0].token_type_ids is not None
-    types = np.zeros((num_rows, length), dtype=np.int32) if has_types else None
-    if seq_cls:
-        labels = np.zeros((num_rows, cap), dtype=np.int32)  # [R, S]
-        starts = np.zeros((num_rows, cap), dtype=np.int32)
-    else:
-        labels = np.full((num_rows, length), IGNORE, dtype=np.int32)
-    fill = np.zeros(num_rows, dtype=np.int64)
-    nseg = np.zeros(num_rows, dtype=np.int32)
+    packer = _Packer(num_rows, length, cap, pad_id=pad_id, task=task, has_types=has_types)
     placed = np.full((len(rows), 2), -1, dtype=np.int64)
     for k, (store, r) in enumerate(rows):
+        placed[k] = packer.place(store, r)
+    return packer.batch(), placed, int((placed[:, 0] < 0).sum())
+
+
+class _Packer:
+    """The arrays of a packed batch of `pack`, filled one example at a time."""
+
+    def __init__(self, num_rows, length, cap, *, pad_id: int, task: str, has_types: bool):
+        self.length, self.cap = length, cap
+        self.causal, self.seq_cls = task == "causal-lm", task == "sequence-classification"
+        self.input_ids = np.full((num_rows, length), pad_id, dtype=np.int32)  # [R, T]
+        self.segment_ids = np.zeros((num_rows, length), dtype=np.int32)
+        self.types = np.zeros((num_rows, length), dtype=np.int32) if has_types else None
+        if self.seq_cls:
+            self.labels = np.zeros((num_rows, cap), dtype=np.int32)  # [R, S]
+            self.starts = np.zeros((num_rows, cap), dtype=np.int32)
+        else:
+            self.labels = np.full((num_rows, length), IGNORE, dtype=np.int32)
+        self.fill = np.zeros(num_rows, dtype=np.int64)
+        self.nseg = np.zeros(num_rows, dtype=np.int32)
+
+    def place(self, store: Tokenized, r: int) -> tuple[int, int]:
+        """Row `r` of `store` as a new segment of the row with the most room.
+
+        Returns:
+          (row, 0-based segment), or (-1, -1) when no row has room for it.
+        """
         s = store.row(r)
-        n = min(s.stop - s.start, length)
-        room = np.where(nseg < cap, length - fill, -1)
+        n = min(s.stop - s.start, self.length)
+        room = np.where(self.nseg < self.cap, self.length - self.fill, -1)
         j = int(np.argmax(room))  # worst fit: rows fill evenly, in draw order
         if room[j] < n:
-            continue
-        a, src = int(fill[j]), slice(s.start, s.start + n)
-        input_ids[j, a : a + n] = store.input_ids[src]
-        if has_types:
-            types[j, a : a + n] = store.token_type_ids[src]
-        if seq_cls:
-            labels[j, nseg[j]] = store.labels[r]
-            starts[j, nseg[j]] = a
+            return -1, -1
+        a, src, seg = int(self.fill[j]), slice(s.start, s.start + n), int(self.nseg[j])
+        self.input_ids[j, a : a + n] = store.input_ids[src]
+        if self.types is not None:
+            self.types[j, a : a + n] = store.token_type_ids[src]
+        if self.seq_cls:
+            self.labels[j, seg] = store.labels[r]
+            self.starts[j, seg] = a
         else:
-            labels[j, a : a + n] = store.token_labels[src]
-            if causal:
-                labels[j, a] = IGNORE  # never predict a segment's first token from the previous
-        placed[k] = (j, nseg[j])
-        nseg[j] += 1
-        segment_ids[j, a : a + n] = nseg[j]
-        fill[j] += n
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": (segment_ids > 0).astype(np.int32),
-        "labels": labels,
-        "segment_ids": segment_ids,
-    }
-    if causal:
-        batch["position_ids"] = segment_positions(segment_ids)
-    if has_types:
-        batch["token_type_ids"] = types
-    if seq_cls:
-        batch["segment_starts"] = starts
-        batch["segment_mask"] = (np.arange(cap)[None, :] < nseg[:, None]).astype(np.int32)
-    return batch, placed, int((placed[:, 0] < 0).sum())
+            self.labels[j, a : a + n] = store.token_labels[src]
+            if self.causal:
+                self.labels[j, a] = IGNORE  # never predict a segment's first token from the last
+        self.nseg[j] += 1
+        self.segment_ids[j, a : a + n] = self.nseg[j]
+        self.fill[j] += n
+        return j, seg
+
+    def batch(self) -> dict[str, np.ndarray]:
+        """The packed batch (keys as `pack` documents them)."""
+        batch = {
+            "input_ids": self.input_ids,
+            "attention_mask": (self.segment_ids > 0).astype(np.int32),
+            "labels": self.labels,
+            "segment_ids": self.segment_ids,
+        }
+        if self.causal:
+            batch["position_ids"] = segment_positions(self.segment_ids)
+        if self.types is not None:
+            batch["token_type_ids"] = self.types
+        if self.seq_cls:
+            batch["segment_starts"] = self.starts
+            batch["segment_mask"] = (np.arange(self.cap)[None, :] < self.nseg[:, None]).astype(
+                np.int32
+            )
+        return batch
 
 
 def segment_positions(segment_ids: np.ndarray) -> np.ndarray:

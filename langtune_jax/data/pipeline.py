@@ -40,6 +40,8 @@ import jax
 import numpy as np
 
 from langtune_jax.data import cache as cache_lib
+from langtune_jax.data.config import DataConfig
+from langtune_jax.data.errors import DataError, MissingSplitError
 from langtune_jax.data.features import (
     IGNORE,
     Tokenized,
@@ -54,17 +56,10 @@ from langtune_jax.data.features import (
 )
 from langtune_jax.data.holdout import hold_out_validation
 from langtune_jax.data.mixture import LanguageMixture, hash_key, permute
-from langtune_jax.data.plan import WeightRecord
+from langtune_jax.data.plan import SamplingPlan, WeightRecord, build_plan
 from langtune_jax.data.readers import class_names
-from langtune_jax.data.sampling import SamplingConfig, SamplingPlan, build_plan
-from langtune_jax.data.sources import (
-    DataConfig,
-    DataError,
-    MissingSplitError,
-    SplitData,
-    infer_labels,
-    load_split,
-)
+from langtune_jax.data.sampling import SamplingConfig
+from langtune_jax.data.sources import SplitData, infer_labels, load_split
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +111,19 @@ def check_targets(split: str, stores: dict[str, Tokenized], task: str, max_lengt
                 f"truncation to data.max_length={max_length}; raise data.max_length or shorten "
                 "the prompts"
             )
+
+
+def _check_task(task: str, data_cfg: DataConfig, tokenizer) -> None:
+    """Refuse what the task cannot do with this data config or tokenizer (masked LM)."""
+    if task == "masked-lm" and data_cfg.packing:
+        raise DataError(
+            "data.packing is not supported with model.task masked-lm yet; set data.packing: false"
+        )
+    if task == "masked-lm" and getattr(tokenizer, "mask_token_id", None) is None:
+        raise DataError(
+            f"model.task masked-lm needs a tokenizer with a mask token; "
+            f"{type(tokenizer).__name__} has none (use the model's own tokenizer)"
+        )
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -178,16 +186,7 @@ class DataPipeline:
         self.pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
         )
-        if task == "masked-lm" and data_cfg.packing:
-            raise DataError(
-                "data.packing is not supported with model.task masked-lm yet; set "
-                "data.packing: false"
-            )
-        if task == "masked-lm" and getattr(tokenizer, "mask_token_id", None) is None:
-            raise DataError(
-                f"model.task masked-lm needs a tokenizer with a mask token; "
-                f"{type(tokenizer).__name__} has none (use the model's own tokenizer)"
-            )
+        _check_task(task, data_cfg, tokenizer)
         # With defer_cache, tokenized splits are written only by `commit_cache` (after the run's
         # checks passed: a refused run leaves its folder untouched).
         self._pending: list[tuple[str, SplitData, dict[str, Tokenized]]] | None = (
@@ -203,15 +202,29 @@ class DataPipeline:
             if cache_dir is not None
             else None
         )
-        cached = cache_lib.load_split(self._cache, "train") if self._cache else None
-        if cached is not None:
-            self.train, self.stores, self.labels = cached
-            self.label_to_id = {label: i for i, label in enumerate(self.labels)}
-        else:
-            self._read_train()
+        self._load_train()
         self.languages = self.train.languages
         self.tokens = {lang: int(s.offsets[-1]) for lang, s in self.stores.items()}
-        self.plan = self.make_plan(total_samples or 0)
+        self._plan_run(total_samples or 0, batch_size)
+        # The plan's own warnings print with its table (`plan.table()`), once.
+        if warn and self._chat_fallback():
+            log.warning(
+                "the tokenizer has no chat template: chat messages are formatted as "
+                "'role: content' lines, then 'assistant: ' (langtune generate does the same)"
+            )
+
+    def _load_train(self) -> None:
+        """The train split from the cache when it holds it, else read, validated and tokenized."""
+        cached = cache_lib.load_split(self._cache, "train") if self._cache else None
+        if cached is None:
+            self._read_train()
+            return
+        self.train, self.stores, self.labels = cached
+        self.label_to_id = {label: i for i, label in enumerate(self.labels)}
+
+    def _plan_run(self, total_samples: int, batch_size: int | None) -> None:
+        """The sampling plan, its per-draw probabilities and (strategy dynamic) the weight record."""
+        self.plan = self.make_plan(total_samples)
         self.probabilities = self.plan.probabilities
         if self.packing and total_samples and batch_size:
             # Packed steps draw more examples than rows; the draws per step depend on the mixture
@@ -221,20 +234,14 @@ class DataPipeline:
             self.probabilities = self.plan.probabilities
         self.weights = (
             WeightRecord(
-                sampling_cfg, self.plan, steps=(total_samples or 0) // max(batch_size or 1, 1)
+                self.sampling_cfg, self.plan, steps=total_samples // max(batch_size or 1, 1)
             )
-            if sampling_cfg.strategy == "dynamic"
+            if self.sampling_cfg.strategy == "dynamic"
             else None
         )
         if self.weights is not None:
             self.plan.dynamic = self.weights.to_dict()
         self._segments: list[tuple[int, dict[str, float]]] = [(0, dict(self.probabilities))]
-        # The plan's own warnings print with its table (`plan.table()`), once.
-        if warn and self._chat_fallback():
-            log.warning(
-                "the tokenizer has no chat template: chat messages are formatted as "
-                "'role: content' lines, then 'assistant: ' (langtune generate does the same)"
-            )
 
     def _chat_fallback(self) -> bool:
         chat = any(s.messages_column for s in self.data_cfg.sources)
@@ -389,9 +396,9 @@ class DataPipeline:
         stores = [self.stores[name] for name in mix.languages]
         return [(stores[li], int(e)) for li, e in zip(lang.tolist(), ex.tolist())], lang
 
-    def _packed(self, step: int, batch_size: int):
-        rows, lang = self._draws(step, batch_size)
-        batch, placed, dropped = pack(
+    def _pack(self, rows: list[tuple[Tokenized, int]], batch_size: int):
+        """`pack` into `batch_size` rows of data.max_length with the pipeline's segment slots."""
+        return pack(
             rows,
             batch_size,
             self.data_cfg.max_length,
@@ -399,6 +406,10 @@ class DataPipeline:
             task=self.task,
             num_segments=self.num_segments,
         )
+
+    def _packed(self, step: int, batch_size: int):
+        rows, lang = self._draws(step, batch_size)
+        batch, placed, dropped = self._pack(rows, batch_size)
         return batch, placed, dropped, lang
 
     def _finish_packed(self, batch, placed, lang, local: slice) -> dict[str, np.ndarray]:
@@ -450,13 +461,7 @@ class DataPipeline:
             batch, placed, _, lang = self._packed(step, batch_size)
             return self._finish_packed(batch, placed, lang, local)
         rows, lang = self._draws(step, batch_size)
-        lengths = np.array([s.offsets[e + 1] - s.offsets[e] for s, e in rows])
-        t = choose_bucket(int(lengths.max()), self.buckets)
-        batch = collate(rows[local], t, pad_id=self.pad_id, task=self.task)
-        batch = self._mask(batch, (0, step), local)
-        batch["language_id"] = lang[local].astype(np.int32)
-        batch["example_mask"] = np.ones(local.stop - local.start, dtype=np.int32)
-        return batch
+        return self._padded(rows, lang, len(rows), local, mask_key=(0, step))
 
     def train_batches(
         self,
@@ -583,10 +588,7 @@ class DataPipeline:
             part = order[bounds[k] : bounds[k + 1]]
             rows = [(stores[lang], r) for lang, r in part]
             lang = np.array([lang_index[g] for g, _ in part], np.int32)
-            batch, placed, dropped = pack(
-                rows, batch_size, self.data_cfg.max_length, pad_id=self.pad_id,
-                task=self.task, num_segments=self.num_segments,
-            )  # fmt: skip
+            batch, placed, dropped = self._pack(rows, batch_size)
             assert dropped == 0, "eval packing layout and pack() disagree"
             return self._finish_packed(batch, placed, lang, local)
         part = order[k * batch_size : (k + 1) * batch_size]
@@ -600,19 +602,38 @@ class DataPipeline:
         pi, pc = _processes(process_index, process_count)
         local = _local_rows(batch_size, pi, pc)
         real = len(part)
-        part = part + [part[0]] * (batch_size - real)  # filler rows, masked out below
+        part = part + [part[0]] * (batch_size - real)  # filler rows, masked out by `_padded`
         rows = [(stores[lang], r) for lang, r in part]
+        lang_index = {lang: i for i, lang in enumerate(self.all_languages)}
+        lang_ids = np.array([lang_index[lang] for lang, _ in part], np.int32)
+        return self._padded(rows, lang_ids, real, local, mask_key=mask_key)
+
+    def _padded(
+        self,
+        rows: list[tuple[Tokenized, int]],
+        lang_ids: np.ndarray,
+        real: int,
+        local: slice,
+        *,
+        mask_key: tuple[int, int],
+    ) -> dict[str, np.ndarray]:
+        """This process's rows of an unpacked global batch (train, eval and probe batches).
+
+        The rows are padded to the length bucket of the longest of all `rows` (so every process
+        pads alike), corrupted for masked LM by `mask_key` (see `_mask`), and given their
+        `language_id` ([B] `lang_ids`, indexing `all_languages`) and `example_mask`: rows after
+        the first `real` are fillers, with mask 0 and ignored labels.
+        """
         lengths = [int(s.offsets[r + 1] - s.offsets[r]) for s, r in rows]
         t = choose_bucket(max(lengths), self.buckets)
         batch = collate(rows[local], t, pad_id=self.pad_id, task=self.task)
         batch = self._mask(batch, mask_key, local)
-        mask = (np.arange(batch_size) < real).astype(np.int32)[local]
+        mask = (np.arange(len(rows)) < real).astype(np.int32)[local]
         if self.task == "sequence-classification":
             batch["labels"] = np.where(mask > 0, batch["labels"], 0).astype(np.int32)
         else:
             batch["labels"] = np.where(mask[:, None] > 0, batch["labels"], IGNORE).astype(np.int32)
-        lang_index = {lang: i for i, lang in enumerate(self.all_languages)}
-        batch["language_id"] = np.array([lang_index[lang] for lang, _ in part], np.int32)[local]
+        batch["language_id"] = np.asarray(lang_ids)[local].astype(np.int32)
         batch["example_mask"] = mask
         return batch
 

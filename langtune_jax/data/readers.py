@@ -1,11 +1,10 @@
 """Reading a source's rows and validating them: per-format readers, file discovery, row -> example.
 
 Each reader yields ``(where, row)`` pairs, ``where`` being ``"file:line"`` (or ``"file:row i"``),
-and yields a ``_BadRow`` in place of a row it cannot decode, so the caller
+and yields a `BadRow` in place of a row it cannot decode, so the caller
 (:func:`langtune_jax.data.sources.load_split`) decides whether to stop or skip and count.
-``_example`` turns a row into the example dict of a task (see :mod:`langtune_jax.data.sources`),
-raising ``_BadRow`` with the reason and the fix. The errors of the data layer (`DataError`,
-`MissingSplitError`) are defined here, the lowest module, and re-exported by ``sources``.
+`example_from_row` turns a row into the example dict of a task (see
+:mod:`langtune_jax.data.sources`), raising `BadRow` with the reason and the fix.
 """
 
 from __future__ import annotations
@@ -17,10 +16,10 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from langtune_jax.data.sources import SourceConfig
+from langtune_jax.data.config import DataConfig, SourceConfig
+from langtune_jax.data.errors import BadRow, DataError, MissingSplitError
 
 TASKS = ("sequence-classification", "token-classification", "causal-lm", "masked-lm")
 _FORMATS = {
@@ -58,20 +57,6 @@ def normalize_language(code: str) -> str:
     return "-".join(out)
 
 
-class DataError(ValueError):
-    """Bad data or data configuration; the message names file:line or the language and the fix."""
-
-
-class MissingSplitError(DataError):
-    """No source has data for a requested split (e.g. a data set without a test split)."""
-
-
-class _BadRow(Exception):
-    def __init__(self, where: str, reason: str, language: str | None = None):
-        super().__init__(f"{where}: {reason}")
-        self.where, self.reason, self.language = where, reason, language
-
-
 # --------------------------------------------------------------------------------------------
 # Raw rows: (where, dict) from each format.
 
@@ -86,7 +71,16 @@ def _has_surrogates(value: Any) -> bool:
     return False
 
 
-def _read_jsonl(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
+def read_jsonl(path: str) -> Iterator[tuple[str, dict | BadRow]]:
+    """The rows of a JSON Lines file, one object per line (blank lines skipped, a BOM allowed).
+
+    Args:
+      path: the file.
+
+    Yields:
+      ``("file:line", row)``; a `BadRow` in place of a line that is not UTF-8, not JSON or not
+      an object.
+    """
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
@@ -97,20 +91,33 @@ def _read_jsonl(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield where, _BadRow(where, f"invalid UTF-8 at byte {e.start} ({e.reason})")
+                yield where, BadRow(where, f"invalid UTF-8 at byte {e.start} ({e.reason})")
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                yield where, _BadRow(where, f"malformed JSON ({e.msg} at column {e.colno})")
+                yield where, BadRow(where, f"malformed JSON ({e.msg} at column {e.colno})")
                 continue
             if not isinstance(row, dict):
-                yield where, _BadRow(where, f"expected a JSON object, got {type(row).__name__}")
+                yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
                 continue
             yield where, row
 
 
-def _read_csv(path: str, delimiter: str | None = None) -> Iterator[tuple[str, dict | _BadRow]]:
+def read_csv(path: str, delimiter: str | None = None) -> Iterator[tuple[str, dict | BadRow]]:
+    """The rows of a CSV/TSV file with a header line, as ``{column: text}``.
+
+    Args:
+      path: the file (a BOM is allowed).
+      delimiter: the field separator; None = ``\t`` for ``.tsv`` files, else ``,``.
+
+    Yields:
+      ``("file:line", row)``; a `BadRow` in place of a row with invalid UTF-8 or more fields than
+      the header.
+
+    Raises:
+      DataError: the header splits on another delimiter than the one in use.
+    """
     with open(path, "rb") as f:
         raw = f.read()
     # surrogateescape keeps bad bytes visible as lone surrogates, so we can point at the row.
@@ -123,10 +130,10 @@ def _read_csv(path: str, delimiter: str | None = None) -> Iterator[tuple[str, di
         where = f"{path}:{line + 1}"
         line = reader.line_num
         if _has_surrogates(row):
-            yield where, _BadRow(where, "invalid UTF-8")
+            yield where, BadRow(where, "invalid UTF-8")
             continue
         if None in row:
-            yield where, _BadRow(where, f"more fields than the header ({len(reader.fieldnames)})")
+            yield where, BadRow(where, f"more fields than the header ({len(reader.fieldnames)})")
             continue
         yield where, {k: v for k, v in row.items()}
 
@@ -143,12 +150,27 @@ def _check_header(path: str, fields: list[str], delimiter: str) -> None:
             )
 
 
-def _read_parquet(path: str) -> Iterator[tuple[str, dict | _BadRow]]:
+def read_parquet(path: str) -> Iterator[tuple[str, dict | BadRow]]:
+    """The rows of a Parquet file, as ``("file:row i", row)`` (pyarrow decodes the types)."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     for i, row in enumerate(table.to_pylist()):
         yield f"{path}:row {i}", row
+
+
+def read_rows(src: SourceConfig, path: str) -> Iterator[tuple[str, dict | BadRow]]:
+    """The rows of one file of a file source, read by its format (see `file_format`).
+
+    Raises:
+      DataError: the format is unknown, or ``hf`` (which needs a folder or dataset name).
+    """
+    fmt = file_format(src, path)
+    if fmt == "hf":
+        raise DataError(f"{path}: format hf needs a folder or dataset name as path")
+    if fmt == "csv":
+        return read_csv(path, src.delimiter)
+    return read_jsonl(path) if fmt == "jsonl" else read_parquet(path)
 
 
 def open_hf(src: SourceConfig, split: str) -> Any:
@@ -203,7 +225,7 @@ def class_label_names(ds: Any, column: str) -> list[str] | None:
     return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
 
 
-def class_names(data_cfg: Any, task: str) -> list[str] | None:
+def class_names(data_cfg: DataConfig, task: str) -> list[str] | None:
     """The label (tag) vocabulary in ``ClassLabel`` order, when every training source is a
     Hugging Face dataset whose label (tags) column is a ``ClassLabel`` with the same names;
     else None (the vocabulary is then the sorted labels of train)."""
@@ -224,9 +246,16 @@ def class_names(data_cfg: Any, task: str) -> list[str] | None:
     return found[0] if found and all(f == found[0] for f in found) else None
 
 
-def _read_hf(src: SourceConfig, split: str) -> Iterator[tuple[str, dict | _BadRow]]:
-    """Opens the split eagerly, then yields its rows with ``ClassLabel`` ids turned into names
-    (labels, per-token tags, or any other class column such as a language id)."""
+def read_hf(src: SourceConfig, split: str) -> Iterator[tuple[str, dict | BadRow]]:
+    """The rows of one split of a ``format: hf`` source, as ``("path[split]:row i", row)``.
+
+    The split is opened eagerly (a missing split fails here, not on the first row); ``ClassLabel``
+    ids are turned into their names (labels, per-token tags, or any other class column such as
+    a language id).
+
+    Raises:
+      MissingSplitError: the source has no such split.
+    """
     ds = open_hf(src, split)
     where = f"{src.path.replace('{split}', split)}[{src.hf_split.replace('{split}', split)}]"
     names = {c: n for c in ds.column_names if (n := class_label_names(ds, c)) is not None}
@@ -249,7 +278,18 @@ def _named(row: dict, names: dict[str, list[str]]) -> dict:
 # Files of a source for a split, with the language the path implies.
 
 
-def _files(src: SourceConfig, split: str) -> list[tuple[str, str | None]]:
+def source_files(src: SourceConfig, split: str) -> list[tuple[str, str | None]]:
+    """The files of a file source for a split (sorted), each with the language its name implies.
+
+    Args:
+      src: the source; its path is a file, a folder or a glob, with ``{split}`` and
+        ``{language}`` placeholders.
+      split: the split's name in the files (after `DataConfig.split_names`).
+
+    Returns:
+      ``(path, language)`` pairs; the language comes from `SourceConfig.file_languages` (by file
+      name or stem), else the ``{language}`` match, else None.
+    """
     pattern = src.path.replace("{split}", split)
     lang_re = None
     if "{language}" in pattern:
@@ -277,7 +317,12 @@ def _files(src: SourceConfig, split: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def _format(src: SourceConfig, path: str) -> str:
+def file_format(src: SourceConfig, path: str) -> str:
+    """The format of a source's file: `SourceConfig.format`, or with ``auto`` its extension's.
+
+    Raises:
+      DataError: ``auto`` and an extension that names no format.
+    """
     if src.format != "auto":
         return src.format
     ext = os.path.splitext(path)[1]
@@ -293,9 +338,20 @@ def _format(src: SourceConfig, path: str) -> str:
 # Row -> example
 
 
-def _column(row: dict, name: str, where: str, field: str) -> Any:
+def required_column(row: dict, name: str, where: str, field: str) -> Any:
+    """The value of column `name` of a row.
+
+    Args:
+      row: the row.
+      name: the column.
+      where: ``"file:line"`` of the row.
+      field: the `SourceConfig` field naming the column (told to the user as the fix).
+
+    Raises:
+      BadRow: the column is missing or null.
+    """
     if name not in row or row[name] is None:
-        raise _BadRow(
+        raise BadRow(
             where,
             f"missing column {name!r} (row has {', '.join(map(repr, row)) or 'no columns'}); "
             f"set data.sources[].{field} to the right column",
@@ -304,55 +360,52 @@ def _column(row: dict, name: str, where: str, field: str) -> Any:
 
 
 def _text(row: dict, name: str, where: str, field: str) -> str:
-    value = _column(row, name, where, field)
+    value = required_column(row, name, where, field)
     if not isinstance(value, str):
-        raise _BadRow(where, f"column {name!r} must be text, got {type(value).__name__}")
+        raise BadRow(where, f"column {name!r} must be text, got {type(value).__name__}")
     if not value.strip():
-        raise _BadRow(where, f"empty text in column {name!r}; remove the row or fill it")
+        raise BadRow(where, f"empty text in column {name!r}; remove the row or fill it")
     return value
 
 
-def _example(row: dict, src: SourceConfig, task: str, where: str) -> dict:
+def example_from_row(row: dict, src: SourceConfig, task: str, where: str) -> dict:
+    """The example dict of a task from a row (see :mod:`langtune_jax.data.sources`), with
+    ``"where"``.
+
+    Args:
+      row: the row, as a reader yields it.
+      src: the source (its column names).
+      task: one of `TASKS`.
+      where: ``"file:line"`` of the row.
+
+    Raises:
+      BadRow: a missing column, empty text or label, tokens and tags of different lengths, or
+        malformed chat messages.
+      DataError: an unknown task.
+    """
     if task == "sequence-classification":
         ex = {"text": _text(row, src.text_column, where, "text_column"), "text_pair": None}
         if src.text_pair_column:
             ex["text_pair"] = _text(row, src.text_pair_column, where, "text_pair_column")
-        label = _column(row, src.label_column, where, "label_column")
+        label = required_column(row, src.label_column, where, "label_column")
         if isinstance(label, str) and not label.strip():
-            raise _BadRow(where, f"empty label in column {src.label_column!r}")
+            raise BadRow(where, f"empty label in column {src.label_column!r}")
         ex["label"] = str(label)
     elif task == "token-classification":
-        tokens = _column(row, src.tokens_column, where, "tokens_column")
-        tags = _column(row, src.tags_column, where, "tags_column")
+        tokens = required_column(row, src.tokens_column, where, "tokens_column")
+        tags = required_column(row, src.tags_column, where, "tags_column")
         if isinstance(tokens, str):
             tokens = tokens.split()
         if isinstance(tags, str):
             tags = tags.split()
         tokens, tags = list(tokens), [str(t) for t in tags]
         if not tokens:
-            raise _BadRow(where, f"empty token list in column {src.tokens_column!r}")
+            raise BadRow(where, f"empty token list in column {src.tokens_column!r}")
         if len(tokens) != len(tags):
-            raise _BadRow(where, f"{len(tokens)} tokens but {len(tags)} tags")
+            raise BadRow(where, f"{len(tokens)} tokens but {len(tags)} tags")
         ex = {"tokens": [str(t) for t in tokens], "tags": tags}
     elif task == "causal-lm":
-        if src.messages_column:
-            msgs = _column(row, src.messages_column, where, "messages_column")
-            if isinstance(msgs, str):
-                msgs = json.loads(msgs)
-            if not msgs or not all(isinstance(m, dict) and "content" in m for m in msgs):
-                raise _BadRow(where, "messages must be a non-empty list of {role, content}")
-            if not str(msgs[-1]["content"]).strip():
-                raise _BadRow(where, "the last message (the response) is empty")
-            ex = {
-                "messages": [{"role": m.get("role", "user"), "content": m["content"]} for m in msgs]
-            }
-        elif src.prompt_column:
-            ex = {
-                "prompt": _text(row, src.prompt_column, where, "prompt_column"),
-                "response": _text(row, src.response_column, where, "response_column"),
-            }
-        else:
-            ex = {"text": _text(row, src.text_column, where, "text_column")}
+        ex = _causal_example(row, src, where)
     elif task == "masked-lm":  # unlabelled text: other columns (a label, say) are not read
         ex = {"text": _text(row, src.text_column, where, "text_column")}
     else:
@@ -361,10 +414,31 @@ def _example(row: dict, src: SourceConfig, task: str, where: str) -> dict:
     return ex
 
 
+def _causal_example(row: dict, src: SourceConfig, where: str) -> dict:
+    """Chat messages, a prompt + response, or plain text, by which columns the source names."""
+    if src.messages_column:
+        msgs = required_column(row, src.messages_column, where, "messages_column")
+        if isinstance(msgs, str):
+            msgs = json.loads(msgs)
+        if not msgs or not all(isinstance(m, dict) and "content" in m for m in msgs):
+            raise BadRow(where, "messages must be a non-empty list of {role, content}")
+        if not str(msgs[-1]["content"]).strip():
+            raise BadRow(where, "the last message (the response) is empty")
+        return {
+            "messages": [{"role": m.get("role", "user"), "content": m["content"]} for m in msgs]
+        }
+    if src.prompt_column:
+        return {
+            "prompt": _text(row, src.prompt_column, where, "prompt_column"),
+            "response": _text(row, src.response_column, where, "response_column"),
+        }
+    return {"text": _text(row, src.text_column, where, "text_column")}
+
+
 def check_label(ex: dict, labels: set[str], task: str) -> None:
     """Raises a bad-row error when the example's label (or a tag) is not in `labels`."""
     if task == "sequence-classification" and ex["label"] not in labels:
-        raise _BadRow(
+        raise BadRow(
             ex["where"],
             f"unknown label {ex['label']!r} (labels: {', '.join(sorted(labels))}); fix the row "
             "or add it to data.labels",
@@ -372,7 +446,7 @@ def check_label(ex: dict, labels: set[str], task: str) -> None:
     if task == "token-classification":
         bad = [t for t in ex["tags"] if t not in labels]
         if bad:
-            raise _BadRow(
+            raise BadRow(
                 ex["where"],
                 f"unknown tag {bad[0]!r} (tags: {', '.join(sorted(labels))}); fix the row or "
                 "add it to data.labels",

@@ -1,32 +1,38 @@
-"""Language weight strategies and the sampling plan.
+"""Language weight strategies: per-language counts -> sampling probabilities, static and dynamic.
 
 `language_weights` turns per-language counts (examples or tokens) into target probabilities that
-sum to one. Every strategy is a closed formula of the counts, so the plan printed by
-`langtune plan` is exactly what the mixture samples.
+sum to one. Every static strategy is one small function of the counts, listed in
+`STRATEGY_TABLE`; its docstring gives its formula and reference. All of them are closed formulas,
+so the plan printed by `langtune plan` is exactly what the mixture samples:
 
-| strategy      | probability of language l                        | reference |
-| ------------- | ------------------------------------------------ | --------- |
-| `natural`     | n_l / sum n                                      | |
-| `uniform`     | 1 / L                                            | |
-| `inverse`     | n_l * (1/n_l) / sum = 1 / L (per-example weight 1/n_l, as torch's `WeightedRandomSampler` with inverse-frequency weights gives) | |
-| `temperature` | p_l^alpha / sum p^alpha, p = natural, alpha = 1/T | Conneau & Lample 2019 (XLM, alpha 0.3/0.5), Devlin 2018 (mBERT, 0.7), Xue et al. 2021 (mT5, 0.3) |
-| `log`         | ln(1 + n_l) / sum ln(1 + n)                       | |
-| `unimax`      | uniform character/example budget, capped at `max_epochs` epochs per language, excess redistributed | Chung et al. 2023, "UniMax", Algorithm 1 |
-| `manual`      | weights_l / sum weights                          | |
+    natural      n_l / sum n (the data as it is)
+    uniform      1 / L
+    inverse      1 / L, as per-example weights 1 / n_l give
+    temperature  (n_l / sum n) ** alpha, renormalised (XLM, XLM-R, mBERT, mT5)
+    log          ln(1 + n_l), renormalised
+    unimax       a uniform budget capped at max_epochs epochs per language (UniMax)
+    manual       the given weights, renormalised
 
-`multipliers` rescale any strategy's result per language before renormalising (for languages that
-need more weight than their size says: difficulty, script, semantic density).
+A strategy's options are its function's keyword arguments; each option has one check
+(`check_option`), which both `SamplingConfig` (when a config is read) and `language_weights`
+(when called directly) apply. `multipliers` rescale any strategy's result per language before
+renormalising (for languages that need more weight than their size says: difficulty, script,
+semantic density).
+
+The dynamic strategy starts from a static one (`DynamicConfig.prior`) and moves the weights with
+the per-language loss: `dro_update` and `power_weights` are its rules, `bounded_weights` its guard
+rails; `langtune_jax.data.plan.WeightRecord` applies them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import inspect
 import math
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
-from langtune_jax.data.sources import DataError
+from langtune_jax.data.errors import DataError
 
 StaticStrategy = Literal["natural", "uniform", "inverse", "temperature", "log", "unimax", "manual"]
 Strategy = Literal[
@@ -34,6 +40,232 @@ Strategy = Literal[
 ]
 STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
 STATIC_STRATEGIES: tuple[str, ...] = StaticStrategy.__args__  # type: ignore[attr-defined]
+
+# Defaults shared by the strategy functions and `SamplingConfig`.
+DEFAULT_ALPHA = 0.3
+DEFAULT_MAX_EPOCHS = 4.0
+
+
+# --------------------------------------------------------------------------- static strategies
+# Each takes the counts (language -> n_l > 0) and its options, and returns unnormalised weights
+# in the key order of the counts; `language_weights` applies multipliers and normalises.
+
+
+def natural(counts: Mapping[str, float]) -> dict[str, float]:
+    """The data's own proportions: p_l = n_l / sum_k n_k."""
+    total = float(sum(counts.values()))
+    return {lang: n / total for lang, n in counts.items()}
+
+
+def uniform(counts: Mapping[str, float]) -> dict[str, float]:
+    """Every language alike: p_l = 1 / L."""
+    return {lang: 1.0 for lang in counts}
+
+
+def inverse(counts: Mapping[str, float]) -> dict[str, float]:
+    """Inverse frequency: per-example weight 1 / n_l, so p_l = n_l * (1 / n_l) / L = 1 / L.
+
+    This is what torch's ``WeightedRandomSampler`` gives with inverse-frequency weights; as a
+    language distribution it equals `uniform`.
+    """
+    return {lang: 1.0 for lang in counts}
+
+
+def temperature(counts: Mapping[str, float], *, alpha: float = DEFAULT_ALPHA) -> dict[str, float]:
+    """Temperature sampling: p_l ∝ q_l ** alpha, q_l = n_l / sum_k n_k, alpha = 1 / T.
+
+    alpha 1 is `natural`, alpha -> 0 approaches `uniform`.
+
+    References:
+      Conneau & Lample 2019, "Cross-lingual Language Model Pretraining" (XLM, alpha 0.5);
+      Conneau et al. 2020, "Unsupervised Cross-lingual Representation Learning at Scale"
+      (XLM-R, 0.3); Devlin et al. 2019, multilingual BERT (0.7); Xue et al. 2021, "mT5" (0.3).
+    """
+    total = float(sum(counts.values()))
+    alpha = float(alpha)
+    return {lang: (n / total) ** alpha for lang, n in counts.items()}
+
+
+def logarithmic(counts: Mapping[str, float]) -> dict[str, float]:
+    """Log-scaled counts (strategy ``log``): p_l ∝ ln(1 + n_l)."""
+    return {lang: math.log1p(n) for lang, n in counts.items()}
+
+
+def unimax(
+    counts: Mapping[str, float],
+    *,
+    budget: float | None = None,
+    max_epochs: float = DEFAULT_MAX_EPOCHS,
+) -> dict[str, float]:
+    """UniMax: a uniform share of `budget` per language, capped at `max_epochs` epochs.
+
+    Languages are visited from smallest to largest (the i-th of L, 0-based); each gets
+    p_l ∝ a_l = min(R_i / (L - i), max_epochs * n_l), R_i the budget the languages before it
+    left, so what a small language cannot use goes to the larger ones.
+
+    Args:
+      counts: language -> examples (or tokens, the unit of `budget`).
+      budget: the run's total draws in the unit of the counts (required).
+      max_epochs: the cap on passes over a language's data.
+
+    References:
+      Chung et al. 2023, "UniMax: Fairer and More Effective Language Sampling for Large-Scale
+      Multilingual Pretraining", Algorithm 1.
+    """
+    if budget is None:
+        raise DataError(
+            "sampling.budget: strategy 'unimax' needs a budget > 0 (got None); set it to the "
+            "run's total examples (or tokens with unit: tokens)"
+        )
+    order = sorted(counts, key=lambda lang: (counts[lang], lang))
+    remaining = float(budget)
+    alloc: dict[str, float] = {}
+    for i, lang in enumerate(order):
+        share = remaining / (len(order) - i)
+        alloc[lang] = min(share, counts[lang] * float(max_epochs))
+        remaining -= alloc[lang]
+    return {lang: alloc[lang] for lang in counts}
+
+
+def manual(
+    counts: Mapping[str, float], *, weights: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Given weights: p_l ∝ weights_l; every language of the data needs one (0 leaves it out)."""
+    weights = weights or {}
+    check_languages("weights", weights, counts)
+    missing = sorted(set(counts) - set(weights))
+    if missing:
+        raise DataError(
+            f"sampling.weights: no weight for language(s) {', '.join(map(repr, missing))}; "
+            "give every language a weight (0 to leave one out)"
+        )
+    return {lang: float(weights[lang]) for lang in counts}
+
+
+STRATEGY_TABLE: dict[str, Callable[..., dict[str, float]]] = {
+    "natural": natural,
+    "uniform": uniform,
+    "inverse": inverse,
+    "temperature": temperature,
+    "log": logarithmic,
+    "unimax": unimax,
+    "manual": manual,
+}
+# The options of a strategy are its function's keyword-only arguments.
+_TAKES: dict[str, tuple[str, ...]] = {
+    name: tuple(
+        p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY
+    )
+    for name, fn in STRATEGY_TABLE.items()
+}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_option(name: str, value: Any) -> None:
+    """The one range check of a sampling option (alpha, budget, max_epochs, weights, multipliers).
+
+    Raises:
+      DataError: naming ``sampling.<name>`` (and the language, for a per-language map).
+    """
+    if name in ("alpha", "max_epochs") and not value > 0:
+        raise DataError(f"sampling.{name} must be > 0 (got {value})")
+    if name == "budget" and value is not None and not value > 0:
+        raise DataError(f"sampling.budget must be > 0 or null (got {value})")
+    if name in ("weights", "multipliers"):
+        for lang, w in value.items():
+            if not (isinstance(w, int | float) and math.isfinite(w) and w >= 0):
+                raise DataError(f"sampling.{name}.{lang} must be a finite number >= 0 (got {w!r})")
+
+
+def check_counts(counts: Mapping[str, float]) -> None:
+    """Every language has a count > 0.
+
+    Raises:
+      DataError: no languages, or a language whose count is zero, negative or not a number.
+    """
+    if not counts:
+        raise DataError("no languages: the training data is empty; check data.sources")
+    for lang, n in counts.items():
+        if not (isinstance(n, int | float) and math.isfinite(n)) or n < 0:
+            raise DataError(f"language {lang!r}: count must be a number >= 0 (got {n!r})")
+        if n == 0:
+            raise DataError(
+                f"language {lang!r} has zero examples; remove it from the sources or fix its "
+                "files (all rows may have been skipped as bad)"
+            )
+
+
+def check_languages(name: str, given: Mapping[str, float], counts: Mapping[str, float]) -> None:
+    """Every language of a per-language option (`weights`, `multipliers`) is in the data."""
+    unknown = sorted(set(given) - set(counts))
+    if unknown:
+        raise DataError(
+            f"sampling.{name}: language(s) {', '.join(map(repr, unknown))} not in the data "
+            f"(languages: {', '.join(sorted(counts))}); fix the name or remove the entry"
+        )
+
+
+def _strategy(strategy: str, options: Mapping[str, Any]) -> Callable[..., dict[str, float]]:
+    """The table's function of `strategy`, after checking the options it is given."""
+    if strategy not in STRATEGY_TABLE:
+        raise DataError(
+            f"sampling.strategy: unknown strategy {strategy!r}; choose one of "
+            f"{', '.join(STRATEGY_TABLE)}"
+        )
+    extra = set(options) - set(_TAKES[strategy])
+    if extra:
+        raise DataError(
+            f"sampling: option(s) {', '.join(sorted(extra))} do not apply to strategy "
+            f"{strategy!r} (it takes {', '.join(sorted(_TAKES[strategy])) or 'no options'})"
+        )
+    for name, value in options.items():
+        check_option(name, value)
+    return STRATEGY_TABLE[strategy]
+
+
+def language_weights(
+    counts: Mapping[str, float], strategy: str = "natural", **options
+) -> dict[str, float]:
+    """Turns per-language counts into sampling probabilities by a named strategy.
+
+    Args:
+      counts: language -> number of examples (or tokens); every count must be > 0.
+      strategy: natural | uniform | inverse | temperature | log | unimax | manual (the functions
+        of `STRATEGY_TABLE`, whose docstrings give the formulas).
+      **options: `alpha` (temperature, default 0.3); `budget` (unimax, required, same unit as
+        counts) and `max_epochs` (unimax, default 4); `weights` (manual, one per language);
+        `multipliers` (any strategy, per-language factors applied before renormalising).
+
+    Returns:
+      language -> probability, in the key order of `counts`, summing to 1.
+
+    Raises:
+      DataError: zero/negative counts, unknown strategy or option, negative or all-zero weights,
+        a weight or multiplier for a language not in the data.
+
+    References:
+      UniMax: Chung et al. 2023, "UniMax: Fairer and More Effective Language Sampling for
+      Large-Scale Multilingual Pretraining", Algorithm 1.
+    """
+    check_counts(counts)
+    multipliers = options.pop("multipliers", None) or {}
+    weigh = _strategy(strategy, options)
+    check_option("multipliers", multipliers)
+    raw = weigh(counts, **options)
+    check_languages("multipliers", multipliers, counts)
+    raw = {lang: w * float(multipliers.get(lang, 1.0)) for lang, w in raw.items()}
+    z = sum(raw.values())
+    if not z > 0:
+        raise DataError(
+            f"sampling: all weights are zero after strategy {strategy!r} and multipliers; "
+            "give at least one language a positive weight"
+        )
+    return {lang: w / z for lang, w in raw.items()}
+
+
+# --------------------------------------------------------------------------- configs
 
 
 @dataclasses.dataclass
@@ -125,7 +357,7 @@ class SamplingConfig:
     """How training examples are drawn across languages.
 
     Attributes:
-      strategy: one of natural, uniform, inverse, temperature, log, unimax, manual.
+      strategy: one of natural, uniform, inverse, temperature, log, unimax, manual, dynamic.
       alpha: temperature exponent (alpha = 1/T); 0.3 as XLM-R and mT5, 0.7 as mBERT.
       budget: UniMax total budget in `unit`s; None = the run's total (steps x batch size,
         in tokens when `unit` is tokens).
@@ -140,9 +372,9 @@ class SamplingConfig:
     """
 
     strategy: Strategy = "natural"
-    alpha: float = 0.3
+    alpha: float = DEFAULT_ALPHA
     budget: float | None = None
-    max_epochs: float = 4.0
+    max_epochs: float = DEFAULT_MAX_EPOCHS
     weights: dict[str, float] = dataclasses.field(default_factory=dict)
     multipliers: dict[str, float] = dataclasses.field(default_factory=dict)
     unit: Literal["examples", "tokens"] = "examples"
@@ -154,20 +386,10 @@ class SamplingConfig:
                 f"sampling.strategy: unknown strategy {self.strategy!r}; "
                 f"choose one of {', '.join(STRATEGIES)}"
             )
-        if not self.alpha > 0:
-            raise ValueError(f"sampling.alpha must be > 0 (got {self.alpha})")
-        if self.budget is not None and not self.budget > 0:
-            raise ValueError(f"sampling.budget must be > 0 or null (got {self.budget})")
-        if not self.max_epochs > 0:
-            raise ValueError(f"sampling.max_epochs must be > 0 (got {self.max_epochs})")
+        for name in ("alpha", "budget", "max_epochs", "weights", "multipliers"):
+            check_option(name, getattr(self, name))
         if self.unit not in ("examples", "tokens"):
             raise ValueError(f"sampling.unit must be 'examples' or 'tokens' (got {self.unit!r})")
-        for field in ("weights", "multipliers"):
-            for lang, w in getattr(self, field).items():
-                if not (isinstance(w, int | float) and math.isfinite(w) and w >= 0):
-                    raise ValueError(
-                        f"sampling.{field}.{lang} must be a finite number >= 0 (got {w!r})"
-                    )
         if self.static_strategy == "manual" and not self.weights:
             raise ValueError("sampling.weights: strategy 'manual' needs weights per language")
 
@@ -179,370 +401,8 @@ class SamplingConfig:
     def strategy_options(self) -> dict:
         """The keyword options `language_weights` takes for `static_strategy`."""
         opts: dict = {"multipliers": self.multipliers}
-        strategy = self.static_strategy
-        if strategy == "temperature":
-            opts["alpha"] = self.alpha
-        elif strategy == "unimax":
-            opts["budget"] = self.budget
-            opts["max_epochs"] = self.max_epochs
-        elif strategy == "manual":
-            opts["weights"] = self.weights
+        opts.update({name: getattr(self, name) for name in _TAKES[self.static_strategy]})
         return opts
-
-
-def _check_counts(counts: Mapping[str, float]) -> None:
-    if not counts:
-        raise DataError("no languages: the training data is empty; check data.sources")
-    for lang, n in counts.items():
-        if not (isinstance(n, int | float) and math.isfinite(n)) or n < 0:
-            raise DataError(f"language {lang!r}: count must be a number >= 0 (got {n!r})")
-        if n == 0:
-            raise DataError(
-                f"language {lang!r} has zero examples; remove it from the sources or fix its "
-                "files (all rows may have been skipped as bad)"
-            )
-
-
-def _check_known(name: str, given: Mapping[str, float], counts: Mapping[str, float]) -> None:
-    unknown = sorted(set(given) - set(counts))
-    if unknown:
-        raise DataError(
-            f"sampling.{name}: language(s) {', '.join(map(repr, unknown))} not in the data "
-            f"(languages: {', '.join(sorted(counts))}); fix the name or remove the entry"
-        )
-    for lang, w in given.items():
-        if not (isinstance(w, int | float) and math.isfinite(w)) or w < 0:
-            raise DataError(f"sampling.{name}.{lang}: must be a number >= 0 (got {w!r})")
-
-
-def _unimax(counts: Mapping[str, float], budget: float, max_epochs: float) -> dict[str, float]:
-    # Chung et al. 2023, Algorithm 1: visit languages from smallest to largest; each gets the
-    # uniform share of what is left, capped at max_epochs passes over its data.
-    order = sorted(counts, key=lambda lang: (counts[lang], lang))
-    remaining = float(budget)
-    alloc: dict[str, float] = {}
-    for i, lang in enumerate(order):
-        share = remaining / (len(order) - i)
-        alloc[lang] = min(share, counts[lang] * max_epochs)
-        remaining -= alloc[lang]
-    return {lang: alloc[lang] for lang in counts}
-
-
-def language_weights(
-    counts: Mapping[str, float], strategy: str = "natural", **options
-) -> dict[str, float]:
-    """Turns per-language counts into sampling probabilities by a named strategy.
-
-    Args:
-      counts: language -> number of examples (or tokens); every count must be > 0.
-      strategy: natural | uniform | inverse | temperature | log | unimax | manual (see the module
-        docstring for the formulas).
-      **options: `alpha` (temperature, default 0.3); `budget` (unimax, required, same unit as
-        counts) and `max_epochs` (unimax, default 4); `weights` (manual, one per language);
-        `multipliers` (any strategy, per-language factors applied before renormalising).
-
-    Returns:
-      language -> probability, in the key order of `counts`, summing to 1.
-
-    Raises:
-      DataError: zero/negative counts, unknown strategy or option, negative or all-zero weights,
-        a weight or multiplier for a language not in the data.
-
-    References:
-      UniMax: Chung et al. 2023, "UniMax: Fairer and More Effective Language Sampling for
-      Large-Scale Multilingual Pretraining", Algorithm 1.
-    """
-    _check_counts(counts)
-    multipliers = options.pop("multipliers", None) or {}
-    allowed = {
-        "natural": set(),
-        "uniform": set(),
-        "inverse": set(),
-        "temperature": {"alpha"},
-        "log": set(),
-        "unimax": {"budget", "max_epochs"},
-        "manual": {"weights"},
-    }
-    if strategy not in allowed:
-        raise DataError(
-            f"sampling.strategy: unknown strategy {strategy!r}; choose one of {', '.join(allowed)}"
-        )
-    extra = set(options) - allowed[strategy]
-    if extra:
-        raise DataError(
-            f"sampling: option(s) {', '.join(sorted(extra))} do not apply to strategy "
-            f"{strategy!r} (it takes {', '.join(sorted(allowed[strategy])) or 'no options'})"
-        )
-    total = float(sum(counts.values()))
-    if strategy == "natural":
-        raw = {lang: n / total for lang, n in counts.items()}
-    elif strategy in ("uniform", "inverse"):
-        # inverse: per-example weight 1/n_l summed over the n_l examples of l is 1 per language.
-        raw = {lang: 1.0 for lang in counts}
-    elif strategy == "temperature":
-        alpha = float(options.get("alpha", 0.3))
-        if not alpha > 0:
-            raise DataError(f"sampling.alpha must be > 0 (got {alpha})")
-        raw = {lang: (n / total) ** alpha for lang, n in counts.items()}
-    elif strategy == "log":
-        raw = {lang: math.log1p(n) for lang, n in counts.items()}
-    elif strategy == "unimax":
-        budget = options.get("budget")
-        max_epochs = float(options.get("max_epochs", 4.0))
-        if budget is None or not budget > 0:
-            raise DataError(
-                f"sampling.budget: strategy 'unimax' needs a budget > 0 (got {budget!r}); set it "
-                "to the run's total examples (or tokens with unit: tokens)"
-            )
-        if not max_epochs > 0:
-            raise DataError(f"sampling.max_epochs must be > 0 (got {max_epochs})")
-        raw = _unimax(counts, float(budget), max_epochs)
-    else:  # manual
-        weights = options.get("weights") or {}
-        _check_known("weights", weights, counts)
-        missing = sorted(set(counts) - set(weights))
-        if missing:
-            raise DataError(
-                f"sampling.weights: no weight for language(s) {', '.join(map(repr, missing))}; "
-                "give every language a weight (0 to leave one out)"
-            )
-        raw = {lang: float(weights[lang]) for lang in counts}
-    _check_known("multipliers", multipliers, counts)
-    raw = {lang: w * float(multipliers.get(lang, 1.0)) for lang, w in raw.items()}
-    z = sum(raw.values())
-    if not z > 0:
-        raise DataError(
-            f"sampling: all weights are zero after strategy {strategy!r} and multipliers; "
-            "give at least one language a positive weight"
-        )
-    return {lang: w / z for lang, w in raw.items()}
-
-
-@dataclasses.dataclass
-class PlanRow:
-    """One language of a `SamplingPlan` (see `SamplingPlan` for the columns)."""
-
-    language: str
-    examples: int
-    tokens: int | None
-    share: float
-    target: float
-    probability: float
-    expected_samples: float
-    expected_epochs: float
-    skipped: int = 0
-    warning: str | None = None
-
-
-@dataclasses.dataclass
-class SamplingPlan:
-    """What a run will draw from each language, computed before any training.
-
-    Attributes:
-      rows: one `PlanRow` per language (sorted by language): `examples` and `tokens` in the
-        training split, `share` of the data (in `unit`), `target` probability of the strategy
-        (in `unit`), `probability` of each draw picking the language (examples; equals target
-        with unit examples), `expected_samples` = probability x total_samples, `expected_epochs`
-        = expected_samples / examples, `skipped` bad rows, `warning` when expected_epochs exceeds
-        max_epochs.
-      strategy, unit, total_samples, max_epochs: the inputs.
-      skipped_reasons: reason -> bad training rows skipped for it (on_bad_row: skip).
-      dynamic: strategy `dynamic`: the weight record (`langtune_jax.data.plan.WeightRecord`
-        as a dict: prior, base losses, per-language losses at update points and the
-        `weight_segments` they give); plan.json lists `weight_segments` at its top level.
-      notes: what reading the data changed or found that the user should know (language codes
-        normalised, duplicate rows), one sentence each.
-    """
-
-    rows: list[PlanRow]
-    strategy: str
-    unit: str
-    total_samples: int
-    max_epochs: float
-    skipped_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
-    dynamic: dict | None = None
-    notes: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def languages(self) -> list[str]:
-        return [r.language for r in self.rows]
-
-    @property
-    def probabilities(self) -> dict[str, float]:
-        """Per-draw probability of each language (what `LanguageMixture` takes)."""
-        return {r.language: r.probability for r in self.rows}
-
-    @property
-    def warnings(self) -> list[str]:
-        return [r.warning for r in self.rows if r.warning]
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict (written as plan.json in the run folder)."""
-        out = {
-            "strategy": self.strategy,
-            "unit": self.unit,
-            "total_samples": self.total_samples,
-            "max_epochs": self.max_epochs,
-            "languages": [dataclasses.asdict(r) for r in self.rows],
-            "skipped_reasons": dict(self.skipped_reasons),
-            "warnings": self.warnings,
-            "notes": list(self.notes),
-        }
-        if self.dynamic is not None:
-            out["weight_segments"] = self.dynamic["weight_segments"]
-            out["dynamic"] = {k: v for k, v in self.dynamic.items() if k != "weight_segments"}
-        return out
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def table(self) -> str:
-        """A fixed-width text table, one line per language, then the warnings."""
-        head = ["language", "examples", "tokens", "share", "target", "p(draw)", "samples", "epochs"]
-        has_skipped = any(r.skipped for r in self.rows)
-        if has_skipped:
-            head.append("skipped")
-        lines = []
-        for r in self.rows:
-            cells = [
-                r.language,
-                f"{r.examples:,}",
-                "-" if r.tokens is None else f"{r.tokens:,}",
-                f"{r.share:.4f}",
-                f"{r.target:.4f}",
-                f"{r.probability:.4f}",
-                f"{r.expected_samples:,.0f}",
-                f"{r.expected_epochs:.2f}" + (" !" if r.warning else ""),
-            ]
-            if has_skipped:
-                cells.append(f"{r.skipped:,}")
-            lines.append(cells)
-        widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
-
-        def fmt(cells):
-            return "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-            )
-
-        out = [
-            f"sampling plan: strategy={self.strategy} unit={self.unit} "
-            f"total_samples={self.total_samples:,}",
-            fmt(head),
-            fmt(["-" * w for w in widths]),
-        ]
-        out += [fmt(c) for c in lines]
-        if self.skipped_reasons:
-            why = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.skipped_reasons.items()))
-            out.append(f"skipped bad rows: {sum(self.skipped_reasons.values()):,} ({why})")
-        out += [f"note: {n}" for n in self.notes]
-        out += [f"warning: {w}" for w in self.warnings]
-        out += dynamic_lines(self.dynamic)
-        return "\n".join(out)
-
-
-def dynamic_lines(dynamic: dict | None) -> list[str]:
-    """The plan table's lines about dynamic weights: prior, base loss, weight segments."""
-    if dynamic is None:
-        return []
-    every = dynamic["every"]
-    when = f"every {every} steps" if every else "once, before step 0, from the base model's loss"
-    out = [
-        f"dynamic weights: prior={dynamic['prior']} method={dynamic['method']} "
-        f"signal={dynamic['signal']}, updated {when}"
-    ]
-    if dynamic.get("base_loss"):
-        out.append(
-            "base model loss per language: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in dynamic["base_loss"].items())
-        )
-    segments = dynamic["weight_segments"]
-    for seg in segments[-3:]:
-        out.append(
-            f"weights from step {seg['start_step']}: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in seg["weights"].items())
-        )
-    return out
-
-
-def build_plan(
-    examples: Mapping[str, int],
-    sampling_cfg: SamplingConfig,
-    total_samples: int,
-    *,
-    tokens: Mapping[str, int] | None = None,
-    skipped: Mapping[str, int] | None = None,
-    skipped_reasons: Mapping[str, int] | None = None,
-    notes: list[str] | None = None,
-) -> SamplingPlan:
-    """Computes the sampling plan of a run.
-
-    Args:
-      examples: language -> number of training examples.
-      sampling_cfg: the strategy and its options.
-      total_samples: examples the run draws (train steps x global batch size).
-      tokens: language -> number of training tokens (needed with unit tokens).
-      skipped: language -> bad rows skipped (shown in the plan).
-      skipped_reasons: reason -> bad rows skipped (shown under the table).
-      notes: sentences shown under the table (see `SamplingPlan.notes`).
-
-    Returns:
-      A `SamplingPlan`; its `probabilities` feed `LanguageMixture`.
-    """
-    _check_counts(examples)
-    langs = sorted(examples)
-    if sampling_cfg.unit == "tokens":
-        if tokens is None:
-            raise DataError("sampling.unit is 'tokens' but no token counts were given")
-        counts = {lang: float(tokens[lang]) for lang in langs}
-    else:
-        counts = {lang: float(examples[lang]) for lang in langs}
-    opts = sampling_cfg.strategy_options()
-    if sampling_cfg.static_strategy == "unimax" and opts["budget"] is None:
-        # The run's own budget: every draw is one example, `mean` tokens long on average.
-        mean = sum(counts.values()) / sum(examples[lang] for lang in langs)
-        opts["budget"] = float(total_samples) * (mean if sampling_cfg.unit == "tokens" else 1.0)
-    target = language_weights(counts, sampling_cfg.static_strategy, **opts)
-    if sampling_cfg.unit == "tokens":
-        # Token share t_l needs draws in proportion to t_l / (tokens per example of l).
-        per_draw = {lang: target[lang] * examples[lang] / counts[lang] for lang in langs}
-        z = sum(per_draw.values())
-        per_draw = {lang: v / z for lang, v in per_draw.items()}
-    else:
-        per_draw = dict(target)
-    total_count = sum(counts.values())
-    rows = []
-    for lang in langs:
-        exp_samples = per_draw[lang] * total_samples
-        epochs = exp_samples / examples[lang]
-        warning = None
-        if epochs > sampling_cfg.max_epochs:
-            warning = (
-                f"language {lang!r} would be repeated {epochs:.1f} times (> max_epochs "
-                f"{sampling_cfg.max_epochs:g}); add data, lower its weight or use unimax"
-            )
-        rows.append(
-            PlanRow(
-                language=lang,
-                examples=int(examples[lang]),
-                tokens=None if tokens is None else int(tokens[lang]),
-                share=counts[lang] / total_count,
-                target=target[lang],
-                probability=per_draw[lang],
-                expected_samples=exp_samples,
-                expected_epochs=epochs,
-                skipped=int((skipped or {}).get(lang, 0)),
-                warning=warning,
-            )
-        )
-    return SamplingPlan(
-        rows=rows,
-        strategy=sampling_cfg.strategy,
-        unit=sampling_cfg.unit,
-        total_samples=int(total_samples),
-        max_epochs=sampling_cfg.max_epochs,
-        skipped_reasons=dict(skipped_reasons or {}),
-        notes=list(notes or []),
-    )
 
 
 # ----------------------------------------------------------------------------- dynamic weights

@@ -1,23 +1,17 @@
-"""Data sources: JSONL / CSV / Parquet files, folders, Hugging Face `datasets` -> examples per language.
+"""Data sources -> the validated examples of a split, per language (`load_split`).
 
-A source is one `SourceConfig`; `DataConfig.sources` lists them. Paths may hold two placeholders:
-`{split}` (replaced by the split name: train, validation, test) and `{language}` (a glob whose
-match is the language), so the demo layout `demo/data/{train,validation,test}/<lang>.jsonl` is
-
-    data:
-      sources:
-        - path: demo/data/{split}/{language}.jsonl
-
-Every row is validated while it is read. A bad row (malformed JSON, invalid UTF-8, missing column,
-empty text, unknown label, missing language) raises `DataError` naming `file:line` and the fix;
-with `on_bad_row: skip` it is skipped and counted in `SplitData.skipped` (shown in the plan).
-The per-format readers and the row checks are in `langtune_jax.data.readers`; this module holds
-the configs and `load_split`, which drives them.
+The sources are `langtune_jax.data.config.SourceConfig`s (paths with `{split}` and `{language}`
+placeholders, see that module). Every row is validated while it is read. A bad row (malformed
+JSON, invalid UTF-8, missing column, empty text, unknown label, missing language) raises
+`DataError` naming `file:line` and the fix; with `on_bad_row: skip` it is skipped and counted in
+`SplitData.skipped` (shown in the plan). The per-format readers and the row checks are in
+`langtune_jax.data.readers`; this module drives them and collects what they give.
 
 Examples are plain dicts, by task:
   sequence-classification: {"text", "text_pair" (or None), "label"}
   token-classification:    {"tokens": list[str], "tags": list[str]}
   causal-lm:               {"text"} | {"prompt", "response"} | {"messages": [{"role", "content"}]}
+  masked-lm:               {"text"}
 Each also carries "where" ("file:line") for later error messages.
 """
 
@@ -26,183 +20,23 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterator
 
+from langtune_jax.data.config import DataConfig, SourceConfig
+from langtune_jax.data.errors import BadRow, DataError, MissingSplitError
 from langtune_jax.data.readers import (
     TASKS,
-    DataError,
-    MissingSplitError,
-    _BadRow,
-    _column,
-    _example,
-    _files,
-    _format,
-    _read_csv,
-    _read_hf,
-    _read_jsonl,
-    _read_parquet,
     check_label,
+    example_from_row,
     normalize_language,
+    read_hf,
+    read_rows,
+    required_column,
+    source_files,
 )
 
-
-@dataclasses.dataclass
-class SourceConfig:
-    """One data source.
-
-    Attributes:
-      path: a file, a folder (every .jsonl/.csv/.tsv/.parquet file in it), a glob, or with format
-        `hf` a `datasets.save_to_disk` folder or a Hub dataset name. May hold `{split}` and
-        `{language}` placeholders (see the module docstring).
-      format: auto (from the file extension), jsonl, csv, parquet or hf.
-      hf_config: Hugging Face dataset configuration name (format hf).
-      hf_split: Hugging Face split name; `{split}` is replaced by the split being read.
-      splits: the splits this source serves; empty = every split (needs `{split}` in path or
-        hf_split).
-      language: a fixed language for every row of this source.
-      file_languages: file name (or stem) -> language, for files without a language column.
-      language_column: the column holding the language when neither of the above applies.
-      text_column, text_pair_column, label_column: sequence classification (and causal-lm text).
-      tokens_column, tags_column: token classification (words and their BIO tags).
-      prompt_column, response_column: causal LM prompt + response (prompt masked from the loss);
-        used when prompt_column is set.
-      messages_column: causal LM chat messages (list of {role, content}); the last message is the
-        response. Used when set.
-      delimiter: CSV field separator; default `,` (`\t` for .tsv files).
-    """
-
-    path: str = ""
-    format: Literal["auto", "jsonl", "csv", "parquet", "hf"] = "auto"
-    hf_config: str | None = None
-    hf_split: str = "{split}"
-    splits: list[str] = dataclasses.field(default_factory=list)
-    language: str | None = None
-    file_languages: dict[str, str] = dataclasses.field(default_factory=dict)
-    language_column: str = "language"
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    tokens_column: str = "tokens"
-    tags_column: str = "tags"
-    prompt_column: str | None = None
-    response_column: str = "response"
-    messages_column: str | None = None
-    delimiter: str | None = None
-    # An in-memory ``datasets.Dataset`` / ``DatasetDict`` (Python only, see `from_dataset`); not a
-    # config key: it cannot be written to YAML.
-    dataset: ClassVar[Any] = None
-
-    @classmethod
-    def from_dataset(cls, dataset: Any, **options: Any) -> SourceConfig:
-        """A source reading an in-memory Hugging Face ``datasets.Dataset`` or ``DatasetDict``.
-
-        Args:
-          dataset: a ``DatasetDict`` (its splits are the run's splits, mapped by `hf_split`) or a
-            ``Dataset`` (give `splits`, e.g. ``["train"]``).
-          **options: other `SourceConfig` fields (columns, `language`, `splits` ...).
-
-        The run folder's ``config.yaml`` records the dataset's fingerprint as the path; ``langtune
-        eval``/``export`` of such a run read its tokenized splits from the run folder's cache.
-        """
-        if not hasattr(dataset, "column_names"):
-            raise ValueError(
-                f"SourceConfig.from_dataset needs a datasets.Dataset or DatasetDict, got "
-                f"{type(dataset).__name__}"
-            )
-        options.setdefault("path", _dataset_label(dataset))
-        src = cls(format="hf", **options)
-        src.dataset = dataset
-        return src
-
-    def __post_init__(self):
-        if self.delimiter is not None and len(self.delimiter) != 1:
-            raise ValueError(
-                f"data.sources[].delimiter must be one character, got {self.delimiter!r}"
-            )
-        if not self.path:
-            raise ValueError("data.sources[].path: every source needs a path (file, folder, glob)")
-        if self.format not in ("auto", "jsonl", "csv", "parquet", "hf"):
-            raise ValueError(f"data.sources[].format: unknown format {self.format!r}")
-        if self.path.count("{language}") > 1:
-            raise ValueError("data.sources[].path: '{language}' may appear once")
-
-
-@dataclasses.dataclass
-class DataConfig:
-    """The data of a run.
-
-    Attributes:
-      sources: where examples come from (see `SourceConfig`).
-      split_names: role -> the name used in files/`{split}` when it differs (e.g.
-        {validation: dev}).
-      max_length: tokens per row; longer examples are truncated.
-      length_buckets: padded lengths a batch may take (each <= max_length; max_length is always
-        one); empty = max_length/4, /2 and max_length. Few buckets = few recompiles.
-      labels: label vocabulary (tags for token classification); None = sorted labels of train.
-      packing: pack several examples per row, train and eval (segment ids, per-segment
-        positions; classification pools / labels per segment): no padding compute.
-      mlm_probability: masked LM only: the share of maskable tokens chosen per row (BERT: 0.15).
-      on_bad_row: error (stop with file:line) or skip (skip and count).
-      dedupe: drop exact duplicate rows within a language of a split (the plan counts them
-        either way).
-      validation_fraction: when the data has no validation split, hold out this fraction of
-        each language's training examples as one (the same rows whatever the run seed); 0 = off.
-    """
-
-    sources: list[SourceConfig] = dataclasses.field(default_factory=list)
-    split_names: dict[str, str] = dataclasses.field(default_factory=dict)
-    max_length: int = 128
-    length_buckets: list[int] = dataclasses.field(default_factory=list)
-    labels: list[str] | None = None
-    packing: bool = False
-    mlm_probability: float = 0.15
-    on_bad_row: Literal["error", "skip"] = "error"
-    dedupe: bool = False
-    validation_fraction: float = 0.0
-
-    def __post_init__(self):
-        self.sources = [_as_source(s) for s in self.sources]
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(
-                f"data.validation_fraction must be in [0, 1) (got {self.validation_fraction})"
-            )
-        if self.max_length < 2:
-            raise ValueError(f"data.max_length must be >= 2 (got {self.max_length})")
-        for b in self.length_buckets:
-            if not 1 <= b <= self.max_length:
-                raise ValueError(
-                    f"data.length_buckets: {b} is outside [1, max_length={self.max_length}]"
-                )
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"data.mlm_probability must be in (0, 1) (got {self.mlm_probability})")
-        if self.on_bad_row not in ("error", "skip"):
-            raise ValueError(f"data.on_bad_row must be 'error' or 'skip' (got {self.on_bad_row!r})")
-        if self.labels is not None and len(set(self.labels)) != len(self.labels):
-            raise ValueError("data.labels has duplicates")
-
-    def buckets(self) -> list[int]:
-        """The sorted padded lengths (always ending with max_length)."""
-        if self.length_buckets:
-            b = set(self.length_buckets)
-        else:
-            b = {max(8, -(-self.max_length // 4)), max(8, -(-self.max_length // 2))}
-        return sorted({x for x in b if x <= self.max_length} | {self.max_length})
-
-
-def _as_source(item: Any) -> SourceConfig:
-    """A `SourceConfig` from itself, a plain mapping, or a ``datasets.Dataset``/``DatasetDict``."""
-    if isinstance(item, SourceConfig):
-        return item
-    if hasattr(item, "column_names"):  # a Hugging Face datasets object
-        return SourceConfig.from_dataset(item)
-    return SourceConfig(**item)
-
-
-def _dataset_label(dataset: Any) -> str:
-    """``<datasets.DatasetDict 1a2b...>``: the path a config records for an in-memory dataset."""
-    parts = dataset.values() if hasattr(dataset, "values") else [dataset]
-    prints = "+".join(str(getattr(d, "_fingerprint", "?")) for d in parts)
-    return f"<datasets.{type(dataset).__name__} {prints}>"
+# A stream is the rows of one file (or one Hugging Face split) with the language it implies.
+_Stream = tuple[str | None, str | None, Iterator[tuple[str, dict | BadRow]]]
 
 
 @dataclasses.dataclass
@@ -267,13 +101,27 @@ def load_split(
       DataError: a bad row (with on_bad_row error), a file with no examples, or a language left
         with zero examples.
     """
+    _check_request(data_cfg, task)
+    reader = _SplitReader(data_cfg, split, task, labels)
+    served, missing = _read_sources(data_cfg, split, reader)
+    _check_served(split, served, missing)
+    return reader.result()
+
+
+def _check_request(data_cfg: DataConfig, task: str) -> None:
     if task not in TASKS:
         raise DataError(f"unknown task {task!r}; the data pipeline supports {', '.join(TASKS)}")
     if not data_cfg.sources:
         raise DataError("data.sources is empty; list at least one source")
-    reader = _SplitReader(data_cfg, split, task, labels)
-    n_sources = 0
-    missing: list[str] = []  # sources without data for this split
+
+
+def _read_sources(data_cfg: DataConfig, split: str, reader: _SplitReader) -> tuple[int, list[str]]:
+    """Feeds every source serving `split` to `reader`.
+
+    Returns:
+      (sources read, one message per source that serves the split but has no data for it).
+    """
+    served, missing = 0, []
     for si, src in enumerate(data_cfg.sources):
         if src.splits and split not in src.splits:
             continue
@@ -282,16 +130,21 @@ def load_split(
             continue
         for path, fixed_lang, rows in streams:
             reader.read_stream(src, path, fixed_lang, rows)
-        n_sources += 1
+        served += 1
+    return served, missing
+
+
+def _check_served(split: str, served: int, missing: list[str]) -> None:
     # Training needs every source; an evaluation split may exist in some sources only.
-    if missing and (split == "train" or n_sources == 0):
-        raise (MissingSplitError if n_sources == 0 else DataError)(missing[0])
-    if n_sources == 0:
+    if missing and (split == "train" or served == 0):
+        raise (MissingSplitError if served == 0 else DataError)(missing[0])
+    if served == 0:
         raise MissingSplitError(f"no data source serves split {split!r}; add one or fix `splits`")
-    return reader.result()
 
 
-def _streams(src: SourceConfig, si: int, split: str, name: str, missing: list[str]):
+def _streams(
+    src: SourceConfig, si: int, split: str, name: str, missing: list[str]
+) -> list[_Stream] | None:
     """(path, language, rows) per file of a source for a split; None (noted in `missing`) when
     the source has no data for it."""
     per_split = "{split}" in src.path or (src.format == "hf" and "{split}" in src.hf_split)
@@ -302,27 +155,18 @@ def _streams(src: SourceConfig, si: int, split: str, name: str, missing: list[st
         )
     if src.format == "hf":
         try:
-            return [(None, src.language, _read_hf(src, name))]
+            return [(None, src.language, read_hf(src, name))]
         except MissingSplitError as e:
             missing.append(str(e))
             return None
-    files = _files(src, name)
+    files = source_files(src, name)
     if not files:
         missing.append(
             f"data.sources[{si}]: no files match {src.path.replace('{split}', name)!r} "
             f"for split {split!r}; check the path"
         )
         return None
-    streams = []
-    for path, file_lang in files:
-        fmt = _format(src, path)
-        if fmt == "hf":
-            raise DataError(f"{path}: format hf needs a folder or dataset name as path")
-        rows = _read_csv(path, src.delimiter) if fmt == "csv" else None
-        if rows is None:
-            rows = _read_jsonl(path) if fmt == "jsonl" else _read_parquet(path)
-        streams.append((path, src.language or file_lang, rows))
-    return streams
+    return [(path, src.language or file_lang, read_rows(src, path)) for path, file_lang in files]
 
 
 class _SplitReader:
@@ -339,7 +183,7 @@ class _SplitReader:
         self.first_errors: list[str] = []
         self.renamed: dict[str, str] = {}
 
-    def bad(self, err: _BadRow, lang: str | None) -> None:
+    def bad(self, err: BadRow, lang: str | None) -> None:
         if self.cfg.on_bad_row == "error":
             raise DataError(f"{err.where}: {err.reason}  (or set data.on_bad_row: skip)")
         self.skipped[lang or "?"] += 1
@@ -360,15 +204,15 @@ class _SplitReader:
         for where, row in rows:
             lang = fixed
             try:
-                if isinstance(row, _BadRow):
+                if isinstance(row, BadRow):
                     raise row
                 lang = self._row_language(row, src, fixed, where)
-                ex = _example(row, src, self.task, where)
+                ex = example_from_row(row, src, self.task, where)
                 if self.task == "sequence-classification":
                     label_kind = _check_label_kind(row[src.label_column], where, label_kind)
                 if self.label_set is not None:
                     check_label(ex, self.label_set, self.task)
-            except _BadRow as err:
+            except BadRow as err:
                 self.bad(err, lang)
                 continue
             kept += 1
@@ -391,13 +235,13 @@ class _SplitReader:
 
     def _row_language(self, row: dict, src: SourceConfig, fixed: str | None, where: str) -> str:
         if fixed is None:
-            lang = _column(row, src.language_column, where, "language_column")
+            lang = required_column(row, src.language_column, where, "language_column")
             if not isinstance(lang, str) or not lang.strip():
-                raise _BadRow(where, f"empty language in {src.language_column!r}")
+                raise BadRow(where, f"empty language in {src.language_column!r}")
             return self.language(lang)
         said = row.get(src.language_column)
         if said is not None and (not isinstance(said, str) or normalize_language(said) != fixed):
-            raise _BadRow(
+            raise BadRow(
                 where,
                 f"row says language {said!r} but the source gives {fixed!r}; fix the row or "
                 "the source's language mapping",
@@ -432,7 +276,7 @@ def _check_label_kind(value, where: str, first: tuple[str, str] | None) -> tuple
     if first is None:
         return (kind, where)
     if kind != first[0]:
-        raise _BadRow(
+        raise BadRow(
             where,
             f"label {value!r} is {kind} but the file's labels before it are {first[0]} (first at "
             f"{first[1]}); write every label of the column the same way",

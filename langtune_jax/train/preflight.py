@@ -13,7 +13,7 @@ from typing import Any
 
 from langtune_jax.config import ConfigError, RunConfig
 from langtune_jax.data import DataPipeline
-from langtune_jax.data.sources import MissingSplitError
+from langtune_jax.data.errors import MissingSplitError
 from langtune_jax.train import mesh as mesh_lib
 
 

@@ -275,3 +275,32 @@ def test_plan_of_a_dynamic_run_is_its_prior_and_lists_segments():
     assert d["weight_segments"] == [{"start_step": 0, "weights": plan.probabilities}]
     assert d["dynamic"]["prior"] == "natural" and d["dynamic"]["steps"] == 100
     assert "weights from step 0" in plan.table()
+
+
+def test_strategy_table_one_documented_function_per_static_strategy():
+    from langtune_jax.data import STATIC_STRATEGIES
+    from langtune_jax.data.sampling import STRATEGY_TABLE
+
+    assert tuple(STRATEGY_TABLE) == STATIC_STRATEGIES
+    for name, fn in STRATEGY_TABLE.items():
+        assert fn.__doc__ and ("∝" in fn.__doc__ or "=" in fn.__doc__), name
+    # The table's functions give unnormalised weights; `language_weights` normalises them.
+    raw = STRATEGY_TABLE["temperature"]({"a": 3, "b": 1}, alpha=0.5)
+    _close(raw, {"a": 0.75**0.5, "b": 0.25**0.5})
+    _close(STRATEGY_TABLE["log"]({"a": math.e - 1}), {"a": 1.0})
+
+
+@pytest.mark.parametrize(
+    "strategy, option, match",
+    [
+        ("temperature", {"alpha": 0}, "sampling.alpha must be > 0"),
+        ("unimax", {"budget": 100, "max_epochs": -1}, "sampling.max_epochs must be > 0"),
+        ("manual", {"weights": {"en": -1}}, "sampling.weights.en must be a finite number"),
+        ("natural", {"multipliers": {"en": math.inf}}, "sampling.multipliers.en"),
+    ],
+)
+def test_config_and_language_weights_share_one_check_per_option(strategy, option, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingConfig(strategy=strategy, **option)
+    with pytest.raises(DataError, match=match):
+        language_weights(COUNTS, strategy, **option)

@@ -212,3 +212,25 @@ def test_language_mismatch_between_file_and_row(tmp_path):
     _jsonl(tmp_path / "train" / "en.jsonl", _rows("en", 1) + _rows("es", 1))
     with pytest.raises(DataError, match=r"en\.jsonl:2: row says language 'es'"):
         load_split(_cfg(tmp_path / "{split}" / "{language}.jsonl"), "train", task=SC)
+
+
+def test_data_errors_and_configs_have_one_home():
+    from langtune_jax import data
+    from langtune_jax.data import config, errors
+
+    assert data.DataError is errors.DataError and data.MissingSplitError is errors.MissingSplitError
+    assert data.SourceConfig is config.SourceConfig and data.DataConfig is config.DataConfig
+    assert issubclass(errors.MissingSplitError, errors.DataError)
+
+
+def test_read_rows_reads_by_format_and_refuses_hf_files(tmp_path):
+    from langtune_jax.data.errors import BadRow
+    from langtune_jax.data.readers import read_rows
+
+    path = tmp_path / "en.jsonl"
+    path.write_text('{"text": "a"}\nnot json\n', encoding="utf-8")
+    rows = list(read_rows(SourceConfig(path=str(path)), str(path)))
+    assert rows[0] == (f"{path}:1", {"text": "a"})
+    assert isinstance(rows[1][1], BadRow) and "malformed JSON" in rows[1][1].reason
+    with pytest.raises(DataError, match="format hf needs a folder"):
+        read_rows(SourceConfig(path=str(path), format="hf"), str(path))
