@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE = -100
+from langtune_jax.tasks import IGNORE_INDEX as IGNORE
 
 
 @dataclasses.dataclass

@@ -41,7 +41,6 @@ import numpy as np
 
 from langtune_jax.data import cache as cache_lib
 from langtune_jax.data.features import (
-    IGNORE,
     Tokenized,
     choose_bucket,
     collate,
@@ -65,6 +64,7 @@ from langtune_jax.data.sources import (
     infer_labels,
     load_split,
 )
+from langtune_jax.tasks import IGNORE_INDEX as IGNORE
 
 log = logging.getLogger(__name__)
 

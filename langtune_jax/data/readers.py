@@ -19,10 +19,11 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from langtune_jax.tasks import TASKS
+
 if TYPE_CHECKING:
     from langtune_jax.data.sources import SourceConfig
 
-TASKS = ("sequence-classification", "token-classification", "causal-lm", "masked-lm")
 _FORMATS = {
     ".jsonl": "jsonl",
     ".json": "jsonl",

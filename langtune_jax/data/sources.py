@@ -29,7 +29,6 @@ from collections import Counter
 from typing import Any, ClassVar, Literal
 
 from langtune_jax.data.readers import (
-    TASKS,
     DataError,
     MissingSplitError,
     _BadRow,
@@ -44,6 +43,7 @@ from langtune_jax.data.readers import (
     check_label,
     normalize_language,
 )
+from langtune_jax.tasks import TASKS
 
 
 @dataclasses.dataclass
