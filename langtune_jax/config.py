@@ -36,8 +36,7 @@ import yaml
 from langtune_jax.data import DataConfig, SamplingConfig
 from langtune_jax.peft.adapters import AdapterConfig
 from langtune_jax.peft.lora import LoraConfig
-
-TASKS = ("sequence-classification", "token-classification", "causal-lm", "masked-lm")
+from langtune_jax.tasks import Task
 
 
 class ConfigError(ValueError):
@@ -86,9 +85,7 @@ class ModelSection:
 
     name_or_path: str
     tokenizer: str | None = None
-    task: Literal["sequence-classification", "token-classification", "causal-lm", "masked-lm"] = (
-        "sequence-classification"
-    )
+    task: Task = "sequence-classification"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     param_dtype: Literal["float32", "bfloat16"] = "float32"
 

@@ -32,6 +32,7 @@ import transformers
 from flax import nnx
 
 from langtune_jax.models import from_pretrained
+from langtune_jax.tasks import IGNORE_INDEX
 
 
 @dataclasses.dataclass
@@ -128,14 +129,14 @@ def build_llama(args) -> Case:
     ids = rng.integers(1, args.vocab, size=(args.batch, args.seq))
     mask = np.ones_like(ids)
     mask[::2, args.seq * 3 // 4 :] = 0  # pad a quarter of every other row
-    labels = np.where(mask == 1, ids, -100)  # transformers' ignore index
+    labels = np.where(mask == 1, ids, IGNORE_INDEX)  # transformers' ignore index too
 
     def torch_loss(model, b):
         return model(input_ids=b["ids"], attention_mask=b["mask"], labels=b["labels"]).loss
 
     def jax_loss(model, b):
         logits = model(b["ids"], attention_mask=b["mask"]).logits[:, :-1].astype(jnp.float32)
-        targets, keep = b["labels"][:, 1:], b["labels"][:, 1:] != -100
+        targets, keep = b["labels"][:, 1:], b["labels"][:, 1:] != IGNORE_INDEX
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(targets, 0))
         return jnp.sum(ce * keep) / jnp.sum(keep)
 

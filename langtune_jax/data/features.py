@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-IGNORE = -100
+from langtune_jax.tasks import IGNORE_INDEX as IGNORE
 
 
 @dataclasses.dataclass

@@ -43,7 +43,6 @@ from langtune_jax.data import cache as cache_lib
 from langtune_jax.data.config import DataConfig
 from langtune_jax.data.errors import DataError, MissingSplitError
 from langtune_jax.data.features import (
-    IGNORE,
     Tokenized,
     choose_bucket,
     collate,
@@ -60,6 +59,7 @@ from langtune_jax.data.plan import SamplingPlan, WeightRecord, build_plan
 from langtune_jax.data.readers import class_names
 from langtune_jax.data.sampling import SamplingConfig
 from langtune_jax.data.sources import SplitData, infer_labels, load_split
+from langtune_jax.tasks import IGNORE_INDEX as IGNORE
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from langtune_jax.data.config import DataConfig, SourceConfig
 from langtune_jax.data.errors import BadRow, DataError, MissingSplitError
+from langtune_jax.tasks import TASKS
 
-TASKS = ("sequence-classification", "token-classification", "causal-lm", "masked-lm")
 _FORMATS = {
     ".jsonl": "jsonl",
     ".json": "jsonl",

@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from langtune_jax.data.config import DataConfig, SourceConfig
 from langtune_jax.data.errors import BadRow, DataError, MissingSplitError
 from langtune_jax.data.readers import (
-    TASKS,
     check_label,
     example_from_row,
     normalize_language,
@@ -34,6 +33,7 @@ from langtune_jax.data.readers import (
     required_column,
     source_files,
 )
+from langtune_jax.tasks import TASKS
 
 # A stream is the rows of one file (or one Hugging Face split) with the language it implies.
 _Stream = tuple[str | None, str | None, Iterator[tuple[str, dict | BadRow]]]

@@ -19,19 +19,19 @@ task)``. ``compare_runs([run_a, run_b])`` and ``plot_comparison`` put runs side 
 from langtune_jax.eval.accumulator import PerLanguageAccumulator, per_language_report
 from langtune_jax.eval.compare import compare_runs
 from langtune_jax.eval.metrics import (
-    IGNORE_INDEX,
-    LOWER_IS_BETTER,
+    METRICS,
     PRIMARY_METRIC,
     SCALAR_METRICS,
     SCHEMA_VERSION,
-    TASKS,
     EntityScheme,
+    MetricInfo,
     classification_metrics,
     entity_scores,
     f1_per_class,
     gap_statistics,
     lm_metrics,
     lm_token_stats,
+    metric_info,
 )
 from langtune_jax.eval.plots import (
     plot_comparison,
@@ -49,13 +49,12 @@ from langtune_jax.eval.report import (
 )
 
 __all__ = [
-    "IGNORE_INDEX",
-    "LOWER_IS_BETTER",
+    "METRICS",
     "PRIMARY_METRIC",
     "SCALAR_METRICS",
     "SCHEMA_VERSION",
-    "TASKS",
     "EntityScheme",
+    "MetricInfo",
     "PerLanguageAccumulator",
     "classification_metrics",
     "compare_runs",
@@ -68,6 +67,7 @@ __all__ = [
     "lm_token_stats",
     "load_report",
     "markdown_table",
+    "metric_info",
     "per_language_report",
     "plot_comparison",
     "plot_weight_segments",

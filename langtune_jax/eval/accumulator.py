@@ -14,23 +14,21 @@ from typing import Any
 
 import numpy as np
 
-from langtune_jax.eval.inputs import _as_ids, _derive_label_names, _maybe_argmax
+from langtune_jax.eval.inputs import argmax_if_logits, as_ids, derive_label_names
 from langtune_jax.eval.metrics import (
-    IGNORE_INDEX,
-    LM_TASKS,
-    LOWER_IS_BETTER,
     PRIMARY_METRIC,
     SCALAR_METRICS,
     SCHEMA_VERSION,
     EntityScheme,
-    Task,
     check_task,
     classification_metrics,
     entity_scores,
     gap_statistics,
     lm_metrics,
     lm_token_stats,
+    metric_info,
 )
+from langtune_jax.tasks import IGNORE_INDEX, LM_TASKS, Task
 
 
 class PerLanguageAccumulator:
@@ -45,7 +43,7 @@ class PerLanguageAccumulator:
         report = acc.compute()  # per_language, overall, gaps (see per_language_report)
 
     Args:
-      task: one of :data:`TASKS`.
+      task: one of :data:`langtune_jax.tasks.TASKS`.
       languages: language names; ``language_id`` indexes this list.
       label_names: class names (sequence classification; optional when ``num_labels`` is given)
         or entity tags (token classification; required). Unused for causal LM.
@@ -163,25 +161,42 @@ class PerLanguageAccumulator:
         if labels is None or language_id is None:
             raise ValueError("update needs predictions, labels and language_id (or one mapping)")
         index = {n: i for i, n in enumerate(self.label_names)} if self.label_names else None
-        labels = _as_ids(labels, index, "labels")
+        labels = as_ids(labels, index, "labels")
         if self.task in LM_TASKS:
-            if token_nll is None:
-                token_nll, predictions = lm_token_stats(np.asarray(predictions), labels)
-            preds, nll = np.asarray(predictions, np.int64), np.asarray(token_nll, np.float64)
-            valid = labels != IGNORE_INDEX  # [B, T]
-            self.update_lm_totals(
-                np.where(valid, nll, 0.0).sum(-1),
-                valid.sum(-1),
-                (valid & (preds == labels)).sum(-1),
-                language_id,
-                example_mask,
-            )
-            return
-        preds = _as_ids(_maybe_argmax(predictions, labels.ndim), index, "predictions")
+            self._update_lm(predictions, labels, language_id, example_mask, token_nll)
+        else:
+            preds = as_ids(argmax_if_logits(predictions, labels.ndim), index, "predictions")
+            self._update_classes(preds, labels, language_id, example_mask)
+
+    def _update_lm(
+        self,
+        predictions: Any,
+        labels: np.ndarray,
+        language_id: Any,
+        example_mask: Any,
+        token_nll: Any,
+    ) -> None:
+        """Add an LM batch: per-token NLL (computed from logits when not given) summed per row."""
+        if token_nll is None:
+            token_nll, predictions = lm_token_stats(np.asarray(predictions), labels)
+        preds, nll = np.asarray(predictions, np.int64), np.asarray(token_nll, np.float64)
+        valid = labels != IGNORE_INDEX  # [B, T]
+        self.update_lm_totals(
+            np.where(valid, nll, 0.0).sum(-1),
+            valid.sum(-1),
+            (valid & (preds == labels)).sum(-1),
+            language_id,
+            example_mask,
+        )
+
+    def _update_classes(
+        self, preds: np.ndarray, labels: np.ndarray, language_id: Any, example_mask: Any
+    ) -> None:
+        """Add a classification batch of ids: the confusion matrix, or entity and token counts."""
         if preds.shape != labels.shape:
             raise ValueError(f"predictions {preds.shape} and labels {labels.shape} differ in shape")
         keep, lang = self._rows(language_id, example_mask, len(labels))
-        if self.task == "sequence-classification":  # a -100 label marks a row that must not count
+        if self.task == "sequence-classification":  # an IGNORE_INDEX label: the row must not count
             counted = labels[keep] != IGNORE_INDEX
             keep, lang = keep[counted], lang[counted]
         preds, labels = preds[keep], labels[keep]
@@ -360,7 +375,7 @@ class PerLanguageAccumulator:
             "task": self.task,
             "primary_metric": PRIMARY_METRIC[self.task],
             "metrics": list(metrics),
-            "higher_is_better": {m: m not in LOWER_IS_BETTER for m in metrics},
+            "higher_is_better": {m: metric_info(m).higher_is_better for m in metrics},
             "languages": list(per_language),
             "empty_languages": [
                 lang
@@ -376,7 +391,7 @@ class PerLanguageAccumulator:
                 m: gap_statistics(
                     {lang: r[m] for lang, r in per_language.items()},
                     source,
-                    higher_is_better=m not in LOWER_IS_BETTER,
+                    higher_is_better=metric_info(m).higher_is_better,
                     zero_shot=zero_shot,
                 )
                 for m in metrics
@@ -405,7 +420,7 @@ def per_language_report(
         with ``labels`` (for large sets use :class:`PerLanguageAccumulator` with per-token NLL).
       labels: the truth, same layout; ``IGNORE_INDEX`` (-100) marks positions that do not count.
       languages: ``[N]`` language name of each example.
-      task: one of :data:`TASKS`.
+      task: one of :data:`langtune_jax.tasks.TASKS`.
       label_names: class names / entity tags (ids index this list). For sequence classification
         without it, the classes are ``0 .. max id``; for token classification it is required
         when ids are given, and derived (sorted, "O" first) when tags are strings.
@@ -419,15 +434,16 @@ def per_language_report(
     Returns:
       ``{"schema_version", "task", "primary_metric", "metrics" (scalar metric names, primary
       first), "higher_is_better" {metric: bool}, "languages" (with data, in first-seen order),
-      "empty_languages", "zero_shot" (languages evaluated zero-shot), "source_language", "label_names", "per_language" {language: metrics},
-      "overall" (all examples pooled), "gaps" {metric: gap_statistics(...)}}``. Metric values
-      are fractions in [0, 1] except loss (nats) and perplexity.
+      "empty_languages", "zero_shot" (languages evaluated zero-shot), "source_language",
+      "label_names", "per_language" {language: metrics}, "overall" (all examples pooled),
+      "gaps" {metric: gap_statistics(...)}}``. Metric values are fractions in [0, 1] except
+      loss (nats) and perplexity (see :data:`~langtune_jax.eval.metrics.METRICS`).
     """
     task = check_task(task)
     langs = [str(x) for x in languages]
     order = list(dict.fromkeys([*(language_order or []), *langs]))
     if label_names is None and task not in LM_TASKS:
-        label_names = _derive_label_names(predictions, labels, task)
+        label_names = derive_label_names(predictions, labels, task)
     acc = PerLanguageAccumulator(
         task,
         order,
@@ -437,15 +453,27 @@ def per_language_report(
     )
     lang_ids = np.array([order.index(x) for x in langs], dtype=np.int64) if langs else []
     if task == "token-classification":
-        index = {n: i for i, n in enumerate(acc.label_names)}
-        labels = _as_ids(labels, index, "labels")
-        if not (isinstance(predictions, np.ndarray) and predictions.dtype.kind == "f"):
-            predictions = _as_ids(predictions, index, "predictions")
-            # Ragged inputs padded separately may differ in width: pad both to the wider one.
-            width = max(labels.shape[1], predictions.shape[1])
-            labels = np.pad(labels, ((0, 0), (0, width - labels.shape[1])), constant_values=-100)
-            predictions = np.pad(predictions, ((0, 0), (0, width - predictions.shape[1])))
+        predictions, labels = _token_ids_of_one_width(predictions, labels, acc.label_names)
     if len(labels) != len(langs):
         raise ValueError(f"{len(labels)} labels but {len(langs)} language entries")
     acc.update(predictions, labels, lang_ids)
     return acc.compute(zero_shot=zero_shot)
+
+
+def _token_ids_of_one_width(
+    predictions: Any, labels: Any, label_names: Sequence[str]
+) -> tuple[Any, np.ndarray]:
+    """Token-classification inputs as ids; ragged ids / tags padded to one width ``[N, T]``.
+
+    Logit predictions are left as they are (the accumulator takes their argmax).
+    """
+    index = {n: i for i, n in enumerate(label_names)}
+    labels = as_ids(labels, index, "labels")
+    if not (isinstance(predictions, np.ndarray) and predictions.dtype.kind == "f"):
+        predictions = as_ids(predictions, index, "predictions")
+        # Ragged inputs padded separately may differ in width: pad both to the wider one.
+        width = max(labels.shape[1], predictions.shape[1])
+        pad = width - labels.shape[1]
+        labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=IGNORE_INDEX)
+        predictions = np.pad(predictions, ((0, 0), (0, width - predictions.shape[1])))
+    return predictions, labels

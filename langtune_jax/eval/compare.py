@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from langtune_jax.eval.formatting import _NOT_FRACTIONS, _fmt, _md
-from langtune_jax.eval.metrics import LOWER_IS_BETTER, gap_statistics
+from langtune_jax.eval.formatting import column_label, format_score, markdown_rows
+from langtune_jax.eval.metrics import gap_statistics, metric_info
 from langtune_jax.eval.report import REPORT_FILE, load_report
 
 
@@ -68,15 +68,16 @@ def compare_runs(
       languages differ, a note under the table names the ones left out); with zero-shot
       languages (any report's ``zero_shot``) they follow the seen languages, marked, and
       ``seen mean``, ``zero-shot mean`` and ``transfer gap`` rows follow (keys ``zero_shot``,
-      ``seen_mean``, ``zero_shot_mean``, ``transfer_gap`` in ``data``); columns = run names (the reports'
-      ``run_name`` when they differ, else folder names), then ``delta`` (second minus first;
-      with more runs, ``delta <run>`` = that run minus the first). Fractions are shown x 100. ``data`` = ``{"metric", "higher_is_better",
-      "runs" [names], "languages", "values" {run: {language: score | None}}, "mean" {run: score},
-      "gap" {run: score}, "common_languages", "note" (str or None), "delta" {run: {language |
-      "mean" | "gap": score | None}}}`` (raw scores, not x 100; ``delta`` has an entry for every
-      run after the first), and ``"weights"`` {run: {"weight_segments", "steps"}} for the runs
-      with dynamic sampling (their plan.json), which
-      :func:`~langtune_jax.eval.plots.plot_weight_segments` draws.
+      ``seen_mean``, ``zero_shot_mean``, ``transfer_gap`` in ``data``); columns = run names
+      (the reports' ``run_name`` when they differ, else folder names), then ``delta`` (second
+      minus first; with more runs, ``delta <run>`` = that run minus the first). Fractions are
+      shown x 100. ``data`` = ``{"metric", "higher_is_better", "runs" [names], "languages",
+      "values" {run: {language: score | None}}, "mean" {run: score}, "gap" {run: score},
+      "common_languages", "note" (str or None), "delta" {run: {language | "mean" | "gap":
+      score | None}}}`` (raw scores, not x 100; ``delta`` has an entry for every run after the
+      first), and ``"weights"`` {run: {"weight_segments", "steps"}} for the runs with dynamic
+      sampling (their plan.json), which :func:`~langtune_jax.eval.plots.plot_weight_segments`
+      draws.
     """
     if len(run_dirs) < 1:
         raise ValueError("compare_runs needs at least one run folder")
@@ -84,34 +85,73 @@ def compare_runs(
     reports = [load_report(p, split) for p in paths]
     names = _run_names(paths, reports)
     metric = metric or reports[0]["primary_metric"]
+    _check_metric(metric, names, reports)
+    languages, zero_shot = _ordered_languages(reports)
+    values = {
+        n: {lang: rep["per_language"].get(lang, {}).get(metric) for lang in languages}
+        for n, rep in zip(names, reports)
+    }
+    common = _common_languages(metric, languages, values)
+    data = _comparison(metric, names, reports, languages, zero_shot, values, common)
+    data["weights"] = _weight_segments(paths, names)
+    table = _table(data)
+    return (table + "\n\n" + data["note"] if data["note"] else table), data
+
+
+def _check_metric(metric: str, names: Sequence[str], reports: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse a metric that some run's report lacks (e.g. perplexity against a classifier)."""
     for name, rep in zip(names, reports):
         if metric not in rep["metrics"]:
             raise ValueError(
                 f"run {name} ({rep['task']}) has no metric {metric!r}; it has "
                 f"{', '.join(rep['metrics'])}: pass --metric with one all runs share"
             )
+
+
+def _ordered_languages(reports: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """``(languages, zero_shot)``: every run's languages in first-seen order, zero-shot last."""
     zero_shot = list(dict.fromkeys(z for rep in reports for z in rep.get("zero_shot", [])))
     languages = list(dict.fromkeys(lang for rep in reports for lang in rep["languages"]))
     # Two groups: the languages seen in training, then the zero-shot ones.
     languages = [x for x in languages if x not in zero_shot] + [
         x for x in languages if x in zero_shot
     ]
-    values = {
-        n: {lang: rep["per_language"].get(lang, {}).get(metric) for lang in languages}
-        for n, rep in zip(names, reports)
-    }
-    higher = metric not in LOWER_IS_BETTER
+    return languages, zero_shot
+
+
+def _common_languages(
+    metric: str, languages: Sequence[str], values: Mapping[str, Mapping[str, float | None]]
+) -> list[str]:
+    """The languages every run has a score for; a ValueError when there are none."""
     # Means and gaps over different language sets are not comparable: use the languages every
     # run has, and say so when that leaves some out.
-    common = [lang for lang in languages if all(values[n][lang] is not None for n in names)]
+    common = [lang for lang in languages if all(v[lang] is not None for v in values.values())]
     if not common:
         raise ValueError(
             f"the runs share no language with a {metric!r} score; "
             + "; ".join(
-                f"{n}: {sorted(k for k, v in values[n].items() if v is not None)}" for n in names
+                f"{n}: {sorted(k for k, v in values[n].items() if v is not None)}" for n in values
             )  # fmt: skip
         )
-    left_out = [lang for lang in languages if lang not in common]
+    return common
+
+
+def _summary_keys(zero_shot: Sequence[str]) -> list[str]:
+    """The summary rows under the languages (and keys of ``data``), zero-shot ones when any."""
+    return ["mean", "gap"] + (["seen_mean", "zero_shot_mean", "transfer_gap"] if zero_shot else [])
+
+
+def _comparison(
+    metric: str,
+    names: Sequence[str],
+    reports: Sequence[Mapping[str, Any]],
+    languages: list[str],
+    zero_shot: list[str],
+    values: dict[str, dict[str, float | None]],
+    common: list[str],
+) -> dict[str, Any]:
+    """``compare_runs``'s data without ``weights``: scores, summary statistics, note, deltas."""
+    higher = metric_info(metric).higher_is_better
     stats = {
         n: gap_statistics(
             {k: values[n][k] for k in common},
@@ -121,48 +161,64 @@ def compare_runs(
         )
         for n, rep in zip(names, reports)
     }
-    summary = ["mean", "gap"]
-    if zero_shot:
-        summary += ["seen_mean", "zero_shot_mean", "transfer_gap"]
+    summary = _summary_keys(zero_shot)
     data: dict[str, Any] = {
         "metric": metric,
         "higher_is_better": higher,
-        "runs": names,
+        "runs": list(names),
         "languages": languages,
         "values": values,
         "zero_shot": zero_shot,
         **{key: {n: stats[n].get(key) for n in names} for key in summary},
         "common_languages": common,
         "note": None,
-        "delta": {},
-        "weights": _weight_segments(paths, names),
+        "delta": _deltas(names, languages, summary, values, stats),
     }
+    left_out = [lang for lang in languages if lang not in common]
     if left_out:
         data["note"] = (
             f"note: the runs have different languages; mean and gap are over the {len(common)} "
             f"they all have ({', '.join(common)}); not in every run: {', '.join(left_out)}"
         )
-    base = names[0]
+    return data
+
+
+def _deltas(
+    names: Sequence[str],
+    languages: Sequence[str],
+    summary: Sequence[str],
+    values: Mapping[str, Mapping[str, float | None]],
+    stats: Mapping[str, Mapping[str, Any]],
+) -> dict[str, dict[str, float | None]]:
+    """Each later run minus the first, per language and per summary key (None: a side missing)."""
 
     def diff(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else a - b
 
+    base = names[0]
+    deltas = {}
     for n in names[1:]:
         d = {lang: diff(values[n][lang], values[base][lang]) for lang in languages}
         for key in summary:
-            d[key] = diff(data[key][n], data[key][base])
-        data["delta"][n] = d
+            d[key] = diff(stats[n].get(key), stats[base].get(key))
+        deltas[n] = d
+    return deltas
+
+
+def _table(data: Mapping[str, Any]) -> str:
+    """The markdown table of the comparison: a row per language and summary key, x 100 shown."""
+    metric, names, values = data["metric"], data["runs"], data["values"]
+    summary = _summary_keys(data["zero_shot"])
     delta_cols = ["delta"] if len(names) == 2 else [f"delta {n}" for n in names[1:]]
-    rows = [
-        [f"{metric}" + (" (x100)" if metric not in _NOT_FRACTIONS else "")] + names + delta_cols
-    ]
+    rows = [[column_label(metric)] + names + delta_cols]
     labels = {"seen_mean": "seen mean", "zero_shot_mean": "zero-shot mean"}
-    labels.update({"transfer_gap": "transfer gap", **{z: f"{z} (zero-shot)" for z in zero_shot}})
-    for key in [*languages, *summary]:
+    labels.update(
+        {"transfer_gap": "transfer gap", **{z: f"{z} (zero-shot)" for z in data["zero_shot"]}}
+    )
+    for key in [*data["languages"], *summary]:
         row = [labels.get(key, key)]
         for n in names:
-            row.append(_fmt(data[key][n] if key in summary else values[n][key], metric))
-        row += [_fmt(data["delta"][n][key], metric, signed=True) for n in names[1:]]
+            row.append(format_score(data[key][n] if key in summary else values[n][key], metric))
+        row += [format_score(data["delta"][n][key], metric, signed=True) for n in names[1:]]
         rows.append(row)
-    table = _md(rows)
-    return (table + "\n\n" + data["note"] if data["note"] else table), data
+    return markdown_rows(rows)

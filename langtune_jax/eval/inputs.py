@@ -14,11 +14,24 @@ from typing import Any
 
 import numpy as np
 
-from langtune_jax.eval.metrics import IGNORE_INDEX
+from langtune_jax.tasks import IGNORE_INDEX
 
 
-def _as_ids(x: Any, label_index: Mapping[str, int] | None, what: str) -> np.ndarray:
-    """Arrays, nested lists of ints, or nested lists of label strings -> int64 array (padded)."""
+def as_ids(x: Any, label_index: Mapping[str, int] | None, what: str) -> np.ndarray:
+    """Label or prediction ids as one int64 array, whatever form they came in.
+
+    Args:
+      x: a numpy / jax array (ints, or floats cast), a list of ints or label strings, or a list
+        of such rows (ragged rows are padded on the right with ``IGNORE_INDEX``).
+      label_index: ``{label name: id}`` to map strings; None when ``x`` holds ids.
+      what: what ``x`` is ("labels", "predictions"), for error messages.
+
+    Returns:
+      ``[N]`` or ``[N, T]`` int64 ids.
+
+    Raises:
+      ValueError: strings without ``label_index``, or strings that are not in it.
+    """
     if not isinstance(x, (list, tuple)):
         x = np.asarray(x)  # numpy or jax arrays
         if x.dtype.kind in "iubf":
@@ -29,7 +42,7 @@ def _as_ids(x: Any, label_index: Mapping[str, int] | None, what: str) -> np.ndar
         out = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
         for i, r in enumerate(rows):
             if len(r):
-                out[i, : len(r)] = _as_ids(np.asarray(r), label_index, what)
+                out[i, : len(r)] = as_ids(np.asarray(r), label_index, what)
         return out
     arr = np.asarray(rows)
     if arr.dtype.kind in "USO":
@@ -42,16 +55,34 @@ def _as_ids(x: Any, label_index: Mapping[str, int] | None, what: str) -> np.ndar
     return arr.astype(np.int64)
 
 
-def _maybe_argmax(predictions: Any, label_ndim: int) -> Any:
-    """Logits (float, one more axis than the labels) -> argmax ids; anything else unchanged."""
+def argmax_if_logits(predictions: Any, label_ndim: int) -> Any:
+    """Predictions as ids: logits (float, one axis more than the labels) -> their argmax.
+
+    Args:
+      predictions: ids, logits, or (ragged) lists, returned unchanged unless they are logits.
+      label_ndim: the number of axes of the labels (1: ``[B]``, 2: ``[B, T]``).
+    """
     if isinstance(predictions, (list, tuple)):
         return predictions
     arr = np.asarray(predictions)
     return arr.argmax(-1) if arr.dtype.kind == "f" and arr.ndim == label_ndim + 1 else arr
 
 
-def _derive_label_names(predictions: Any, labels: Any, task: str) -> list[str]:
-    """Label names when the caller gave none: string labels sorted ("O" first), or 0..max id."""
+def derive_label_names(predictions: Any, labels: Any, task: str) -> list[str]:
+    """Label names for a caller that gave none.
+
+    Args:
+      predictions: ids, logits or (ragged) lists of ids or strings.
+      labels: the same layouts.
+      task: the task; token classification with integer ids cannot name its tags.
+
+    Returns:
+      The string labels seen, sorted with "O" first; for ids ``"0" .. "<max id>"`` (or the logits'
+      class count), ``["0"]`` when every label is ``IGNORE_INDEX``.
+
+    Raises:
+      ValueError: token classification given integer ids.
+    """
     values: set = set()
     for x in (labels, predictions):
         if isinstance(x, np.ndarray) and x.dtype.kind == "f":

@@ -10,10 +10,13 @@ The idea: evaluation runs over padded, sharded batches, so every metric here is 
 * ``causal-lm``: summed token NLL, tokens seen / right -> loss, perplexity, token_accuracy.
 
 Rows whose ``example_mask`` is 0 (batch padding) and positions whose label is ``-100``
-(``IGNORE_INDEX``: padding, special tokens, sub-word continuations) never count.
+(:data:`langtune_jax.tasks.IGNORE_INDEX`: padding, special tokens, sub-word continuations) never
+count.
 
-This module holds the pure metric functions and constants; the accumulator and
-``per_language_report`` are in :mod:`langtune_jax.eval.accumulator`.
+This module holds the pure metric functions and the metric table (:data:`METRICS`: each metric's
+direction, whether it is a fraction, its digits), which the loop's best checkpoint, the reports,
+compare and the plots all read; the accumulator and ``per_language_report`` are in
+:mod:`langtune_jax.eval.accumulator`.
 
 Conventions, chosen to match the reference implementations the tests compare against:
 
@@ -41,22 +44,15 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-Task = Literal["sequence-classification", "token-classification", "causal-lm", "masked-lm"]
-TASKS: tuple[str, ...] = (
-    "sequence-classification",
-    "token-classification",
-    "causal-lm",
-    "masked-lm",
-)
-#: Language-model tasks: metrics from the token NLL (masked LM: over the masked positions only).
-LM_TASKS = frozenset({"causal-lm", "masked-lm"})
-IGNORE_INDEX = -100
+from langtune_jax.tasks import IGNORE_INDEX, TASKS
+
 SCHEMA_VERSION = 1
 
 #: The metric a report leads with, and the one gap tables and plots use by default.
@@ -73,13 +69,65 @@ SCALAR_METRICS: dict[str, tuple[str, ...]] = {
     "causal-lm": ("perplexity", "loss", "token_accuracy"),
     "masked-lm": ("perplexity", "loss", "token_accuracy"),
 }
-#: Metrics where a smaller value is better (gap statistics pick best = min for these).
-LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 
+
+@dataclasses.dataclass(frozen=True)
+class MetricInfo:
+    """How a scalar metric reads and how it is shown.
+
+    Attributes:
+      higher_is_better: the direction: gap statistics pick best = max (min when False), the loop
+        keeps the checkpoint with the highest (lowest) value.
+      fraction: a share in [0, 1], shown x 100 (percentage points) in tables and plots; otherwise
+        shown as it is (loss in nats, perplexity).
+      digits: decimals shown, after the x 100 of a fraction.
+    """
+
+    higher_is_better: bool
+    fraction: bool
+    digits: int
+
+
+_SHARE = MetricInfo(higher_is_better=True, fraction=True, digits=1)
+#: Every scalar metric a report holds (:data:`SCALAR_METRICS`), with its direction and display.
+METRICS: dict[str, MetricInfo] = {
+    "accuracy": _SHARE,
+    "macro_f1": _SHARE,
+    "f1": _SHARE,
+    "precision": _SHARE,
+    "recall": _SHARE,
+    "token_accuracy": _SHARE,
+    "loss": MetricInfo(higher_is_better=False, fraction=False, digits=3),
+    "perplexity": MetricInfo(higher_is_better=False, fraction=False, digits=2),
+}
 
 #: Statistics over languages that a metric name may carry (``macro_f1_mean``): the loop logs and
 #: selects best checkpoints by ``<metric>_<statistic>``.
 STATISTICS: tuple[str, ...] = ("mean", "gap", "worst")
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The :data:`METRICS` entry of a metric, or of a statistic over languages of one.
+
+    ``<metric>_mean`` and ``<metric>_worst`` read as the metric itself; ``<metric>_gap``
+    (max - min over languages) is in the metric's unit but always better smaller.
+
+    Raises:
+      ValueError: not a metric of the table (nor one with a statistic); the message lists them.
+    """
+    if name in METRICS:
+        return METRICS[name]
+    for stat in STATISTICS:
+        base = name.removesuffix("_" + stat)
+        if base != name and base in METRICS:
+            info = METRICS[base]
+            return dataclasses.replace(info, higher_is_better=False) if stat == "gap" else info
+    raise ValueError(
+        f"unknown metric {name!r}: the metric table has {', '.join(METRICS)} "
+        f"(each optionally with _{', _'.join(STATISTICS)})"
+    )
+
+
 # Short forms users type -> the metric they mean (None: the task's own F1).
 _METRIC_ALIASES = {"f1": None, "acc": "accuracy", "ppl": "perplexity", "entity_f1": "f1"}
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from langtune_jax.eval.formatting import _NOT_FRACTIONS, _fmt, _scale
+from langtune_jax.eval.formatting import column_label, display_scale, format_score
 
 
 def _figure(n_groups: int, height: float = 4.2) -> Any:
@@ -29,17 +29,13 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def _axis_label(metric: str) -> str:
-    return metric + (" (x100)" if metric not in _NOT_FRACTIONS else "")
-
-
 def plot_metric_by_language(
     report: Mapping[str, Any], path: str | Path, *, metric: str | None = None
 ) -> Path:
     """Bar per language of ``metric`` (default primary), values on bars, mean as a dashed line."""
     metric = metric or report["primary_metric"]
     langs = report["languages"]
-    scale = _scale(metric)
+    scale = display_scale(metric)
     raw = [report["per_language"][lang].get(metric) for lang in langs]
     vals = [math.nan if v is None else v * scale for v in raw]
     g = report["gaps"][metric]
@@ -53,12 +49,16 @@ def plot_metric_by_language(
         for lang in langs
     ]
     bars = ax.bar(langs, vals, color=colors)
-    ax.bar_label(bars, labels=[_fmt(v / scale, metric) for v in vals], padding=2)
+    ax.bar_label(bars, labels=[format_score(v / scale, metric) for v in vals], padding=2)
     ax.axhline(
-        g["mean"] * scale, color="gray", ls="--", lw=1, label=f"mean {_fmt(g['mean'], metric)}"
+        g["mean"] * scale,
+        color="gray",
+        ls="--",
+        lw=1,
+        label=f"mean {format_score(g['mean'], metric)}",
     )
     ax.set_xlabel("language")
-    ax.set_ylabel(_axis_label(metric))
+    ax.set_ylabel(column_label(metric))
     if scale == 100.0:
         ax.set_ylim(0, 110)
     else:
@@ -67,15 +67,28 @@ def plot_metric_by_language(
             max(v for v in vals if math.isfinite(v)) * 1.15 if any(map(math.isfinite, vals)) else 1,
         )
     ax.set_title(
-        f"{metric} per language ({report['task']})\ngap {_fmt(g['gap'], metric)} "
+        f"{metric} per language ({report['task']})\ngap {format_score(g['gap'], metric)} "
         f"(best {g['best_language']}, worst {g['worst_language']})"
     )
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 
 
-def _plan_shares(plan: Any) -> dict[str, tuple[float, float]]:
-    """``{language: (data share, sampling probability)}`` from the accepted plan layouts."""
+def plan_shares(plan: Any) -> dict[str, tuple[float, float]]:
+    """Each language's data share and sampling share, from any accepted plan layout.
+
+    Args:
+      plan: a ``SamplingPlan``, its ``to_dict()`` (plan.json: ``{"languages": [{"language",
+        "share", "target", "probability", ...}]}``), or ``{language: {"data_share",
+        "probability"}}``.
+
+    Returns:
+      ``{language: (data share, sampling share)}``, both in the plan's unit: the sampling share
+      is the strategy's ``target`` when the plan has one, else the draw ``probability``.
+
+    Raises:
+      ValueError: a row lacks the language, the share or the probability; or no languages.
+    """
     if hasattr(plan, "to_dict"):
         plan = plan.to_dict()
     rows: Any = plan.get("languages", plan) if isinstance(plan, Mapping) else plan
@@ -106,7 +119,7 @@ def plot_sampling_vs_data(plan: Any, path: str | Path) -> Path:
     """
     import numpy as np
 
-    shares = _plan_shares(plan)
+    shares = plan_shares(plan)
     plan_dict = plan.to_dict() if hasattr(plan, "to_dict") else plan
     unit = plan_dict.get("unit", "examples") if isinstance(plan_dict, Mapping) else "examples"
     langs = list(shares)
@@ -165,13 +178,13 @@ def plot_eval_curves(
     curves = _history_points(history, metric)
     if not curves:
         raise ValueError(f"history has no per-language {metric!r} values to plot")
-    scale = _scale(metric)
+    scale = display_scale(metric)
     fig, ax = _figure(6)
     for lang, (xs, ys) in curves.items():
         ys_s = [y * scale for y in ys]
         ax.plot(xs, ys_s, marker="o", ms=3, label=lang)
         ax.annotate(
-            f"{lang} {_fmt(ys[-1], metric)}",
+            f"{lang} {format_score(ys[-1], metric)}",
             (xs[-1], ys_s[-1]),
             xytext=(4, 0),
             textcoords="offset points",
@@ -179,7 +192,7 @@ def plot_eval_curves(
             va="center",
         )
     ax.set_xlabel("training step")
-    ax.set_ylabel(_axis_label(metric))
+    ax.set_ylabel(column_label(metric))
     ax.set_title(f"{metric} per language during training")
     ax.grid(alpha=0.3)
     ax.margins(x=0.1)  # room for the end-of-line labels
@@ -198,7 +211,7 @@ def plot_comparison(data: Mapping[str, Any], path: str | Path) -> Path:
 
     metric, runs = data["metric"], data["runs"]
     groups = [*data["languages"], "mean"]
-    scale = _scale(metric)
+    scale = display_scale(metric)
     x = np.arange(len(groups))
     w = 0.8 / len(runs)
     fig, ax = _figure(len(groups) * max(1, len(runs) // 2), height=4.6)
@@ -206,11 +219,11 @@ def plot_comparison(data: Mapping[str, Any], path: str | Path) -> Path:
         vals = [data["values"][run].get(g) if g != "mean" else data["mean"][run] for g in groups]
         heights = [math.nan if v is None else v * scale for v in vals]
         bars = ax.bar(x + (i - (len(runs) - 1) / 2) * w, heights, w, label=run)
-        ax.bar_label(bars, labels=[_fmt(v, metric) for v in vals], padding=2, fontsize=8)
+        ax.bar_label(bars, labels=[format_score(v, metric) for v in vals], padding=2, fontsize=8)
     ax.set_xticks(x, groups)
     ax.axvline(len(groups) - 1.5, color="gray", lw=0.8, ls=":")  # languages | mean
     ax.set_xlabel("language")
-    ax.set_ylabel(_axis_label(metric))
+    ax.set_ylabel(column_label(metric))
     finite = [
         h
         for run in runs
@@ -218,7 +231,7 @@ def plot_comparison(data: Mapping[str, Any], path: str | Path) -> Path:
         if h is not None
     ]
     ax.set_ylim(0, (110 if scale == 100.0 else max(finite, default=1) * 1.15))
-    gaps = ", ".join(f"{run} {_fmt(data['gap'][run], metric)}" for run in runs)
+    gaps = ", ".join(f"{run} {format_score(data['gap'][run], metric)}" for run in runs)
     ax.set_title(f"{metric} per language by run\ngap max-min: {gaps}")
     ax.legend(title="run", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)

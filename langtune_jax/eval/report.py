@@ -62,7 +62,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from langtune_jax.eval.formatting import _NOT_FRACTIONS, _fmt, _md
+from langtune_jax.eval.formatting import column_label, format_score, markdown_rows
 from langtune_jax.eval.metrics import SCHEMA_VERSION
 from langtune_jax.eval.plots import plot_eval_curves, plot_metric_by_language, plot_sampling_vs_data
 
@@ -125,22 +125,12 @@ def write_report(
       ``{"report": path, "table": path, "bars": path[, "sampling", "curves"]}``.
     """
     metric = metric or report["primary_metric"]
-    if metric not in report["metrics"]:
-        raise ValueError(
-            f"metric {metric!r} is not in this {report['task']} report: use one of "
-            f"{', '.join(report['metrics'])}"
-        )
+    _check_metric(report, metric)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"report": out / REPORT_FILE, "table": out / TABLE_FILE, "bars": out / BARS_FILE}
-    plot_metric_by_language(report, paths["bars"], metric=metric)
-    if plan is not None:
-        paths["sampling"] = plot_sampling_vs_data(plan, out / SAMPLING_FILE)
     history = list(history) if history is not None else None
-    if history:
-        paths["curves"] = plot_eval_curves(history, out / CURVES_FILE, metric=metric)
-    else:  # a curve left by an earlier report would no longer describe this one
-        (out / CURVES_FILE).unlink(missing_ok=True)
+    paths = {"report": out / REPORT_FILE, "table": out / TABLE_FILE}
+    paths.update(_write_plots(out, report, metric, plan, history))
     columns = [metric] + [m for m in report["metrics"] if m != metric]
     paths["table"].write_text(markdown_table(report, columns) + "\n")
     full = {
@@ -152,10 +142,42 @@ def write_report(
         "history": history,
         "files": {k: p.name for k, p in paths.items() if k != "report"},
     }
-    tmp = paths["report"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_json_safe(full), indent=2, allow_nan=False) + "\n")
-    tmp.replace(paths["report"])  # atomic: a reader never sees half a report
+    _write_json_atomic(paths["report"], full)
     return paths
+
+
+def _check_metric(report: Mapping[str, Any], metric: str) -> None:
+    """Refuse a headline metric that the report does not hold, naming the ones it does."""
+    if metric not in report["metrics"]:
+        raise ValueError(
+            f"metric {metric!r} is not in this {report['task']} report: use one of "
+            f"{', '.join(report['metrics'])}"
+        )
+
+
+def _write_plots(
+    out: Path,
+    report: Mapping[str, Any],
+    metric: str,
+    plan: Any,
+    history: list[Mapping[str, Any]] | None,
+) -> dict[str, Path]:
+    """The PNGs of a report: ``{"bars"[, "sampling"][, "curves"]}`` (in that order)."""
+    paths = {"bars": plot_metric_by_language(report, out / BARS_FILE, metric=metric)}
+    if plan is not None:
+        paths["sampling"] = plot_sampling_vs_data(plan, out / SAMPLING_FILE)
+    if history:
+        paths["curves"] = plot_eval_curves(history, out / CURVES_FILE, metric=metric)
+    else:  # a curve left by an earlier report would no longer describe this one
+        (out / CURVES_FILE).unlink(missing_ok=True)
+    return paths
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Strict JSON (NaN / inf as null) through a temporary file: a reader never sees half."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)  # atomic rename
 
 
 def history_entry(report: Mapping[str, Any], step: int) -> dict[str, Any]:
@@ -249,37 +271,38 @@ def markdown_table(report: Mapping[str, Any], metrics: Sequence[str] | None = No
       the unweighted mean over languages, ``gap`` is best minus worst (max - min).
     """
     metrics = list(metrics or report["metrics"])
-    scaled = [m for m in metrics if m not in _NOT_FRACTIONS]
-    head = ["language", "n"] + [m + (" (x100)" if m in scaled else "") for m in metrics]
-    rows = [head]
+    gaps = report["gaps"]
+
+    def scores(values: Mapping[str, Any]) -> list[str]:
+        return [format_score(values.get(m), m) for m in metrics]
+
+    def statistic(key: str) -> list[str]:
+        return [format_score(gaps[m].get(key), m) for m in metrics]
+
+    rows = [["language", "n"] + [column_label(m) for m in metrics]]
     for lang in report["languages"]:
         r = report["per_language"][lang]
         mark = " (source)" if lang == report.get("source_language") else ""
         mark += " (zero-shot)" if lang in report.get("zero_shot", ()) else ""
-        rows.append([lang + mark, str(r["num_examples"])] + [_fmt(r.get(m), m) for m in metrics])
-    rows.append(
-        ["overall", str(report["overall"]["num_examples"])]
-        + [_fmt(report["overall"].get(m), m) for m in metrics]
-    )
-    gaps = report["gaps"]
-    rows.append(["mean", ""] + [_fmt(gaps[m]["mean"], m) for m in metrics])
-    rows.append(["gap (max-min)", ""] + [_fmt(gaps[m]["gap"], m) for m in metrics])
+        rows.append([lang + mark, str(r["num_examples"]), *scores(r)])
+    rows.append(["overall", str(report["overall"]["num_examples"]), *scores(report["overall"])])
+    rows += [["mean", "", *statistic("mean")], ["gap (max-min)", "", *statistic("gap")]]
     if report.get("zero_shot"):
-        rows.append(["seen mean", ""] + [_fmt(gaps[m].get("seen_mean"), m) for m in metrics])
-        rows.append(
-            ["zero-shot mean", ""] + [_fmt(gaps[m].get("zero_shot_mean"), m) for m in metrics]
-        )
+        rows.append(["seen mean", "", *statistic("seen_mean")])
+        rows.append(["zero-shot mean", "", *statistic("zero_shot_mean")])
     if report.get("source_language") or report.get("zero_shot"):
-        rows.append(["transfer gap", ""] + [_fmt(gaps[m].get("transfer_gap"), m) for m in metrics])
-    primary = metrics[0]
-    g = gaps[primary]
-    note = (
-        f"{report['task']}: {primary} best {g['best_language']} {_fmt(g['best'], primary)}, "
-        f"worst {g['worst_language']} {_fmt(g['worst'], primary)}, gap {_fmt(g['gap'], primary)}"
-        + (
-            f" ({g['relative_gap_pct']:.1f}% of best)"
-            if g.get("relative_gap_pct") is not None
-            else ""
-        )
+        rows.append(["transfer gap", "", *statistic("transfer_gap")])
+    return markdown_rows(rows) + "\n\n" + _summary_line(report["task"], metrics[0], gaps)
+
+
+def _summary_line(task: str, metric: str, gaps: Mapping[str, Mapping[str, Any]]) -> str:
+    """The line under a report's table: best and worst language and the gap of ``metric``."""
+    g = gaps[metric]
+    line = (
+        f"{task}: {metric} best {g['best_language']} {format_score(g['best'], metric)}, "
+        f"worst {g['worst_language']} {format_score(g['worst'], metric)}, "
+        f"gap {format_score(g['gap'], metric)}"
     )
-    return _md(rows) + "\n\n" + note
+    if g.get("relative_gap_pct") is not None:
+        line += f" ({g['relative_gap_pct']:.1f}% of best)"
+    return line

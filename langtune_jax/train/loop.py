@@ -268,8 +268,8 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
     opt_state = jax.device_put(opt_state, session.shardings["opt_state"])
 
     best_metric = tcfg.best_metric
-    lower_better = best_metric is not None and any(
-        k in best_metric for k in ("loss", "perplexity", "gap")
+    lower_better = (
+        best_metric is not None and not eval_lib.metric_info(best_metric).higher_is_better
     )
     ckpt = Checkpointer(
         run_dir / "checkpoints",

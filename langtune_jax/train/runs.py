@@ -117,7 +117,7 @@ def _chosen_step(ckpt, run_dir: Path, cfg: RunConfig, step: int | None, best: bo
                 f"--best: {run_dir} was trained without train.best_metric, so no checkpoint is "
                 f"marked best; pick one with --step (saved steps: {steps})"
             )
-        lower = any(k in metric for k in ("loss", "perplexity", "gap"))
+        lower = not eval_lib.metric_info(metric).higher_is_better
         step = ckpt.best_step(metric, "min" if lower else "max")
         if step is None:
             raise ConfigError(

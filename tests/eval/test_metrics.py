@@ -12,12 +12,12 @@ from seqeval.metrics import recall_score as seqeval_recall
 from sklearn.metrics import accuracy_score, f1_score
 
 from langtune_jax.eval import (
-    IGNORE_INDEX,
     PerLanguageAccumulator,
     gap_statistics,
     lm_token_stats,
     per_language_report,
 )
+from langtune_jax.tasks import IGNORE_INDEX
 
 TOL = 1e-12
 LANGS = ["en", "de", "sw", "yo"]
