@@ -3,7 +3,6 @@
 from langtune_jax.data.config import DataConfig, SourceConfig
 from langtune_jax.data.errors import DataError, MissingSplitError
 from langtune_jax.data.features import (
-    IGNORE,
     Tokenized,
     choose_bucket,
     collate,
@@ -24,7 +23,6 @@ from langtune_jax.data.sampling import (
 from langtune_jax.data.sources import SplitData, infer_labels, load_split
 
 __all__ = [
-    "IGNORE",
     "STATIC_STRATEGIES",
     "STRATEGIES",
     "DataConfig",

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from langtune_jax.tasks import IGNORE_INDEX as IGNORE
+from langtune_jax.tasks import IGNORE_INDEX
 
 
 @dataclasses.dataclass
@@ -175,7 +175,7 @@ def _token_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
         row, prev = [], None
         for w in enc.word_ids(b):
             # Only the first sub-token of a word carries its tag.
-            row.append(IGNORE if w is None or w == prev else label_to_id[ex["tags"][w]])
+            row.append(IGNORE_INDEX if w is None or w == prev else label_to_id[ex["tags"][w]])
             prev = w
         rows.token_labels.append(row)
 
@@ -184,7 +184,7 @@ def _masked_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
     """Text rows; token labels = the ids, -100 on special tokens (`mask_tokens` draws later)."""
     enc = rows.encode([ex["text"] for ex in part], return_special_tokens_mask=True)
     for row, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
-        rows.token_labels.append([IGNORE if sp else t for t, sp in zip(row, special)])
+        rows.token_labels.append([IGNORE_INDEX if sp else t for t, sp in zip(row, special)])
 
 
 def _lm_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
@@ -224,7 +224,7 @@ def _causal_rows(part, tokenizer, max_length):
     ids, labels = [], []
     for p, r, head in zip(enc_p, enc_r, heads):
         row = (head + p + r + eos)[:max_length]
-        lab = ([IGNORE] * (len(head) + len(p)) + r + eos)[:max_length]
+        lab = ([IGNORE_INDEX] * (len(head) + len(p)) + r + eos)[:max_length]
         ids.append(row)
         labels.append(lab)
     return ids, labels
@@ -265,7 +265,7 @@ def collate(
     if task == "sequence-classification":
         labels = np.zeros((b,), dtype=np.int32)  # [B]
     else:
-        labels = np.full((b, length), IGNORE, dtype=np.int32)  # [B, T]
+        labels = np.full((b, length), IGNORE_INDEX, dtype=np.int32)  # [B, T]
     for i, (store, r) in enumerate(rows):
         s = store.row(r)
         n = min(s.stop - s.start, length)
@@ -314,12 +314,12 @@ def mask_tokens(
     for i, key in enumerate(keys):
         rng = np.random.default_rng(list(key))
         t = ids.shape[1]
-        chosen = (labels[i] != IGNORE) & (rng.random(t) < probability)  # [T]
+        chosen = (labels[i] != IGNORE_INDEX) & (rng.random(t) < probability)  # [T]
         how = rng.random(t)
         random_ids = rng.integers(0, vocab_size, size=t, dtype=np.int64).astype(np.int32)
         ids[i] = np.where(chosen & (how < 0.8), mask_token_id, ids[i])
         ids[i] = np.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, ids[i])
-        labels[i] = np.where(chosen, labels[i], IGNORE)
+        labels[i] = np.where(chosen, labels[i], IGNORE_INDEX)
     return {**batch, "input_ids": ids, "labels": labels}
 
 
@@ -378,7 +378,7 @@ class _Packer:
             self.labels = np.zeros((num_rows, cap), dtype=np.int32)  # [R, S]
             self.starts = np.zeros((num_rows, cap), dtype=np.int32)
         else:
-            self.labels = np.full((num_rows, length), IGNORE, dtype=np.int32)
+            self.labels = np.full((num_rows, length), IGNORE_INDEX, dtype=np.int32)
         self.fill = np.zeros(num_rows, dtype=np.int64)
         self.nseg = np.zeros(num_rows, dtype=np.int32)
 
@@ -404,7 +404,9 @@ class _Packer:
         else:
             self.labels[j, a : a + n] = store.token_labels[src]
             if self.causal:
-                self.labels[j, a] = IGNORE  # never predict a segment's first token from the last
+                self.labels[j, a] = (
+                    IGNORE_INDEX  # never predict a segment's first token from the last
+                )
         self.nseg[j] += 1
         self.segment_ids[j, a : a + n] = self.nseg[j]
         self.fill[j] += n
@@ -490,8 +492,8 @@ def unpack_segments(host: dict[str, np.ndarray], task: str) -> dict[str, np.ndar
     seg = host["segment_ids"]  # [R, T]
     r, s = np.nonzero(np.arange(1, lang.shape[1] + 1)[None, :] <= seg.max(1)[:, None])
     t = seg.shape[1]
-    preds = np.full((len(r), t), IGNORE, np.int64)
-    labels = np.full((len(r), t), IGNORE, np.int64)
+    preds = np.full((len(r), t), IGNORE_INDEX, np.int64)
+    labels = np.full((len(r), t), IGNORE_INDEX, np.int64)
     for i, (row, slot) in enumerate(zip(r, s)):
         where = seg[row] == slot + 1
         n = int(where.sum())

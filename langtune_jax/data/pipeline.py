@@ -59,7 +59,7 @@ from langtune_jax.data.plan import SamplingPlan, WeightRecord, build_plan
 from langtune_jax.data.readers import class_names
 from langtune_jax.data.sampling import SamplingConfig
 from langtune_jax.data.sources import SplitData, infer_labels, load_split
-from langtune_jax.tasks import IGNORE_INDEX as IGNORE
+from langtune_jax.tasks import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def check_targets(split: str, stores: dict[str, Tokenized], task: str, max_lengt
     if task == "sequence-classification":
         return
     for lang, store in stores.items():
-        if store.token_labels is None or not np.any(store.token_labels != IGNORE):
+        if store.token_labels is None or not np.any(store.token_labels != IGNORE_INDEX):
             raise DataError(
                 f"split {split!r}, language {lang!r}: no example keeps a target token after "
                 f"truncation to data.max_length={max_length}; raise data.max_length or shorten "
@@ -632,7 +632,9 @@ class DataPipeline:
         if self.task == "sequence-classification":
             batch["labels"] = np.where(mask > 0, batch["labels"], 0).astype(np.int32)
         else:
-            batch["labels"] = np.where(mask[:, None] > 0, batch["labels"], IGNORE).astype(np.int32)
+            batch["labels"] = np.where(mask[:, None] > 0, batch["labels"], IGNORE_INDEX).astype(
+                np.int32
+            )
         batch["language_id"] = np.asarray(lang_ids)[local].astype(np.int32)
         batch["example_mask"] = mask
         return batch

@@ -7,9 +7,10 @@ import logging
 
 import pytest
 
-from langtune_jax.data import IGNORE, DataConfig, DataPipeline, SamplingConfig, SourceConfig
+from langtune_jax.data import DataConfig, DataPipeline, SamplingConfig, SourceConfig
 from langtune_jax.data.features import tokenize
 from langtune_jax.models.llama.generate import encode_prompts
+from langtune_jax.tasks import IGNORE_INDEX
 
 TEMPLATE = (
     "{% for m in messages %}[{{ m.role }}] {{ m.content }} {% endfor %}"
@@ -25,7 +26,7 @@ def test_generate_prompts_equal_training_prompts(tokenizer, templated):
     store = tokenize([{"messages": msgs}], tok, task="causal-lm", max_length=64)
     ids = store.input_ids[store.row(0)].tolist()
     labels = store.token_labels[store.row(0)].tolist()
-    prompt_len = labels.index(next(t for t in labels if t != IGNORE))
+    prompt_len = labels.index(next(t for t in labels if t != IGNORE_INDEX))
     trained_prompt = ids[:prompt_len]
     gen_ids, mask = encode_prompts(tok, ["el gato"], chat=True)
     assert gen_ids[0][mask[0] == 1].tolist() == trained_prompt

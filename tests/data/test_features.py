@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from langtune_jax.data import IGNORE, choose_bucket, collate, pack, tokenize
+from langtune_jax.data import choose_bucket, collate, pack, tokenize
 from langtune_jax.data.features import row_first
+from langtune_jax.tasks import IGNORE_INDEX
 
 
 def test_sequence_classification_matches_tokenizer_and_pads_to_bucket(tokenizer):
@@ -50,10 +51,10 @@ def test_token_labels_go_to_first_subtoken(tokenizer):
         expected.append(-100 if w is None or w == prev else tags[ex["tags"][w]])
         prev = w
     assert labels == expected
-    assert labels[0] == IGNORE and labels[-1] == IGNORE  # [CLS], [SEP]
-    assert [x for x in labels if x != IGNORE] == [1, 2, 0]
+    assert labels[0] == IGNORE_INDEX and labels[-1] == IGNORE_INDEX  # [CLS], [SEP]
+    assert [x for x in labels if x != IGNORE_INDEX] == [1, 2, 0]
     batch = collate([(store, 0)], 32, pad_id=0, task="token-classification")
-    assert batch["labels"][0, len(labels) :].tolist() == [IGNORE] * (32 - len(labels))
+    assert batch["labels"][0, len(labels) :].tolist() == [IGNORE_INDEX] * (32 - len(labels))
 
 
 def test_causal_prompt_is_masked(tokenizer):
@@ -63,9 +64,9 @@ def test_causal_prompt_is_masked(tokenizer):
     r = tokenizer("the cat", add_special_tokens=False)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     assert store.input_ids[store.row(0)].tolist() == [bos] + p + r + [eos]
-    assert store.token_labels[store.row(0)].tolist() == [IGNORE] * (1 + len(p)) + r + [eos]
+    assert store.token_labels[store.row(0)].tolist() == [IGNORE_INDEX] * (1 + len(p)) + r + [eos]
     t = tokenizer("a dog ran", add_special_tokens=False)["input_ids"]
-    assert store.token_labels[store.row(1)].tolist() == [IGNORE] + t + [
+    assert store.token_labels[store.row(1)].tolist() == [IGNORE_INDEX] + t + [
         eos
     ]  # BOS is never a target
 
@@ -75,7 +76,7 @@ def test_chat_messages_fallback_template(tokenizer):
     store = tokenize([{"messages": msgs}], tokenizer, task="causal-lm", max_length=64)
     labels = store.token_labels[store.row(0)]
     r = tokenizer("the cat", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    assert labels[labels != IGNORE].tolist() == r
+    assert labels[labels != IGNORE_INDEX].tolist() == r
 
 
 def test_packing_segments_positions_and_labels(tokenizer):
@@ -91,13 +92,13 @@ def test_packing_segments_positions_and_labels(tokenizer):
             where = np.nonzero(seg[r] == s)[0]
             assert np.array_equal(where, np.arange(where[0], where[0] + len(where)))  # contiguous
             assert pos[r, where].tolist() == list(range(len(where)))
-            assert lab[r, where[0]] == IGNORE  # no prediction across segment boundaries
+            assert lab[r, where[0]] == IGNORE_INDEX  # no prediction across segment boundaries
             k = contents.index(ids[r, where].tolist())  # which example this segment holds
             assert lab[r, where[1:]].tolist() == store.token_labels[store.row(k)][1:].tolist()
             placed.append(k)
     assert len(set(placed)) == len(placed) and len(placed) + dropped == 4
     assert (batch["attention_mask"] == (seg > 0)).all()
-    assert (lab[seg == 0] == IGNORE).all()
+    assert (lab[seg == 0] == IGNORE_INDEX).all()
     assert slots[0].tolist() == [0, 0]  # the first draw opens row 0
     assert row_first(slots, 2)[0] == 0
     # overflow is dropped and counted, never silently

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from langtune_jax.data import DataConfig, DataPipeline, SamplingConfig
-from langtune_jax.data.features import IGNORE, collate, mask_tokens, tokenize
+from langtune_jax.data.features import collate, mask_tokens, tokenize
+from langtune_jax.tasks import IGNORE_INDEX
 
 
 def test_tokenize_keeps_maskable_ids_and_ignores_special_tokens(tokenizer):
@@ -18,7 +19,7 @@ def test_tokenize_keeps_maskable_ids_and_ignores_special_tokens(tokenizer):
     labels = store.token_labels[store.row(0)]
     want = tokenizer("the cat sat on the mat")["input_ids"]
     assert list(ids) == want
-    assert labels[0] == IGNORE and labels[-1] == IGNORE  # [CLS], [SEP]
+    assert labels[0] == IGNORE_INDEX and labels[-1] == IGNORE_INDEX  # [CLS], [SEP]
     assert list(labels[1:-1]) == want[1:-1]
 
 
@@ -34,8 +35,8 @@ def test_bert_masking_rates_and_labels(tokenizer):
     out = mask_tokens(
         batch, [(0, 0, r) for r in range(2000)], mask_token_id=mask_id, vocab_size=len(tokenizer)
     )
-    maskable = batch["labels"] != IGNORE
-    chosen = out["labels"] != IGNORE
+    maskable = batch["labels"] != IGNORE_INDEX
+    chosen = out["labels"] != IGNORE_INDEX
     assert not (chosen & ~maskable).any()  # never a special token or padding
     np.testing.assert_array_equal(out["labels"][chosen], batch["input_ids"][chosen])
     assert abs(chosen.sum() / maskable.sum() - 0.15) < 0.01
@@ -66,7 +67,7 @@ def test_pipeline_masks_deterministically_and_per_process(text_only_data, tokeni
     b = pipe.batch_at(3, 8, process_index=0, process_count=1)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
-    assert (a["labels"] != IGNORE).any()
+    assert (a["labels"] != IGNORE_INDEX).any()
     assert (a["input_ids"] == tokenizer.mask_token_id).any()
     # Two processes build the same global batch, each its own rows.
     halves = [pipe.batch_at(3, 8, process_index=p, process_count=2) for p in (0, 1)]
@@ -76,4 +77,4 @@ def test_pipeline_masks_deterministically_and_per_process(text_only_data, tokeni
     c = pipe.batch_at(4, 8, process_index=0, process_count=1)
     assert not np.array_equal(a["labels"], c["labels"])
     ev = pipe.eval_batch_at("validation", 0, 8, process_index=0, process_count=1)
-    assert (ev["labels"] != IGNORE).any()
+    assert (ev["labels"] != IGNORE_INDEX).any()

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from langtune_jax.data.features import IGNORE, Tokenized, collate, pack, unpack_segments
+from langtune_jax.data.features import Tokenized, collate, pack, unpack_segments
 from langtune_jax.models import bert as bert_lib
+from langtune_jax.tasks import IGNORE_INDEX
 from langtune_jax.train.step import _forward, task_loss
 
 TOL = 1e-5
@@ -46,7 +47,7 @@ def _store(task: str, pad: int, n: int = 9, seed: int = 0) -> Tokenized:
         ids.append(row)
         types.append((np.arange(k) >= k // 2).astype(np.int32))
         lab = rng.randint(0, 3, size=k)
-        lab[0] = lab[-1] = IGNORE  # special tokens carry no tag
+        lab[0] = lab[-1] = IGNORE_INDEX  # special tokens carry no tag
         tok_labels.append(lab)
         labels.append(rng.randint(0, 3))
     offsets = np.concatenate([[0], np.cumsum([len(r) for r in ids])])
@@ -76,7 +77,7 @@ def _losses(logits, batch, task: str, picks) -> np.ndarray:
     labels = np.asarray(batch["labels"])
     out = []
     for keep in picks:
-        part = {**batch, "labels": jnp.asarray(np.where(keep, labels, IGNORE))}
+        part = {**batch, "labels": jnp.asarray(np.where(keep, labels, IGNORE_INDEX))}
         out.append(float(task_loss(jnp.asarray(logits), part, task)[0]))
     return np.asarray(out)
 
