@@ -208,13 +208,17 @@ def _site_adapters(
     per-language rows are its frozen, pretrained ones; otherwise they are new and train.
     """
     hidden, m = sizes
-    kw = dict(non_linearity=config.non_linearity, init=config.init,
-              param_dtype=_param_dtype(base), rngs=rngs)  # fmt: skip
+    kw = dict(
+        non_linearity=config.non_linearity,
+        init=config.init,
+        param_dtype=_param_dtype(base),
+        rngs=rngs,
+    )
     shared = None
     if config.languages is None or config.shared_task_adapter:
         shared = BottleneckAdapter(hidden, m, **kw)
     per_lang = None
-    if stack is not None:
+    if stack is not None:  # frozen, pretrained rows from the library (MAD-X)
         kw.update(non_linearity=stack.non_linearity, param_type=LanguageAdapterParam)
         per_lang = BottleneckAdapter(hidden, stack.bottleneck, num=len(config.languages), **kw)
         for w, value in stack.rows[path].items():
