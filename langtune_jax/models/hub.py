@@ -220,35 +220,48 @@ def _norm_paths(model: nnx.Module) -> set[tuple]:
     return {tuple(p) for p, node in nnx.iter_graph(model) if isinstance(node, norms)}
 
 
-def _match(model, params: dict[str, tuple], ckpt: _Checkpoint):
-    """Pair each model parameter with a checkpoint key.
+def _optional_modules(model: nnx.Module) -> tuple[str, ...]:
+    """Module paths a checkpoint may lack (task heads, a pooler): initialised freshly then."""
+    return tuple(getattr(model, "init_if_missing", getattr(model, "head_modules", ())))
 
-    Returns ``(found: {model_key: ckpt_key}, fresh: [model_key])``; raises on missing base weights,
-    unexpected base keys and shape mismatches.
+
+def _under(key: str, modules: tuple[str, ...]) -> bool:
+    """Whether ``key`` is one of ``modules`` or inside one."""
+    return any(key == o or key.startswith(o + ".") for o in modules)
+
+
+def _under_any(module: str, keys: list[str]) -> bool:
+    """Whether any of ``keys`` is ``module`` or inside it."""
+    return any(_under(k, (module,)) for k in keys)
+
+
+def _namespace(prefix: str | None, params: dict[str, tuple], ckpt_keys: set[str]):
+    """``(to_model, in_base)`` for a model and checkpoint that may differ by ``base_model_prefix``.
+
+    ``to_model(ckpt_key)`` is the key in the model's namespace (``None``: outside the bare base
+    model); ``in_base(model_key)`` says whether a key belongs to the base model the checkpoint
+    must fill (a bare checkpoint loaded under a task model says nothing about its head).
     """
-    prefix = getattr(model, "base_model_prefix", None)
-    ckpt_keys = set(ckpt.weight_map)
     model_prefixed = bool(prefix) and any(k.startswith(prefix + ".") for k in params)
     ckpt_prefixed = bool(prefix) and any(k.startswith(prefix + ".") for k in ckpt_keys)
 
-    def to_model(k: str) -> str | None:  # checkpoint key -> model namespace (None: outside base)
+    def to_model(k: str) -> str | None:
         if model_prefixed and not ckpt_prefixed:
             return f"{prefix}.{k}"
         if ckpt_prefixed and not model_prefixed:
             return k[len(prefix) + 1 :] if k.startswith(prefix + ".") else None
         return k
 
-    by_model = {}
-    for k in ckpt_keys:
-        m = to_model(k)
-        if m is not None:
-            by_model[m] = k
+    def in_base(m: str | None) -> bool:
+        return m is not None and (not model_prefixed or m.startswith(prefix + "."))
+
+    return to_model, in_base
+
+
+def _pair(model, params: dict[str, tuple], by_model: dict[str, str], ckpt: _Checkpoint):
+    """``(found, fresh, missing, bad_shapes)``: each model parameter's checkpoint key, or why not."""
     norms = _norm_paths(model)
-    optional = tuple(getattr(model, "init_if_missing", getattr(model, "head_modules", ())))
-
-    def is_optional(key: str) -> bool:
-        return any(key == o or key.startswith(o + ".") for o in optional)
-
+    optional = _optional_modules(model)
     found, fresh, missing, bad_shapes = {}, [], [], []
     for key, (path, shape, transpose) in params.items():
         candidates = [key]
@@ -258,14 +271,17 @@ def _match(model, params: dict[str, tuple], ckpt: _Checkpoint):
             )
         hit = next((by_model[c] for c in candidates if c in by_model), None)
         if hit is None:
-            (fresh if is_optional(key) else missing).append(key)
+            (fresh if _under(key, optional) else missing).append(key)
             continue
         expected = tuple(reversed(shape)) if transpose else tuple(shape)
         got = ckpt.shape(hit)
         if got != expected:
             bad_shapes.append(f"{hit}: expected {list(expected)}, got {list(got)}")
         found[key] = hit
-    name = type(model).__name__
+    return found, fresh, missing, bad_shapes
+
+
+def _check_paired(ckpt: _Checkpoint, name: str, bad_shapes: list[str], missing: list[str]):
     if bad_shapes:
         raise ValueError(
             f"{ckpt.folder}: {len(bad_shapes)} weight(s) do not fit {name} built from its "
@@ -278,15 +294,34 @@ def _match(model, params: dict[str, tuple], ckpt: _Checkpoint):
             + (" ..." if len(missing) > 10 else "")
             + " (is config.json the one these weights were saved with?)"
         )
-    used = set(found.values())
+
+
+def _leftovers(model, ckpt_keys: set[str], used: set[str], to_model, in_base):
+    """``(ignored, unexpected)``: unused checkpoint keys that may stay unused, and the others."""
+    optional = _optional_modules(model)
     ignored, unexpected = [], []
     for k in sorted(ckpt_keys - used):
         m = to_model(k)
-        in_base = m is not None and (not model_prefixed or m.startswith(prefix + "."))
-        if not in_base or is_optional(m) or k.endswith(_BUFFER_SUFFIXES):
+        if not in_base(m) or _under(m, optional) or k.endswith(_BUFFER_SUFFIXES):
             ignored.append(k)
         else:
             unexpected.append(k)
+    return ignored, unexpected
+
+
+def _match(model, params: dict[str, tuple], ckpt: _Checkpoint):
+    """Pair each model parameter with a checkpoint key.
+
+    Returns ``(found: {model_key: ckpt_key}, fresh: [model_key])``; raises on missing base weights,
+    unexpected base keys and shape mismatches.
+    """
+    ckpt_keys = set(ckpt.weight_map)
+    to_model, in_base = _namespace(getattr(model, "base_model_prefix", None), params, ckpt_keys)
+    by_model = {m: k for k in ckpt_keys if (m := to_model(k)) is not None}
+    found, fresh, missing, bad_shapes = _pair(model, params, by_model, ckpt)
+    name = type(model).__name__
+    _check_paired(ckpt, name, bad_shapes, missing)
+    ignored, unexpected = _leftovers(model, ckpt_keys, set(found.values()), to_model, in_base)
     if unexpected:
         raise ValueError(
             f"{ckpt.folder}: {len(unexpected)} checkpoint weight(s) have no place in {name}: "
@@ -302,10 +337,116 @@ def _match(model, params: dict[str, tuple], ckpt: _Checkpoint):
     return found, fresh
 
 
+def _shardings(flat, mesh: jax.sharding.Mesh, rules) -> dict[tuple, jax.sharding.NamedSharding]:
+    """The ``NamedSharding`` of every variable path, from its logical axis names."""
+    rules = DEFAULT_RULES if rules is None else rules
+    return {tuple(p): _sharding(v, mesh, rules) for p, v in flat}
+
+
 def _sharding(var, mesh, rules):
     names = var.get_metadata().get("out_sharding") if hasattr(var, "get_metadata") else None
     shape = var.get_value().shape
     return jax.sharding.NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
+
+
+def _builder(module, hf_config: dict[str, Any], task: str | None, seed: int, **kw):
+    """A function that builds the randomly initialised model (called abstractly, then jitted)."""
+
+    def build() -> nnx.Module:
+        return module.from_hf_config(hf_config, task, rngs=nnx.Rngs(seed), **kw)
+
+    return build
+
+
+def _model_config(folder: Path, task: str | None, overrides: dict[str, Any]):
+    """``(hf_config with overrides, the module implementing its model_type)``, task checked."""
+    hf_config = _apply_overrides(_read_config(folder), overrides, folder)
+    module = _model_module(hf_config, folder)
+    tasks = getattr(module, "TASKS", None)
+    if tasks is not None and task not in tasks:
+        raise ValueError(
+            f"task={task!r} is not available for model_type={hf_config['model_type']!r}; "
+            f"choose one of {list(tasks)}"
+        )
+    return hf_config, module
+
+
+def _param_table(flat) -> dict[str, tuple]:
+    """``{HF key: (NNX path, shape, transpose)}`` of the model's ``nnx.Param`` leaves."""
+    return {
+        hf_key(p): (tuple(p), v.get_value().shape, p[-1] == "kernel")
+        for p, v in flat
+        if type(v) is nnx.Param
+    }
+
+
+def _materialise(
+    flat,
+    loads: dict[tuple, tuple[str, bool]],
+    build,
+    ckpt: _Checkpoint,
+    shardings: dict[tuple, jax.sharding.NamedSharding] | None,
+    seed: int,
+    rng_impl: str | None,
+) -> None:
+    """Give every abstract variable of ``flat`` its value, in place.
+
+    ``loads`` maps the paths read from the checkpoint to ``(checkpoint key, transpose)``;
+    ``shardings`` (``None``: no mesh) maps every path to its ``NamedSharding``.
+    """
+    values = _unloaded_values(flat, loads, build, shardings, seed, rng_impl)
+    for path, var in flat:
+        path = tuple(path)
+        if path in values:
+            var.set_value(values[path])
+            continue
+        (ck, transpose), dt = loads[path], var.get_value().dtype
+        if shardings is None:
+            var.set_value(jnp.asarray(ckpt.read(ck, None, transpose, dt)))
+        else:
+            var.set_value(jax.make_array_from_callback(
+                var.get_value().shape, shardings[path],
+                lambda idx, ck=ck, t=transpose, dt=dt: ckpt.read(ck, idx, t, dt),
+            ))  # fmt: skip
+
+
+def _unloaded_values(flat, loads, build, shardings, seed: int, rng_impl: str | None) -> dict:
+    """``{path: value}`` of the variables not read from disk: RNG state and fresh task heads.
+
+    Dropout RNG streams get distinct keys folded from the seed (no model build needed). Other
+    variables not read from disk (fresh task heads) come from one jitted build of the model
+    whose remaining outputs are dead code, so nothing else is initialised.
+    """
+    rng_makers, fresh_paths = {}, []
+    for i, (p, v) in enumerate(flat):
+        p = tuple(p)
+        if p in loads:
+            continue
+        if isinstance(v, nnx.RngKey) and v.get_value().shape == ():
+            rng_makers[p] = lambda i=i: jax.random.fold_in(jax.random.key(seed, impl=rng_impl), i)
+        elif isinstance(v, nnx.RngCount):
+            value = v.get_value()
+            rng_makers[p] = lambda s=value.shape, d=value.dtype: jnp.zeros(s, d)
+        else:
+            fresh_paths.append(p)
+    rng_paths = list(rng_makers)
+    # Made inside a jit with the mesh's out_shardings: device_put of a process-local array onto a
+    # mesh that spans several processes (multi-host) is refused.
+    rng_list = jax.jit(
+        lambda: [rng_makers[p]() for p in rng_paths],
+        out_shardings=[shardings[p] for p in rng_paths] if shardings is not None else None,
+    )()
+    values = dict(zip(rng_paths, rng_list, strict=True))
+
+    def build_fresh():
+        state = dict(nnx.to_flat_state(nnx.state(build())))
+        return [state[p].get_value() for p in fresh_paths]
+
+    if fresh_paths:
+        out_sh = [shardings[p] for p in fresh_paths] if shardings is not None else None
+        built = jax.jit(build_fresh, out_shardings=out_sh)()
+        values.update(zip(fresh_paths, built, strict=True))
+    return values
 
 
 def from_pretrained(
@@ -348,102 +489,41 @@ def from_pretrained(
         shape mismatches, unknown override keys. Nothing is allocated before these checks pass.
     """
     folder = resolve(name_or_path)
-    hf_config = _apply_overrides(_read_config(folder), config_overrides, folder)
-    module = _model_module(hf_config, folder)
-    tasks = getattr(module, "TASKS", None)
-    if tasks is not None and task not in tasks:
-        raise ValueError(
-            f"task={task!r} is not available for model_type={hf_config['model_type']!r}; "
-            f"choose one of {list(tasks)}"
-        )
+    hf_config, module = _model_config(folder, task, config_overrides)
     ckpt = _Checkpoint(folder)
-    rules = DEFAULT_RULES if rules is None else rules
 
-    def build():
-        return module.from_hf_config(
-            hf_config, task, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed),
-            num_labels=num_labels,
-        )  # fmt: skip
-
-    abstract = nnx.eval_shape(build)
+    build = _builder(module, hf_config, task, seed, dtype=dtype, param_dtype=param_dtype,
+                     num_labels=num_labels)  # fmt: skip
+    abstract = nnx.eval_shape(build)  # shapes only: every check passes before anything allocates
     graphdef, abs_state = nnx.split(abstract)
     flat = list(nnx.to_flat_state(abs_state))
-    params = {
-        hf_key(p): (tuple(p), v.get_value().shape, p[-1] == "kernel")
-        for p, v in flat
-        if type(v) is nnx.Param
-    }
+    params = _param_table(flat)
     found, fresh = _match(abstract, params, ckpt)
-    shardings = {tuple(p): _sharding(v, mesh, rules) for p, v in flat} if mesh is not None else {}
-
-    # Dropout RNG streams get distinct keys folded from the seed (no model build needed). Other
-    # variables not read from disk (fresh task heads) come from one jitted build of the model
-    # whose remaining outputs are dead code, so nothing else is initialised.
-    loaded_paths = {params[k][0]: k for k in found}
-    rng_makers, fresh_paths = {}, []
-    for i, (p, v) in enumerate(flat):
-        p = tuple(p)
-        if p in loaded_paths:
-            continue
-        if isinstance(v, nnx.RngKey) and v.get_value().shape == ():
-            rng_makers[p] = lambda i=i: jax.random.fold_in(jax.random.key(seed, impl=rng_impl), i)
-        elif isinstance(v, nnx.RngCount):
-            value = v.get_value()
-            rng_makers[p] = lambda s=value.shape, d=value.dtype: jnp.zeros(s, d)
-        else:
-            fresh_paths.append(p)
-    rng_paths = list(rng_makers)
-    # Made inside a jit with the mesh's out_shardings: device_put of a process-local array onto a
-    # mesh that spans several processes (multi-host) is refused.
-    rng_list = jax.jit(
-        lambda: [rng_makers[p]() for p in rng_paths],
-        out_shardings=[shardings[p] for p in rng_paths] if mesh is not None else None,
-    )()
-    rng_values = dict(zip(rng_paths, rng_list, strict=True))
-
-    def build_fresh():
-        state = dict(nnx.to_flat_state(nnx.state(build())))
-        return [state[p].get_value() for p in fresh_paths]
-
-    fresh_values = dict(rng_values)
-    if fresh_paths:
-        out_sh = [shardings[p] for p in fresh_paths] if mesh is not None else None
-        built = jax.jit(build_fresh, out_shardings=out_sh)()
-        fresh_values.update(zip(fresh_paths, built, strict=True))
-
-    for path, var in flat:
-        path = tuple(path)
-        if path in fresh_values:
-            var.set_value(fresh_values[path])
-            continue
-        key, (_, shape, transpose) = loaded_paths[path], params[loaded_paths[path]]
-        ck, dt = found[key], var.get_value().dtype
-        if mesh is None:
-            var.set_value(jnp.asarray(ckpt.read(ck, None, transpose, dt)))
-        else:
-            var.set_value(jax.make_array_from_callback(
-                shape, shardings[path], lambda idx, ck=ck, t=transpose, dt=dt: ckpt.read(ck, idx, t, dt)
-            ))  # fmt: skip
+    shardings = None if mesh is None else _shardings(flat, mesh, rules)
+    loads = {params[k][0]: (ck, params[k][2]) for k, ck in found.items()}
+    _materialise(flat, loads, build, ckpt, shardings, seed, rng_impl)
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     model.eval()
     # Which optional modules (task heads, a pooler) start random: PEFT defaults train them, and a
     # run warns when one stays frozen.
-    optional = tuple(getattr(model, "init_if_missing", getattr(model, "head_modules", ())))
-    model.fresh_modules = tuple(
-        o for o in optional if any(k == o or k.startswith(o + ".") for k in fresh)
-    )
+    model.fresh_modules = tuple(o for o in _optional_modules(model) if _under_any(o, fresh))
     return model
 
 
 # ----------------------------------------------------------------------------------- save
 
 
-def _host_array(x: jax.Array) -> np.ndarray:
+def host_array(x: Any) -> np.ndarray:
+    """A (possibly sharded, multi-host) array as a contiguous numpy array on every process.
+
+    Arrays that span several processes are gathered first: a collective, so every process must
+    call it.
+    """
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
 
         x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x))
+    return np.ascontiguousarray(np.asarray(jax.device_get(x)))
 
 
 def make_readable(path: str | Path) -> None:
@@ -484,7 +564,7 @@ def save_pretrained(
     for path, var in nnx.to_flat_state(nnx.state(model)):
         if type(var) is not nnx.Param:
             continue
-        arr = _host_array(var.get_value())
+        arr = host_array(var.get_value())
         dtypes.add(arr.dtype)
         if path[-1] == "kernel":
             arr = arr.T

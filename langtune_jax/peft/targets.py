@@ -21,8 +21,9 @@ wrapper itself and nothing is wrapped twice.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from flax import nnx
 
@@ -107,14 +108,16 @@ def _matches_names(path: str, names: str | Sequence[str]) -> bool:
 def in_modules_to_save(path: str, modules_to_save: Sequence[str] | None) -> bool:
     """Whether ``path`` is (inside) one of ``modules_to_save`` (PEFT's ``(^|.*\\.)m($|\\..*)``).
 
-    PEFT never puts an adapter inside a module that is trained fully.
+    PEFT never puts an adapter inside a module that is trained fully. The one home of this rule:
+    target selection, the trainable filters and the PEFT export all ask it.
     """
-    return bool(modules_to_save) and any(
-        re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", path) for m in modules_to_save
-    )
+    return bool(modules_to_save) and any(_save_pattern(m).match(path) for m in modules_to_save)
 
 
-_in_modules_to_save = in_modules_to_save  # old private name, used by adapters.py
+@functools.cache
+def _save_pattern(name: str) -> re.Pattern[str]:
+    # Compiled once per name: the trainable filters ask for every parameter path of the model.
+    return re.compile(rf"(^|.*\.){re.escape(name)}($|\..*)")
 
 
 def layer_index(path: str, layers_pattern: str | Sequence[str] | None = None) -> int | None:
@@ -167,36 +170,16 @@ def find_targets(
         of a type the method cannot wrap.
     """
     modules = named_modules(model)
-    all_linear = isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR
-    heads = head_paths(model, modules) if all_linear else []
     if isinstance(layers_to_transform, int):
         layers_to_transform = [layers_to_transform]
-
+    is_target = _target_rule(model, modules, target_modules, layers_to_transform, layers_pattern,
+                             module_types)  # fmt: skip
     found: list[str] = []
     for path, module in modules.items():
-        if exclude_modules and _matches_names(path, exclude_modules):
+        if _excluded(path, exclude_modules, modules_to_save) or not is_target(path, module):
             continue
-        if in_modules_to_save(path, modules_to_save):
-            continue
-        if all_linear:
-            hit = isinstance(module, module_types) and not _under(path, heads)
-        elif isinstance(target_modules, str):
-            hit = re.fullmatch(target_modules, path) is not None
-        else:
-            hit = path in target_modules or any(path.endswith("." + t) for t in target_modules)
-            if hit and layers_to_transform:
-                hit = layer_index(path, layers_pattern) in layers_to_transform
-        if not hit:
-            continue
-        if not isinstance(module, module_types):
-            kinds = ", ".join(t.__name__ for t in module_types)
-            raise ValueError(
-                f"{what}={target_modules!r} matched {path!r}, a {type(module).__name__}; only "
-                f"{kinds} layers can be wrapped. Name the linear layers inside it instead, e.g. "
-                f"{_examples(modules, module_types, under=path)}."
-            )
+        _check_wrappable(path, module, modules, module_types, target_modules, what)
         found.append(path)
-
     if not found:
         raise ValueError(
             f"{what}={target_modules!r} matched no module of {type(model).__name__}"
@@ -206,6 +189,56 @@ def find_targets(
             f"{_examples(modules, module_types)}."
         )
     return found
+
+
+def _target_rule(
+    model: nnx.Module,
+    modules: dict[str, nnx.Module],
+    target_modules: str | Sequence[str],
+    layers_to_transform: Sequence[int] | None,
+    layers_pattern: str | Sequence[str] | None,
+    module_types: tuple[type, ...],
+) -> Callable[[str, nnx.Module], bool]:
+    """``(path, module) -> bool``: PEFT's ``target_modules`` rule (all-linear, regex or names)."""
+    if isinstance(target_modules, str) and target_modules.lower() == ALL_LINEAR:
+        heads = head_paths(model, modules)
+        return lambda path, module: isinstance(module, module_types) and not _under(path, heads)
+    if isinstance(target_modules, str):
+        return lambda path, module: re.fullmatch(target_modules, path) is not None
+
+    def by_name(path: str, module: nnx.Module) -> bool:
+        hit = path in target_modules or any(path.endswith("." + t) for t in target_modules)
+        if hit and layers_to_transform:
+            hit = layer_index(path, layers_pattern) in layers_to_transform
+        return hit
+
+    return by_name
+
+
+def _excluded(
+    path: str, exclude_modules: str | Sequence[str] | None, modules_to_save: Sequence[str] | None
+) -> bool:
+    """``exclude_modules`` and ``modules_to_save`` (trained fully) are never wrapped."""
+    if exclude_modules and _matches_names(path, exclude_modules):
+        return True
+    return in_modules_to_save(path, modules_to_save)
+
+
+def _check_wrappable(
+    path: str,
+    module: nnx.Module,
+    modules: dict[str, nnx.Module],
+    module_types: tuple[type, ...],
+    target_modules: str | Sequence[str],
+    what: str,
+) -> None:
+    if not isinstance(module, module_types):
+        kinds = ", ".join(t.__name__ for t in module_types)
+        raise ValueError(
+            f"{what}={target_modules!r} matched {path!r}, a {type(module).__name__}; only "
+            f"{kinds} layers can be wrapped. Name the linear layers inside it instead, e.g. "
+            f"{_examples(modules, module_types, under=path)}."
+        )
 
 
 def _leaf_names(modules: dict[str, nnx.Module], types: tuple[type, ...]) -> list[str]:

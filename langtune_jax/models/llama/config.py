@@ -101,39 +101,11 @@ class LlamaConfig:
     @classmethod
     def from_hf(cls, hf_config: dict[str, Any]) -> LlamaConfig:
         """Reads a Hugging Face config dict (old ``rope_scaling`` or v5 ``rope_parameters``)."""
-        model_type = hf_config.get("model_type")
-        if model_type not in MODEL_TYPES:
-            raise ValueError(
-                f"config.json model_type={model_type!r} is not a Llama-family decoder; "
-                f"supported: {', '.join(MODEL_TYPES)}"
-            )
-        # transformers fills the defaults and standardises old rope keys for us.
-        import transformers
-
-        fields = {k: v for k, v in hf_config.items() if k != "model_type"}
-        hf = transformers.AutoConfig.for_model(model_type, **fields).to_dict()
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(
-                f"config.json hidden_act={hf['hidden_act']!r}: only 'silu' exists here"
-            )
-        rope = hf.get("rope_parameters") or {}
-        if any(isinstance(v, dict) for v in rope.values()):
-            raise ValueError("config.json rope_parameters per layer type are not supported")
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "linear", "llama3"):
-            raise ValueError(
-                f"config.json rope_parameters.rope_type={rope_type!r} is not supported "
-                "(supported: default, linear, llama3)"
-            )
+        model_type = _model_type(hf_config)
+        hf = _with_defaults(model_type, hf_config)
+        rope = _rope_fields(hf)
+        window = _window_fields(model_type, hf)
         heads = hf["num_attention_heads"]
-        n_layers = hf["num_hidden_layers"]
-        window, layer_types = None, None
-        if model_type == "mistral" and hf.get("sliding_window"):
-            window, layer_types = hf["sliding_window"], ["sliding_attention"] * n_layers
-        elif model_type in ("qwen2", "qwen3") and hf.get("sliding_window"):
-            window, layer_types = hf["sliding_window"], list(hf["layer_types"])
-            if "sliding_attention" not in layer_types:
-                window, layer_types = None, None
         attention_bias = bool(hf.get("attention_bias", False))
         eos = hf.get("eos_token_id")
         dropout = next(
@@ -144,26 +116,18 @@ class LlamaConfig:
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"],
-            num_hidden_layers=n_layers,
+            num_hidden_layers=hf["num_hidden_layers"],
             num_attention_heads=heads,
             num_key_value_heads=hf.get("num_key_value_heads") or heads,
             head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
             max_position_embeddings=hf["max_position_embeddings"],
             rms_norm_eps=hf["rms_norm_eps"],
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-            rope_type=rope_type,
-            rope_factor=float(rope.get("factor", 1.0)),
-            rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-            rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-            rope_original_max_position_embeddings=int(
-                rope.get("original_max_position_embeddings", hf["max_position_embeddings"])
-            ),
+            **rope,
             qkv_bias=model_type == "qwen2" or attention_bias,
             o_bias=model_type != "qwen2" and attention_bias,
             mlp_bias=bool(hf.get("mlp_bias", False)),
             qk_norm=model_type == "qwen3",
-            sliding_window=window,
-            layer_types=layer_types,
+            **window,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             initializer_range=float(hf.get("initializer_range", 0.02)),
             pad_token_id=hf.get("pad_token_id"),
@@ -221,3 +185,61 @@ class LlamaConfig:
             out["id2label"] = dict(self.id2label)
             out["label2id"] = {v: int(k) for k, v in self.id2label.items()}
         return out
+
+
+def _model_type(hf_config: dict[str, Any]) -> str:
+    model_type = hf_config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"config.json model_type={model_type!r} is not a Llama-family decoder; "
+            f"supported: {', '.join(MODEL_TYPES)}"
+        )
+    return model_type
+
+
+def _with_defaults(model_type: str, hf_config: dict[str, Any]) -> dict[str, Any]:
+    """``hf_config`` completed by transformers (its defaults; old rope keys standardised)."""
+    import transformers
+
+    fields = {k: v for k, v in hf_config.items() if k != "model_type"}
+    hf = transformers.AutoConfig.for_model(model_type, **fields).to_dict()
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config.json hidden_act={hf['hidden_act']!r}: only 'silu' exists here")
+    return hf
+
+
+def _rope_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    """The ``rope_*`` fields of :class:`LlamaConfig` from ``rope_parameters`` (or the old keys)."""
+    rope = hf.get("rope_parameters") or {}
+    if any(isinstance(v, dict) for v in rope.values()):
+        raise ValueError("config.json rope_parameters per layer type are not supported")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise ValueError(
+            f"config.json rope_parameters.rope_type={rope_type!r} is not supported "
+            "(supported: default, linear, llama3)"
+        )
+    return dict(
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        rope_type=rope_type,
+        rope_factor=float(rope.get("factor", 1.0)),
+        rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+        rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+        rope_original_max_position_embeddings=int(
+            rope.get("original_max_position_embeddings", hf["max_position_embeddings"])
+        ),
+    )
+
+
+def _window_fields(model_type: str, hf: dict[str, Any]) -> dict[str, Any]:
+    """``sliding_window`` and ``layer_types``: Mistral slides in every layer, Qwen2/3 where
+    ``layer_types`` says so; ``None`` for both when no layer slides."""
+    window, layer_types = None, None
+    if model_type == "mistral" and hf.get("sliding_window"):
+        window = hf["sliding_window"]
+        layer_types = ["sliding_attention"] * hf["num_hidden_layers"]
+    elif model_type in ("qwen2", "qwen3") and hf.get("sliding_window"):
+        window, layer_types = hf["sliding_window"], list(hf["layer_types"])
+        if "sliding_attention" not in layer_types:
+            window, layer_types = None, None
+    return dict(sliding_window=window, layer_types=layer_types)

@@ -132,36 +132,41 @@ def generate(
       ``[B, T + max_new_tokens]`` int32: the prompts followed by the new tokens, like
       ``transformers``' ``generate`` for decoder-only models.
     """
+    _check_sampling(temperature, top_p, rng)
+    ids, mask = _prompt_arrays(input_ids, attention_mask)
+    eos, pad = _stop_ids(model.config, eos_token_id, pad_token_id)
+    rng = jax.random.key(0) if rng is None else rng
+    graphdef, state = nnx.split(model)
+    args = (ids, mask, rng, eos, pad, jnp.float32(temperature), jnp.float32(top_p), routing_inputs)
+    greedy = temperature == 0
+    return _generate(graphdef, state, *args, max_new_tokens=max_new_tokens, greedy=greedy,
+                     routing=routing)  # fmt: skip
+
+
+def _check_sampling(temperature: float, top_p: float, rng: Array | None) -> None:
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     if temperature > 0 and rng is None:
         raise ValueError("sampling (temperature > 0) needs rng=jax.random.key(seed)")
-    cfg = model.config
+
+
+def _prompt_arrays(input_ids: Array, attention_mask: Array | None) -> tuple[Array, Array]:
+    """``(input_ids, attention_mask)`` as int32 arrays ``[B, T]``; no mask means all ones."""
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
+    return input_ids, jnp.asarray(attention_mask, jnp.int32)
+
+
+def _stop_ids(cfg, eos_token_id: int | list[int] | None, pad_token_id: int | None):
+    """``(eos ids [E] int32, pad id)``: the given ids, else the config's (pad: else first eos, 0)."""
     if eos_token_id is None:
         eos_token_id = cfg.eos_token_id or []
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     if pad_token_id is None:
         pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else (eos or [0])[0]
     eos_arr = jnp.asarray(eos or [-1], jnp.int32)  # -1 never matches: no early stop
-    graphdef, state = nnx.split(model)
-    return _generate(
-        graphdef,
-        state,
-        input_ids,
-        jnp.asarray(attention_mask, jnp.int32),
-        jax.random.key(0) if rng is None else rng,
-        eos_arr,
-        jnp.int32(pad_token_id),
-        jnp.float32(temperature),
-        jnp.float32(top_p),
-        routing_inputs,
-        max_new_tokens=max_new_tokens,
-        greedy=temperature == 0,
-        routing=routing,
-    )
+    return eos_arr, jnp.int32(pad_token_id)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,22 +256,13 @@ def generate_completions(
     Returns:
       One :class:`Completion` per prompt, in order.
     """
-    if not isinstance(model, LlamaForCausalLM):
-        raise ValueError(
-            f"generation needs a causal LM (model.task: causal-lm); this run's model is "
-            f"{type(model).__name__}"
-        )
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    _check_generator(model, max_new_tokens)
     ids, mask = encode_prompts(tokenizer, prompts, chat=chat)
-    inputs = None
-    if routing is not None:
-        if language_id is None or len(language_id) != len(prompts):
-            raise ValueError("per-language routing needs one language id per prompt")
-        inputs = {"language_id": np.asarray(language_id, np.int32)}  # [B]
+    inputs = _routing_inputs(routing, language_id, len(prompts))
     eos = model.config.eos_token_id
     if not eos and tokenizer.eos_token_id is not None:
         eos = [tokenizer.eos_token_id]
+    eos = list(eos or [])
     model.eval()
     out = generate(
         model,
@@ -276,15 +272,35 @@ def generate_completions(
         temperature=temperature,
         top_p=top_p,
         rng=jax.random.key(seed),
-        eos_token_id=list(eos or []),
+        eos_token_id=eos,
         routing=routing,
         routing_inputs=inputs,
     )
     new = np.asarray(jax.device_get(out))[:, ids.shape[1] :]  # [B, max_new_tokens]
-    completions = []
-    for prompt, row in zip(prompts, new.tolist()):
-        stop = next((i for i, tok in enumerate(row) if tok in (eos or [])), len(row))
-        tokens = row[:stop]
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        completions.append(Completion(prompt, text, tokens))
-    return completions
+    return [_completion(tokenizer, prompt, row, eos) for prompt, row in zip(prompts, new.tolist())]
+
+
+def _check_generator(model, max_new_tokens: int) -> None:
+    if not isinstance(model, LlamaForCausalLM):
+        raise ValueError(
+            f"generation needs a causal LM (model.task: causal-lm); this run's model is "
+            f"{type(model).__name__}"
+        )
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
+def _routing_inputs(routing, language_id: Sequence[int] | None, n: int) -> dict | None:
+    """``{"language_id": [B] int32}`` for per-language ``routing``, else ``None``."""
+    if routing is None:
+        return None
+    if language_id is None or len(language_id) != n:
+        raise ValueError("per-language routing needs one language id per prompt")
+    return {"language_id": np.asarray(language_id, np.int32)}  # [B]
+
+
+def _completion(tokenizer, prompt: str, row: list[int], eos: list[int]) -> Completion:
+    """The :class:`Completion` of one generated ``row``, cut before its first eos id."""
+    stop = next((i for i, tok in enumerate(row) if tok in eos), len(row))
+    tokens = row[:stop]
+    return Completion(prompt, tokenizer.decode(tokens, skip_special_tokens=True), tokens)

@@ -20,35 +20,32 @@ from langtune_jax.models.llama.modeling import LlamaModel, linear
 Array = jax.Array
 
 
-class LlamaForCausalLM(nnx.Module):
-    """Decoder + LM head (``lm_head``, or the transposed ``embed_tokens`` when tied).
+class _DecoderTask(nnx.Module):
+    """A task model: the decoder as ``model`` plus a head, built by ``_init_head``, read by ``_head``.
 
-    ``logits`` are ``[B, T, vocab]`` in the compute dtype. ``head_modules`` is empty: the LM head
-    is pretrained, never a newly initialised task head.
+    Calling convention as ``LlamaModel``; ``.logits`` is the head's output.
     """
 
     head_modules: tuple[str, ...] = ()
     base_model_prefix = "model"  # checkpoint keys of the bare decoder start with "model."
-
-    @property
-    def hf_architecture(self) -> str:
-        """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
-        return ARCH[self.config.model_type] + "ForCausalLM"
+    _arch = ""  # the transformers class name after the family's, e.g. "ForCausalLM"
 
     def __init__(self, cfg: LlamaConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = cfg
         self.model = LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = linear(
-                cfg,
-                cfg.hidden_size,
-                cfg.vocab_size,
-                (EMBED, VOCAB),
-                False,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                rngs=rngs,
-            )
+        self._init_head(cfg, dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs))
+
+    @property
+    def hf_architecture(self) -> str:
+        """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
+        return ARCH[self.config.model_type] + self._arch
+
+    def _init_head(self, cfg: LlamaConfig, kw: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _head(self, hidden: Array, attention_mask: Array | None) -> Array:
+        """``[B, T, D]`` final hidden states -> the task's logits."""
+        raise NotImplementedError
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  *, cache=None, output_hidden_states=False) -> ModelOutput:  # fmt: skip
@@ -59,7 +56,24 @@ class LlamaForCausalLM(nnx.Module):
             cache=cache,
             output_hidden_states=output_hidden_states,
         )
-        return dataclasses.replace(out, logits=self.lm_logits(out.last_hidden_state))
+        return dataclasses.replace(out, logits=self._head(out.last_hidden_state, attention_mask))
+
+
+class LlamaForCausalLM(_DecoderTask):
+    """Decoder + LM head (``lm_head``, or the transposed ``embed_tokens`` when tied).
+
+    ``logits`` are ``[B, T, vocab]`` in the compute dtype. ``head_modules`` is empty: the LM head
+    is pretrained, never a newly initialised task head.
+    """
+
+    _arch = "ForCausalLM"
+
+    def _init_head(self, cfg: LlamaConfig, kw: dict[str, Any]) -> None:
+        if not cfg.tie_word_embeddings:
+            self.lm_head = linear(cfg, cfg.hidden_size, cfg.vocab_size, (EMBED, VOCAB), False, **kw)
+
+    def _head(self, hidden: Array, attention_mask: Array | None) -> Array:
+        return self.lm_logits(hidden)
 
     def lm_logits(self, hidden: Array) -> Array:
         """``[..., D]`` final hidden states -> ``[..., vocab]`` logits (tied or untied head)."""
@@ -68,7 +82,7 @@ class LlamaForCausalLM(nnx.Module):
         return self.lm_head(hidden)
 
 
-class LlamaForSequenceClassification(nnx.Module):
+class LlamaForSequenceClassification(_DecoderTask):
     """Decoder + ``score`` (no bias) read at the last non-padding token of each row.
 
     ``logits`` are ``[B, num_labels]``. The last token is the rightmost non-zero position of
@@ -76,87 +90,37 @@ class LlamaForSequenceClassification(nnx.Module):
     position whenever the mask marks the pad tokens); without a mask it is the last position.
     """
 
-    head_modules: tuple[str, ...] = ("score",)
-    base_model_prefix = "model"  # checkpoint keys of the bare decoder start with "model."
+    head_modules = ("score",)
+    _arch = "ForSequenceClassification"
 
-    @property
-    def hf_architecture(self) -> str:
-        """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
-        return ARCH[self.config.model_type] + "ForSequenceClassification"
+    def _init_head(self, cfg: LlamaConfig, kw: dict[str, Any]) -> None:
+        self.score = linear(cfg, cfg.hidden_size, cfg.num_labels, (EMBED, None), False, **kw)
 
-    def __init__(self, cfg: LlamaConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.config = cfg
-        self.model = LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.score = linear(
-            cfg,
-            cfg.hidden_size,
-            cfg.num_labels,
-            (EMBED, None),
-            False,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
-
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 *, cache=None, output_hidden_states=False) -> ModelOutput:  # fmt: skip
-        out = self.model(
-            input_ids,
-            attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            output_hidden_states=output_hidden_states,
-        )
-        b, t = input_ids.shape
+    def _head(self, hidden: Array, attention_mask: Array | None) -> Array:
+        b, t = hidden.shape[:2]
         if attention_mask is None:
             last = jnp.full((b,), t - 1)
         else:
             last = jnp.argmax(jnp.where(attention_mask != 0, jnp.arange(t), -1), axis=1)
-        pooled = out.last_hidden_state[jnp.arange(b), last]  # [B, D]
-        return dataclasses.replace(out, logits=self.score(pooled))
+        return self.score(hidden[jnp.arange(b), last])  # pooled [B, D] -> [B, num_labels]
 
 
-class LlamaForTokenClassification(nnx.Module):
+class LlamaForTokenClassification(_DecoderTask):
     """Decoder + dropout + ``score`` (with bias): ``logits [B, T, num_labels]`` for every token.
 
     Mirrors ``transformers``' ``LlamaForTokenClassification``; the dropout rate is
     ``classifier_dropout`` and is active only after ``model.train()``.
     """
 
-    head_modules: tuple[str, ...] = ("score",)
-    base_model_prefix = "model"  # checkpoint keys of the bare decoder start with "model."
+    head_modules = ("score",)
+    _arch = "ForTokenClassification"
 
-    @property
-    def hf_architecture(self) -> str:
-        """The ``transformers`` class name written to ``config.json``'s ``architectures``."""
-        return ARCH[self.config.model_type] + "ForTokenClassification"
+    def _init_head(self, cfg: LlamaConfig, kw: dict[str, Any]) -> None:
+        self.dropout = nnx.Dropout(cfg.classifier_dropout, rngs=kw["rngs"])
+        self.score = linear(cfg, cfg.hidden_size, cfg.num_labels, (EMBED, None), True, **kw)
 
-    def __init__(self, cfg: LlamaConfig, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.config = cfg
-        self.model = LlamaModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(cfg.classifier_dropout, rngs=rngs)
-        self.score = linear(
-            cfg,
-            cfg.hidden_size,
-            cfg.num_labels,
-            (EMBED, None),
-            True,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            rngs=rngs,
-        )
-
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 *, cache=None, output_hidden_states=False) -> ModelOutput:  # fmt: skip
-        out = self.model(
-            input_ids,
-            attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            output_hidden_states=output_hidden_states,
-        )
-        logits = self.score(self.dropout(out.last_hidden_state))  # [B, T, num_labels]
-        return dataclasses.replace(out, logits=logits)
+    def _head(self, hidden: Array, attention_mask: Array | None) -> Array:
+        return self.score(self.dropout(hidden))  # [B, T, num_labels]
 
 
 TASKS = (None, "causal-lm", "sequence-classification", "token-classification")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from langtune_jax.models.hub import host_array
 from langtune_jax.peft import targets as _targets
 from langtune_jax.peft.adapters.config import (
     LIBRARY_FILE,
@@ -30,6 +31,7 @@ from langtune_jax.peft.adapters.layer import (
 from langtune_jax.peft.adapters.library import (
     ADAPTER_WEIGHTS,
     LIBRARY_FORMAT,
+    LibraryStack,
     library_stack,
     single_language_config,
 )
@@ -121,7 +123,7 @@ def _resolve_modules_to_save(model: nnx.Module, config: AdapterConfig) -> list[s
         fresh = [m for m in getattr(model, "fresh_modules", ()) or () if m in modules]
         return heads + [m for m in fresh if m not in heads]
     for name in config.modules_to_save:
-        if not any(_targets._in_modules_to_save(p, [name]) for p in modules):
+        if not any(_targets.in_modules_to_save(p, [name]) for p in modules):
             raise ValueError(
                 f"AdapterConfig.modules_to_save names {name!r} but no module path ends with it; "
                 f"top-level modules are {sorted({p.split('.')[0] for p in modules})}"
@@ -161,34 +163,13 @@ def apply_adapters(
     m = config.bottleneck_size(hidden)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     deterministic = _is_deterministic(model)
-    sites = [
-        (f"{layer_paths[i]}.{_SITES[family][site][0]}", _SITES[family][site][1])
-        for i in config.layer_indices(len(layer_paths))
-        for site in PLACEMENT_SITES[config.placement]
-    ]
+    sites = _sites(config, family, layer_paths)
     stack = None
     if config.language_adapters is not None:
         stack = library_stack(config, [p for p, _ in sites], hidden, len(layer_paths))
     for path, mode in sites:
         base = _targets.module_at(model, path)
-        kw = dict(
-            non_linearity=config.non_linearity,
-            init=config.init,
-            param_dtype=_param_dtype(base),
-            rngs=rngs,
-        )
-        shared = None
-        if config.languages is None or config.shared_task_adapter:
-            shared = BottleneckAdapter(hidden, m, **kw)
-        per_lang = None
-        if stack is not None:  # frozen, pretrained rows from the library (MAD-X)
-            kw.update(non_linearity=stack.non_linearity, param_type=LanguageAdapterParam)
-            per_lang = BottleneckAdapter(hidden, stack.bottleneck, num=len(config.languages), **kw)
-            for w, value in stack.rows[path].items():
-                var = getattr(per_lang, w)
-                var[...] = jnp.asarray(value, var[...].dtype)
-        elif config.languages is not None:
-            per_lang = BottleneckAdapter(hidden, m, num=len(config.languages), **kw)
+        shared, per_lang = _site_adapters(config, base, (hidden, m), stack, path, rngs)
         wrapper = AdapterWrapper(
             base,
             mode=mode,
@@ -202,6 +183,50 @@ def apply_adapters(
         _targets.set_module_at(model, path, wrapper)
     model._adapter_config_json = config.to_json()
     return model
+
+
+def _sites(config: AdapterConfig, family: str, layer_paths: list[str]) -> list[tuple[str, str]]:
+    """``(module path, mode)`` of every adapted site, layer by layer in placement order."""
+    return [
+        (f"{layer_paths[i]}.{_SITES[family][site][0]}", _SITES[family][site][1])
+        for i in config.layer_indices(len(layer_paths))
+        for site in PLACEMENT_SITES[config.placement]
+    ]
+
+
+def _site_adapters(
+    config: AdapterConfig,
+    base: nnx.Module,
+    sizes: tuple[int, int],
+    stack: LibraryStack | None,
+    path: str,
+    rngs: nnx.Rngs,
+) -> tuple[BottleneckAdapter | None, BottleneckAdapter | None]:
+    """``(shared task adapter, per-language adapters)`` of the site ``path``; either may be None.
+
+    ``sizes`` is ``(hidden, bottleneck)``. With a language library (``stack``, MAD-X) the
+    per-language rows are its frozen, pretrained ones; otherwise they are new and train.
+    """
+    hidden, m = sizes
+    kw = dict(
+        non_linearity=config.non_linearity,
+        init=config.init,
+        param_dtype=_param_dtype(base),
+        rngs=rngs,
+    )
+    shared = None
+    if config.languages is None or config.shared_task_adapter:
+        shared = BottleneckAdapter(hidden, m, **kw)
+    per_lang = None
+    if stack is not None:  # frozen, pretrained rows from the library (MAD-X)
+        kw.update(non_linearity=stack.non_linearity, param_type=LanguageAdapterParam)
+        per_lang = BottleneckAdapter(hidden, stack.bottleneck, num=len(config.languages), **kw)
+        for w, value in stack.rows[path].items():
+            var = getattr(per_lang, w)
+            var[...] = jnp.asarray(value, var[...].dtype)
+    elif config.languages is not None:
+        per_lang = BottleneckAdapter(hidden, m, num=len(config.languages), **kw)
+    return shared, per_lang
 
 
 def remove_adapters(model: nnx.Module) -> nnx.Module:
@@ -218,15 +243,6 @@ def remove_adapters(model: nnx.Module) -> nnx.Module:
 
 # --------------------------------------------------------------------------------------------------
 # Adapter-only checkpoints
-
-
-def host_array(value: Any) -> np.ndarray:
-    """A (possibly sharded, multi-host) array as a contiguous numpy array on every process."""
-    if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        value = multihost_utils.process_allgather(value, tiled=True)
-    return np.ascontiguousarray(np.asarray(jax.device_get(value)))
 
 
 def save_adapters(model: nnx.Module, folder: str | Path) -> Path:

@@ -6,7 +6,6 @@ The design (placements, tree surgery, per-language stacks) is described in
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import jax
@@ -201,11 +200,10 @@ def adapter_trainable_filter(
       Combine with LoRA's as ``nnx.Any(lora_filter, adapter_filter)``.
     """
     saves = config_of(model_or_config).modules_to_save or []
-    save_re = [re.compile(rf"(^|.*\.){re.escape(s)}($|\..*)") for s in saves]
 
     def saved(path: tuple, value: Any) -> bool:
-        return isinstance(value, nnx.Param) and any(
-            r.match(_targets.path_str(path)) for r in save_re
+        return isinstance(value, nnx.Param) and _targets.in_modules_to_save(
+            _targets.path_str(path), saves
         )
 
     return nnx.Any(AdapterParam, saved)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,21 +124,10 @@ def apply_lora(
       ValueError: targets that match nothing (listing the layers that exist), a duplicate adapter
         name, or ``modules_to_save`` naming no module.
     """
-    if adapter_name in adapter_names_of(model):
-        raise ValueError(
-            f"adapter {adapter_name!r} already exists on this model; pick another adapter_name or "
-            "delete_adapter it first"
-        )
-    if not adapter_name or "." in adapter_name:
-        raise ValueError(f"adapter_name={adapter_name!r}: use a non-empty name without dots")
+    _check_adapter_name(model, adapter_name)
     config = resolve_config(model, config)
     modules = _targets.named_modules(model)
-    for name in config.modules_to_save or []:
-        if not any(_targets.in_modules_to_save(p, [name]) for p in modules):
-            raise ValueError(
-                f"LoraConfig.modules_to_save names {name!r} but no module path ends with it; "
-                f"top-level modules are {sorted({p.split('.')[0] for p in modules})}"
-            )
+    _check_modules_to_save(config.modules_to_save, modules)
     paths = _targets.find_targets(
         model,
         config.target_modules,
@@ -153,14 +141,9 @@ def apply_lora(
     rngs = nnx.Rngs(0) if rngs is None else rngs
     deterministic = _is_deterministic(model)
     for path in paths:
-        layer = modules[path]
-        if not isinstance(layer, LoRALinear):
-            layer = LoRALinear(layer)
-            _targets.set_module_at(model, path, layer)
-        r, _ = config.rank_and_alpha(path)
-        layer.add_adapter(
+        _wrapped(model, path, modules[path]).add_adapter(
             adapter_name,
-            r=r,
+            r=config.rank_and_alpha(path)[0],
             scaling=config.scaling(path),
             dropout=config.lora_dropout,
             init=config.init_lora_weights,
@@ -169,6 +152,35 @@ def apply_lora(
         )
     model._lora_configs = getattr(model, "_lora_configs", ()) + ((adapter_name, config.to_json()),)
     return model
+
+
+def _check_adapter_name(model: nnx.Module, adapter_name: str) -> None:
+    if adapter_name in adapter_names_of(model):
+        raise ValueError(
+            f"adapter {adapter_name!r} already exists on this model; pick another adapter_name or "
+            "delete_adapter it first"
+        )
+    if not adapter_name or "." in adapter_name:
+        raise ValueError(f"adapter_name={adapter_name!r}: use a non-empty name without dots")
+
+
+def _check_modules_to_save(
+    modules_to_save: Sequence[str] | None, modules: dict[str, nnx.Module]
+) -> None:
+    for name in modules_to_save or []:
+        if not any(_targets.in_modules_to_save(p, [name]) for p in modules):
+            raise ValueError(
+                f"LoraConfig.modules_to_save names {name!r} but no module path ends with it; "
+                f"top-level modules are {sorted({p.split('.')[0] for p in modules})}"
+            )
+
+
+def _wrapped(model: nnx.Module, path: str, layer: nnx.Module) -> LoRALinear:
+    """The ``LoRALinear`` at ``path``: ``layer`` itself, or a new wrapper put in its place."""
+    if not isinstance(layer, LoRALinear):
+        layer = LoRALinear(layer)
+        _targets.set_module_at(model, path, layer)
+    return layer
 
 
 def _is_deterministic(model: nnx.Module) -> bool:
@@ -264,13 +276,11 @@ def trainable_filter(
                 "trainable_filter: this model has no LoRA adapter; call apply_lora first"
             )
     saves, biases = _modules_to_save_and_bias(configs)
-    save_re = [re.compile(rf"(^|.*\.){re.escape(m)}($|\..*)") for m in saves]
 
     def extra(path: tuple, value: Any) -> bool:
         if not isinstance(value, nnx.Param):
             return False
-        name = _targets.path_str(path)
-        if any(r.match(name) for r in save_re):
+        if _targets.in_modules_to_save(_targets.path_str(path), saves):
             return True
         if path and path[-1] == "bias":
             if "all" in biases:

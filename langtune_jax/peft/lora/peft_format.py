@@ -27,8 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from langtune_jax.peft import lora as _lora
+from langtune_jax.models.hub import hf_key, host_array, make_readable, save_pretrained
 from langtune_jax.peft import targets as _targets
+from langtune_jax.peft.lora.apply import apply_lora
+from langtune_jax.peft.lora.config import LoraConfig, adapter_names_of, get_lora_config
+from langtune_jax.peft.lora.layer import lora_layers
+from langtune_jax.peft.lora.merge import merged_view
 
 PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
@@ -36,7 +40,6 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 #: Beside the adapter: ``{"labels": [...], "id2label": {...}, "label2id": {...}}`` (PEFT's own
 #: loader ignores unknown files, while unknown ``adapter_config.json`` keys may break it).
 LABELS_NAME = "labels.json"
-_LEAF_TO_HF = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
 # LoraConfig fields of PEFT we do not implement, with the value that means "not used".
 _UNSUPPORTED = {
     "use_dora": False,
@@ -51,24 +54,11 @@ _UNSUPPORTED = {
 }
 
 
-def _hf_key(path: tuple[Any, ...]) -> str:
-    *parents, leaf = (str(p) for p in path)
-    return ".".join([*parents, _LEAF_TO_HF.get(leaf, leaf)])
-
-
-def _host(x: jax.Array) -> np.ndarray:
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x))
-
-
 def peft_config_dict(
     model: nnx.Module, adapter_name: str = "default", base_model_name_or_path: str | None = None
 ) -> dict[str, Any]:
     """The ``adapter_config.json`` contents PEFT reads for adapter ``adapter_name``."""
-    config = _lora.get_lora_config(model, adapter_name)
+    config = get_lora_config(model, adapter_name)
     if config.init_lora_weights == "pissa":
         raise ValueError(
             f"adapter {adapter_name!r} was initialised with PiSSA, which also changed the base "
@@ -80,7 +70,7 @@ def peft_config_dict(
         # PEFT would re-expand "all-linear" on the torch model by its own head rules; name the
         # wrapped layers exactly so both sides wrap the same set.
         target_modules = sorted(
-            p for p, layer in _lora.lora_layers(model).items() if adapter_name in layer.lora_A
+            p for p, layer in lora_layers(model).items() if adapter_name in layer.lora_A
         )
     d = {k: v for k, v in json.loads(config.to_json()).items() if k != "target_modules"}
     d.update(
@@ -94,7 +84,7 @@ def peft_config_dict(
     return dict(sorted(d.items()))
 
 
-def lora_config_from_peft(d: dict[str, Any], source: str = CONFIG_NAME) -> _lora.LoraConfig:
+def lora_config_from_peft(d: dict[str, Any], source: str = CONFIG_NAME) -> LoraConfig:
     """Our ``LoraConfig`` from a PEFT ``adapter_config.json`` dict (unused PEFT fields ignored)."""
     if d.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{source}: peft_type={d.get('peft_type')!r}; only LORA adapters import")
@@ -104,7 +94,7 @@ def lora_config_from_peft(d: dict[str, Any], source: str = CONFIG_NAME) -> _lora
                 f"{source}: {key}={d[key]!r} is a PEFT feature langtune_jax does not implement; "
                 "re-create the adapter without it"
             )
-    fields = {f for f in _lora.LoraConfig.__dataclass_fields__}
+    fields = {f for f in LoraConfig.__dataclass_fields__}
     kwargs = {k: v for k, v in d.items() if k in fields}
     if isinstance(kwargs.get("target_modules"), list | set | tuple):
         kwargs["target_modules"] = sorted(kwargs["target_modules"])
@@ -112,32 +102,34 @@ def lora_config_from_peft(d: dict[str, Any], source: str = CONFIG_NAME) -> _lora
     kwargs["init_lora_weights"] = True
     for key in ("rank_pattern", "alpha_pattern"):
         kwargs[key] = dict(kwargs.get(key) or {})
-    return _lora.LoraConfig(**kwargs)
+    return LoraConfig(**kwargs)
 
 
 def peft_state_dict(model: nnx.Module, adapter_name: str = "default") -> dict[str, np.ndarray]:
     """Adapter ``adapter_name`` as PEFT's state dict (torch layouts, host numpy arrays)."""
-    config = _lora.get_lora_config(model, adapter_name)
+    config = get_lora_config(model, adapter_name)
     out: dict[str, np.ndarray] = {}
     lora_paths = []
-    for path, layer in _lora.lora_layers(model).items():
+    for path, layer in lora_layers(model).items():
         if adapter_name not in layer.lora_A:
             continue
         lora_paths.append(path)
-        out[f"{PREFIX}{path}.lora_A.weight"] = _host(layer.lora_A[adapter_name].value).T  # [r, in]
-        out[f"{PREFIX}{path}.lora_B.weight"] = _host(layer.lora_B[adapter_name].value).T  # [out, r]
-    saves = [re.compile(rf"(^|.*\.){re.escape(m)}($|\..*)") for m in (config.modules_to_save or [])]
+        out[f"{PREFIX}{path}.lora_A.weight"] = host_array(
+            layer.lora_A[adapter_name].value
+        ).T  # [r, in]
+        out[f"{PREFIX}{path}.lora_B.weight"] = host_array(
+            layer.lora_B[adapter_name].value
+        ).T  # [out, r]
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name = _targets.path_str(path)
-        keep = any(r.match(name) for r in saves)
+        keep = _targets.in_modules_to_save(_targets.path_str(path), config.modules_to_save)
         if path[-1] == "bias" and config.bias == "all":
             keep = True
         if path[-1] == "bias" and config.bias == "lora_only":
             keep = keep or (len(path) >= 2 and path[-2] == "base_layer" and
                             _targets.path_str(path[:-2]) in lora_paths)  # fmt: skip
         if keep:
-            arr = _host(var.get_value())
-            out[PREFIX + _hf_key(tuple(path))] = arr.T if path[-1] == "kernel" else arr
+            arr = host_array(var.get_value())
+            out[PREFIX + hf_key(tuple(path))] = arr.T if path[-1] == "kernel" else arr
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
@@ -179,8 +171,6 @@ def export_peft(
                 "label2id": {n: i for i, n in enumerate(names)},
             }
             (folder / LABELS_NAME).write_text(json.dumps(labels, indent=2) + "\n")
-        from langtune_jax.models.hub import make_readable
-
         make_readable(folder)
     return folder
 
@@ -235,27 +225,64 @@ def import_peft(
     from safetensors.numpy import load_file
 
     folder = Path(folder)
+    config_file, weights_file = _adapter_files(folder)
+    config = lora_config_from_peft(json.loads(config_file.read_text()), str(config_file))
+    if adapter_name not in adapter_names_of(model):
+        apply_lora(model, config, rngs=rngs, adapter_name=adapter_name)
+    expected, lora_keys = _expected_variables(model, adapter_name)
+    tensors = load_file(str(weights_file))
+    seen = _load_tensors(tensors, expected, adapter_name, weights_file, type(model).__name__)
+    missing = sorted(lora_keys - seen)
+    if missing:
+        raise ValueError(
+            f"{weights_file}: no weights for {len(missing)} LoRA factors, e.g. {missing[:3]}; "
+            f"the file's keys look like {list(tensors)[:3]}"
+        )
+    labels = read_labels(folder)
+    if labels is not None:
+        model.label_names = tuple(labels)
+    return model
+
+
+def _adapter_files(folder: Path) -> tuple[Path, Path]:
+    """``(adapter_config.json, adapter_model.safetensors)`` of ``folder``, both present."""
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     for f in (config_file, weights_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f}: missing; a PEFT adapter folder needs {CONFIG_NAME} and "
                                     f"{WEIGHTS_NAME} (folder: {folder})")  # fmt: skip
-    config = lora_config_from_peft(json.loads(config_file.read_text()), str(config_file))
-    if adapter_name not in _lora.adapter_names_of(model):
-        _lora.apply_lora(model, config, rngs=rngs, adapter_name=adapter_name)
+    return config_file, weights_file
 
-    expected: dict[str, tuple[nnx.Variable, bool]] = {}  # key -> (variable, transpose)
+
+def _expected_variables(
+    model: nnx.Module, adapter_name: str
+) -> tuple[dict[str, tuple[nnx.Variable, bool]], set[str]]:
+    """``({PEFT key: (variable, transpose)}, the keys of adapter_name's LoRA factors)``."""
+    expected: dict[str, tuple[nnx.Variable, bool]] = {}
     lora_keys = set()
-    for path, layer in _lora.lora_layers(model).items():
+    for path, layer in lora_layers(model).items():
         if adapter_name in layer.lora_A:
             for which in ("lora_A", "lora_B"):
                 key = f"{PREFIX}{path}.{which}.weight"
                 expected[key] = (getattr(layer, which)[adapter_name], True)
                 lora_keys.add(key)
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        expected[PREFIX + _hf_key(tuple(path))] = (var, path[-1] == "kernel")
+        expected[PREFIX + hf_key(tuple(path))] = (var, path[-1] == "kernel")
+    return expected, lora_keys
 
-    tensors = load_file(str(weights_file))
+
+def _load_tensors(
+    tensors: dict[str, np.ndarray],
+    expected: dict[str, tuple[nnx.Variable, bool]],
+    adapter_name: str,
+    weights_file: Path,
+    model_name: str,
+) -> set[str]:
+    """Set each expected variable from its tensor (torch layouts transposed); the keys set.
+
+    Raises:
+      ValueError: a shape that does not fit, or tensors that match no variable.
+    """
     unknown, seen = [], set()
     for raw_key, arr in tensors.items():
         key = _normalise_key(raw_key, adapter_name)
@@ -280,19 +307,10 @@ def import_peft(
         seen.add(key)
     if unknown:
         raise ValueError(
-            f"{weights_file}: {len(unknown)} tensors match no variable of {type(model).__name__}, "
+            f"{weights_file}: {len(unknown)} tensors match no variable of {model_name}, "
             f"e.g. {unknown[:5]}; is this adapter for another architecture or task head?"
         )
-    missing = sorted(lora_keys - seen)
-    if missing:
-        raise ValueError(
-            f"{weights_file}: no weights for {len(missing)} LoRA factors, e.g. {missing[:3]}; "
-            f"the file's keys look like {list(tensors)[:3]}"
-        )
-    labels = read_labels(folder)
-    if labels is not None:
-        model.label_names = tuple(labels)
-    return model
+    return seen
 
 
 def merge_and_save(
@@ -304,7 +322,5 @@ def merge_and_save(
     left as it was (adapters un-merged and wrapped again afterwards). ``label_names`` go into
     ``config.json`` as ``id2label`` / ``label2id``.
     """
-    from langtune_jax.models.hub import save_pretrained
-
-    with _lora.merged_view(model):
+    with merged_view(model):
         return save_pretrained(model, folder, label_names=label_names)
