@@ -26,7 +26,7 @@ from langtune_jax.peft.adapters import (
     with_routing,
 )
 from langtune_jax.peft.adapters.io import read_folder
-from tests.peft.test_adapters import LANGS, batch, make_model, randomize_up, routed
+from tests.peft.adapters.test_apply import LANGS, batch, make_model, randomize_up, routed
 
 M_LANG, M_TASK = 6, 4
 
