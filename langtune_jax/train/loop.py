@@ -271,7 +271,7 @@ class _Restored(NamedTuple):
 
 def _restore(session: Session, ckpt: Checkpointer) -> _Restored:
     """Initialise the optimizer state, then restore the newest checkpoint into the session's
-    split (refused when the run folder's fingerprint differs: :func:`run_folder.restore_or_refuse`)."""
+    split; refused when the fingerprint differs (:func:`run_folder.restore_or_refuse`)."""
     split = session.split
     tx = make_optimizer(session.cfg.train)
     opt_state = tx.init(split.trainable)
@@ -292,7 +292,7 @@ def _restore(session: Session, ckpt: Checkpointer) -> _Restored:
 
 
 def _print_start(session: Session) -> None:
-    """The sampling plan, the trainable-parameter summary, and a warning per random frozen module."""
+    """Print the sampling plan and the trainable parameters; warn about random frozen modules."""
     print(session.dataset.plan.table())
     print(peft_lib.trainable_summary(session.model, session.split.trainable_filter))
     warn_frozen_fresh(session.model, session.split.trainable_filter)
