@@ -45,7 +45,7 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 
 
 def _add_config(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
-    # nargs="?" for all: `--set a=1 CONFIG` would otherwise swallow CONFIG (see _config_arg).
+    # nargs="?" for all: `--set a=1 CONFIG` would otherwise swallow CONFIG (see parse_args).
     help_text = "YAML run config; relative paths in it resolve against its folder"
     p.add_argument("config", nargs="?", help=help_text + (" (optional)" if optional else ""))
 
@@ -65,7 +65,8 @@ def _version() -> str:
     return f"langtune {__version__}"
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``langtune`` parser: the global flags and one subcommand per library entry point."""
     p = _Parser(
         prog="langtune",
         description="Balanced multilingual parameter-efficient fine-tuning (JAX + Flax NNX).",
@@ -79,7 +80,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [_verbosity()]
+    subcommands = (
+        _add_train,
+        _add_eval,
+        _add_plan,
+        _add_config_command,
+        _add_export,
+        _add_compare,
+        _add_generate,
+    )
+    for add in subcommands:
+        add(sub, common)
+    return p
 
+
+def _add_train(sub, common: list[argparse.ArgumentParser]) -> None:
     t = sub.add_parser(
         "train", parents=common, help="train a run; resumes when the run folder has checkpoints"
     )
@@ -98,16 +113,22 @@ def _parser() -> argparse.ArgumentParser:
         "recomputed from there",
     )
 
+
+def _add_eval(sub, common: list[argparse.ArgumentParser]) -> None:
     e = sub.add_parser("eval", parents=common, help="per-language evaluation of a trained run")
     e.add_argument("run_dir", help="a run folder written by `langtune train`")
     e.add_argument("--split", default=None, help="split to evaluate (default: eval.split)")
 
+
+def _add_plan(sub, common: list[argparse.ArgumentParser]) -> None:
     pl = sub.add_parser(
         "plan", parents=common, help="print the sampling plan of a config; no training"
     )
     _add_config(pl)
     _add_overrides(pl)
 
+
+def _add_config_command(sub, common: list[argparse.ArgumentParser]) -> None:
     cf = sub.add_parser(
         "config",
         parents=common,
@@ -118,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(cf, optional=True)
     _add_overrides(cf)
 
+
+def _add_export(sub, common: list[argparse.ArgumentParser]) -> None:
     x = sub.add_parser(
         "export", parents=common, help="export a run as a PEFT adapter or a merged HF checkpoint"
     )
@@ -136,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
         "--best", action="store_true", help="export the best checkpoint (train.best_metric)"
     )
 
+
+def _add_compare(sub, common: list[argparse.ArgumentParser]) -> None:
     c = sub.add_parser(
         "compare", parents=common, help="side-by-side per-language table and plot of runs"
     )
@@ -148,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
         "--split", default=None, help="report split (default: test when the runs have several)"
     )
 
+
+def _add_generate(sub, common: list[argparse.ArgumentParser]) -> None:
     g = sub.add_parser(
         "generate", parents=common, help="complete prompts with a trained causal-LM run"
     )
@@ -173,7 +200,22 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="prompt language, for runs with per-language adapters (once, or once per prompt)",
     )
-    return p
+
+
+def parse_args(
+    argv: list[str], parser: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    """Parse a ``langtune`` command line (``--debug`` already taken out).
+
+    CONFIG written after ``--set a=1 b=2`` (argparse hands it to ``--set``) is taken back.
+
+    Raises:
+      SystemExit: a usage error (exit status 2, one line on stderr), as argparse does.
+    """
+    parser = parser or build_parser()
+    args = parser.parse_args(argv)
+    _config_arg(parser, args)
+    return args
 
 
 def _config_arg(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -187,8 +229,8 @@ def _config_arg(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for item in getattr(args, "overrides", []):
         if "=" not in item:
             parser.error(
-                f"{args.command}: --set takes KEY=VALUE pairs; {item!r} has no '=' "
-                "(put CONFIG before --set)"
+                f"{args.command}: --set takes KEY=VALUE pairs; {item!r} has no '='"
+                " (put CONFIG before --set)"
             )
 
 
@@ -198,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     # --debug may follow the subcommand too (`langtune train cfg.yaml --debug`).
     debug = "--debug" in argv or os.environ.get("LANGTUNE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    parser = _parser()
-    args = parser.parse_args(argv)
-    _config_arg(parser, args)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -249,61 +289,26 @@ def _one_line(err: BaseException) -> str:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "train":
-        from langtune_jax.config import load_config
-        from langtune_jax.train import train
-
-        config = load_config(args.config, args.overrides)
-        train(config, run_dir=args.run_dir, restart=args.restart, extend=args.extend)
-    elif args.command == "plan":
-        from langtune_jax.config import load_config
-        from langtune_jax.train import sampling_plan
-
-        config = load_config(args.config, args.overrides)
-        print(sampling_plan(config).table())
-    elif args.command == "config":
-        _print_config_reference(args)
-    elif args.command == "eval":
-        from langtune_jax.train import evaluate_run
-
-        evaluate_run(Path(args.run_dir), split=args.split)
-    elif args.command == "export":
-        from langtune_jax.train import export_run
-
-        export_run(
-            Path(args.run_dir), fmt=args.format, out=Path(args.out), step=args.step, best=args.best
-        )
-    elif args.command == "compare":
-        from langtune_jax.eval import compare_runs, plot_comparison, plot_weight_segments
-
-        table, data = compare_runs(
-            [Path(d) for d in args.run_dirs], metric=args.metric, split=args.split
-        )
-        print(table)
-        if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
-            plot_comparison(data, out / "comparison.png")
-            print(f"wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
-            if data["weights"]:
-                print(f"wrote {plot_weight_segments(data['weights'], out / 'weights.png')}")
-    elif args.command == "generate":
-        from langtune_jax.train.runs import generate_run
-
-        generate_run(
-            Path(args.run_dir),
-            args.prompts,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            languages=args.languages,
-        )
+    _COMMANDS[args.command](args)
     return 0
 
 
-def _print_config_reference(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> None:
+    from langtune_jax.config import load_config
+    from langtune_jax.train import train
+
+    config = load_config(args.config, args.overrides)
+    train(config, run_dir=args.run_dir, restart=args.restart, extend=args.extend)
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from langtune_jax.config import load_config
+    from langtune_jax.train import sampling_plan
+
+    print(sampling_plan(load_config(args.config, args.overrides)).table())
+
+
+def _config_reference(args: argparse.Namespace) -> None:
     from langtune_jax.config import load_config
     from langtune_jax.config_reference import config_reference, format_reference
 
@@ -311,6 +316,55 @@ def _print_config_reference(args: argparse.Namespace) -> None:
     if config is None and args.overrides:
         raise ValueError("--set needs a CONFIG to apply to: langtune config CONFIG --set ...")
     print(format_reference(config_reference(config)))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from langtune_jax.train import evaluate_run
+
+    evaluate_run(Path(args.run_dir), split=args.split)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from langtune_jax.train import export_run
+
+    export_run(
+        Path(args.run_dir), fmt=args.format, out=Path(args.out), step=args.step, best=args.best
+    )
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from langtune_jax.train.runs import compare_run_folders
+
+    out = Path(args.out) if args.out else None
+    compare_run_folders(
+        [Path(d) for d in args.run_dirs], metric=args.metric, split=args.split, out=out
+    )
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from langtune_jax.train.runs import generate_run
+
+    generate_run(
+        Path(args.run_dir),
+        args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        languages=args.languages,
+    )
+
+
+#: The library call behind each subcommand.
+_COMMANDS = {
+    "train": _train,
+    "plan": _plan,
+    "config": _config_reference,
+    "eval": _eval,
+    "export": _export,
+    "compare": _compare,
+    "generate": _generate,
+}
 
 
 if __name__ == "__main__":

@@ -353,19 +353,23 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the type hint ``tp``; returns the converted value."""
-    origin = typing.get_origin(tp)
+    """Check ``value`` against the type hint ``tp``; returns the converted value.
+
+    Raises:
+      ConfigError: naming ``key``, the expected type and the value.
+    """
+    if tp is Any:
+        return value
     wrong = ConfigError(
         f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
     )
-    if tp is Any:
-        return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
             raise wrong
         return from_dict(tp, value, prefix=key)
+    origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(
@@ -373,41 +377,53 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             )
         return value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise wrong
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as err:
-                errors.append(err)
-        if len(errors) == 1:
-            raise errors[0]
+        return _convert_union(value, tp, key, wrong)
+    if origin in (list, dict):
+        return _convert_container(value, tp, key, wrong)
+    return _convert_scalar(value, tp, wrong)
+
+
+def _convert_union(value: Any, tp: Any, key: str, wrong: ConfigError) -> Any:
+    """``X | Y | None``: the first member that takes ``value``; a lone member's own error."""
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
         raise wrong
-    if origin is list:
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(value, arg, key)
+        except ConfigError as err:
+            errors.append(err)
+    if len(errors) == 1:
+        raise errors[0]
+    raise wrong
+
+
+def _convert_container(value: Any, tp: Any, key: str, wrong: ConfigError) -> Any:
+    """``list[T]`` (a tuple is taken as a list) and ``dict[K, V]``, item by item."""
+    if typing.get_origin(tp) is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
             raise wrong
         return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp) or (str, Any)
-        if not isinstance(value, dict):
-            raise wrong
-        return {
-            _convert(k, key_tp, f"{key}.<key>"): _convert(v, val_tp, f"{key}.{k}")
-            for k, v in value.items()
-        }
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise wrong
-        return value
+    key_tp, val_tp = typing.get_args(tp) or (str, Any)
+    if not isinstance(value, dict):
+        raise wrong
+    return {
+        _convert(k, key_tp, f"{key}.<key>"): _convert(v, val_tp, f"{key}.{k}")
+        for k, v in value.items()
+    }
+
+
+def _convert_scalar(value: Any, tp: Any, wrong: ConfigError) -> Any:
+    """``bool``, ``int`` (not a bool), ``float`` (an int or a number-like string), ``str``, or
+    any other class by ``isinstance``."""
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong
@@ -422,14 +438,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong
         return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise wrong
-        return value
-    if isinstance(tp, type):
-        if not isinstance(value, tp):
-            raise wrong
-        return value
+    if isinstance(tp, type) and not isinstance(value, tp):  # bool, str and other classes
+        raise wrong
     return value
 
 

@@ -25,7 +25,7 @@ histogram and *real* (non-padding) tokens/s is reported for
   ``DataCollatorWithPadding`` default);
 - ``torch-peft-max``: ``batch`` examples padded to ``seq`` (``padding="max_length"``).
 
-The JAX modes run the project's own ``train.step`` forward and loss (``_forward``, ``task_loss``).
+The JAX modes run the project's own ``train.step`` forward and loss (``forward``, ``task_loss``).
 ``--rounds`` repeats every mode, interleaved (A B C D A B C D ...), and reports the median: the
 machine is shared, so a slow phase of the neighbours hits all modes alike. Example::
 
@@ -150,7 +150,7 @@ def run_jax_real(a, mode: str) -> dict:
 
     from langtune_jax.models import bert
     from langtune_jax.peft import LoraConfig, apply_lora, trainable_filter, trainable_summary
-    from langtune_jax.train.step import _forward, task_loss
+    from langtune_jax.train.step import forward, task_loss
 
     rngs = nnx.Rngs(params=0, dropout=jax.random.key(1, impl=a.rng_impl))
     model = bert.from_hf_config(_hf_config(a), "sequence-classification", rngs=rngs)
@@ -162,7 +162,7 @@ def run_jax_real(a, mode: str) -> dict:
 
     def loss_fn(model, batch):
         loss_sum, count = task_loss(
-            _forward(model, batch, None).logits, batch, "sequence-classification"
+            forward(model, batch, None).logits, batch, "sequence-classification"
         )
         return loss_sum / jnp.maximum(count, 1.0)
 

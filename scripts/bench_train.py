@@ -123,7 +123,7 @@ def build_case(name: str, a):
 
     from langtune_jax.config import load_config
     from langtune_jax.models import bert, from_pretrained
-    from langtune_jax.train.loop import apply_peft
+    from langtune_jax.train.session import apply_peft
 
     dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
     if name == "demo-lora":

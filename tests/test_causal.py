@@ -28,7 +28,7 @@ from langtune_jax.models import from_pretrained
 from langtune_jax.models.llama.generate import encode_prompts
 from langtune_jax.train import task_loss, train
 from langtune_jax.train.runs import generate_run
-from langtune_jax.train.step import _forward
+from langtune_jax.train.step import forward
 from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,8 +125,8 @@ def test_packed_losses_equal_unpacked(assets, model):
     assert dropped == 0 and packed["segment_ids"].max() >= 3  # really several per row
     unpacked = collate(rows, 32, pad_id=PAD, task="causal-lm")
 
-    packed_logits = _forward(model, jax.tree.map(jnp.asarray, packed), None).logits
-    plain_logits = _forward(model, jax.tree.map(jnp.asarray, unpacked), None).logits
+    packed_logits = forward(model, jax.tree.map(jnp.asarray, packed), None).logits
+    plain_logits = forward(model, jax.tree.map(jnp.asarray, unpacked), None).logits
     # Which (row, segment) holds example i: match by its tokens.
     where = {}
     for r in range(2):
@@ -163,7 +163,7 @@ def test_prompt_tokens_do_not_count(assets, model):
             batch["input_ids"][i][n_prompt : n_prompt + n_resp],
         )
     jbatch = jax.tree.map(jnp.asarray, batch)
-    logits = _forward(model, jbatch, None).logits.astype(jnp.float32)
+    logits = forward(model, jbatch, None).logits.astype(jnp.float32)
 
     # d loss / d logits is exactly zero wherever the next token is a prompt token (or padding).
     grad_logits = jax.grad(lambda lg: task_loss(lg, jbatch, "causal-lm")[0])(logits)  # [B, T, V]
@@ -174,7 +174,7 @@ def test_prompt_tokens_do_not_count(assets, model):
     # Parameter gradients equal those of a hand-written response-only NLL, and would differ if
     # prompt tokens were targets.
     def loss(m, labels, hand=False):
-        lg = _forward(m, {**jbatch, "labels": labels}, None).logits
+        lg = forward(m, {**jbatch, "labels": labels}, None).logits
         if not hand:
             return task_loss(lg, {**jbatch, "labels": labels}, "causal-lm")[0]
         logp = jax.nn.log_softmax(lg[:, :-1].astype(jnp.float32), axis=-1)
@@ -315,7 +315,7 @@ def lang_run(assets, tmp_path_factory):
 @pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_generate_routes_each_prompt_through_its_language_adapter(assets, lang_run):
     from langtune_jax import peft as peft_lib
-    from langtune_jax.train.loop import load_run
+    from langtune_jax.train.runs import load_run
 
     _, tokenizer = assets
     prompt = "ka zo ke => :"

@@ -159,18 +159,17 @@ def test_config_shows_the_values_of_a_config(capsys):
 def test_set_takes_several_pairs_after_one_flag_and_repeats(tmp_path, capsys):
     import argparse
 
-    from langtune_jax.cli import _config_arg, _parser
+    from langtune_jax.cli import build_parser, parse_args
 
-    parser = _parser()
-    args = parser.parse_args(
-        ["train", "c.yaml", "--set", "train.steps=3", "run.seed=4", "--set", "run.name=x", "-v"]
+    parser = build_parser()
+    args = parse_args(
+        ["train", "c.yaml", "--set", "train.steps=3", "run.seed=4", "--set", "run.name=x", "-v"],
+        parser,
     )
-    _config_arg(parser, args)
     assert args.config == "c.yaml" and args.verbose is True
     assert args.overrides == ["train.steps=3", "run.seed=4", "run.name=x"]
     # CONFIG after --set: argparse hands it to --set; it is taken back.
-    args = parser.parse_args(["plan", "--set", "train.steps=3", "run.seed=4", "c.yaml"])
-    _config_arg(parser, args)
+    args = parse_args(["plan", "--set", "train.steps=3", "run.seed=4", "c.yaml"], parser)
     assert args.config == "c.yaml" and args.overrides == ["train.steps=3", "run.seed=4"]
     assert isinstance(args, argparse.Namespace) and args.verbose is False
 
@@ -187,9 +186,9 @@ def test_version_and_verbose_after_the_subcommand(capsys):
 def test_every_cli_argument_has_help():
     import argparse
 
-    from langtune_jax.cli import _parser
+    from langtune_jax.cli import build_parser
 
-    parser = _parser()
+    parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, sub in [("langtune", parser), *subs.choices.items()]:
         for action in sub._actions:

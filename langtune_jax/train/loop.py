@@ -8,8 +8,9 @@ jitted step with a progress bar, ``metrics.jsonl`` + TensorBoard logging, per-la
 cadence, checkpoints, a SIGTERM / SIGINT handler (save, then exit 0: preemptible Cloud TPU VMs,
 Ctrl-C) and a divergence guard (a NaN/inf loss, or one past ``DIVERGENCE_FACTOR`` times the first
 step's: stop with a clear message; the last good checkpoint stays). At the end it writes the
-per-language reports and exports the adapter. Set-up is :mod:`langtune_jax.train.session`;
-reopening a finished run (eval, export) is :mod:`langtune_jax.train.runs`.
+per-language reports and exports the adapter. Set-up is :mod:`langtune_jax.train.session`, the
+run-folder checks :mod:`langtune_jax.train.run_folder`; reopening a finished run (eval, export) is
+:mod:`langtune_jax.train.runs`.
 
 Run folder::
 
@@ -23,59 +24,44 @@ Run folder::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from langtune_jax import data as data_lib
 from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
-from langtune_jax.config import ConfigError, RunConfig, dump_config
+from langtune_jax.config import ConfigError, RunConfig, TrainConfig, dump_config
 from langtune_jax.train import mesh as mesh_lib
 from langtune_jax.train import run_folder
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.logging_utils import MetricsLogger, Progress
 from langtune_jax.train.optim import make_optimizer, segmented_schedule
-from langtune_jax.train.runs import evaluate_run, export_adapter, export_run, load_run
+from langtune_jax.train.runs import export_adapter
 from langtune_jax.train.session import (
     Session,
-    apply_peft,
     build_session,
     evaluate,
     language_losses,
     maybe_initialize_distributed,
     resolve_run_dir,
-    sampling_plan,
     warn_frozen_fresh,
 )
 from langtune_jax.train.step import make_eval_step, make_train_step
 
-# Set-up and run-folder functions live in session.py / runs.py; importable from here as before.
-__all__ = [
-    "RunFolderError",
-    "Session",
-    "TrainingDiverged",
-    "apply_peft",
-    "build_session",
-    "evaluate",
-    "evaluate_run",
-    "export_adapter",
-    "export_run",
-    "load_run",
-    "maybe_initialize_distributed",
-    "resolve_run_dir",
-    "sampling_plan",
-    "train",
-]
+__all__ = ["DIVERGENCE_FACTOR", "RunFolderError", "TrainingDiverged", "train"]
 
 log = logging.getLogger("langtune_jax")
 
@@ -86,43 +72,6 @@ class TrainingDiverged(RuntimeError):
 
 class RunFolderError(RuntimeError):
     """The run folder cannot be written (permissions, full disk); saved checkpoints are intact."""
-
-
-def _check_resume_config(run_dir: Path, cfg: RunConfig, extend: bool = False) -> None:
-    """Refuse to resume a run folder with a config that changes what is trained.
-
-    ``train.steps`` may change only with ``extend`` (``--extend``).
-    """
-    saved = run_dir / "config.yaml"
-    if not saved.exists() or not (run_dir / "checkpoints").exists():
-        return
-    import yaml
-
-    old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-    new = cfg.to_dict()
-    old_steps = old.get("train", {}).get("steps")
-    if old_steps is not None and any((run_dir / "checkpoints").iterdir()):
-        run_folder.check_steps_change(run_dir, old_steps, cfg.train.steps, extend)
-    # Cadence, step count and evaluation may change on resume; the rest may not.
-    free = {("train", k) for k in ("steps", "log_every", "eval_every", "checkpoint_every")}
-    free |= {("eval", k) for k in new["eval"]}
-    free |= {("run", k) for k in ("output_dir", "name", "trackers")}
-    # How processes meet is per launch (config.yaml holds process 0's process_id and port).
-    free |= {
-        ("mesh", k) for k in ("distributed", "coordinator_address", "num_processes", "process_id")
-    }
-    diffs = [
-        f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
-        for section, values in new.items()
-        for key, value in values.items()
-        if (section, key) not in free and old.get(section, {}).get(key) != value
-    ]
-    if diffs:
-        raise ConfigError(
-            f"{run_dir} holds checkpoints of a run with a different config ({'; '.join(diffs)}); "
-            "use another --run-dir, restore the original settings, or --restart to move the old "
-            "run aside and start over"
-        )
 
 
 # ----------------------------------------------------------------------------- training
@@ -227,7 +176,7 @@ def _claimed(cfg: RunConfig, run_dir: Path, restart: bool, extend: bool) -> Path
     """The run folder's checks and lock around :func:`_train`."""
     run_folder.check_run_folder(run_dir)
     if not restart:
-        _check_resume_config(run_dir, cfg, extend)
+        run_folder.check_resume_config(run_dir, cfg, extend)
     # Before any JAX call: jax.process_index() would start the backend, and
     # jax.distributed.initialize refuses to run after that.
     maybe_initialize_distributed(cfg.mesh)
@@ -254,19 +203,48 @@ def _claim_run_folder(run_dir: Path, restart: bool) -> run_folder.RunLock:
 
 
 def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
+    """A run in a claimed folder: set up, restore, write the run files, loop, final reports."""
     primary = jax.process_index() == 0
     session = build_session(cfg, run_dir)
-    tcfg = cfg.train
-    plan = session.dataset.plan
+    with contextlib.closing(_checkpointer(run_dir, cfg.train)) as ckpt:
+        restored = _restore(session, ckpt)
+        tx, plan_dict, segments = _schedule_and_plan(
+            run_dir, cfg, restored.step, session.dataset.plan, extend
+        )
+        if primary:
+            labels = list(session.dataset.labels or [])
+            _write_run_files(
+                run_dir, cfg, plan_dict, restored.fingerprint, labels, segments, restored.step
+            )
+            _print_start(session)
+        train_step, eval_step = _compile_steps(session, tx, restored.shardings)
+        weights = _start_weights(session, eval_step, restored.record, primary)
+        logger = MetricsLogger(
+            run_dir, trackers=cfg.run.trackers, name=cfg.run.name, config=cfg.to_dict()
+        )
+        run = _Run(
+            session=session,
+            ckpt=ckpt,
+            train_step=train_step,
+            eval_step=eval_step,
+            logger=logger,
+            learning_rate=segmented_schedule(cfg.train, segments),
+            fingerprint=restored.fingerprint,
+            opt_state=restored.opt_state,
+            step=restored.step,
+            history=restored.history,
+            weights=weights,
+            saved=ckpt.all_steps()[-1] if ckpt.all_steps() else -1,
+        )
+        _loop(run)
+    if run.step >= cfg.train.steps:
+        _final_reports(run)
+    logger.close()
+    return run_dir
 
-    tx = make_optimizer(tcfg)
-    split = session.split
-    opt_state = tx.init(split.trainable)
-    session.shardings["opt_state"] = mesh_lib.opt_state_shardings(
-        tx, opt_state, session.shardings["trainable"], session.mesh
-    )
-    opt_state = jax.device_put(opt_state, session.shardings["opt_state"])
 
+def _checkpointer(run_dir: Path, tcfg: TrainConfig) -> Checkpointer:
+    """The run folder's checkpoints, keeping the best one by ``train.best_metric`` if set."""
     best_metric = tcfg.best_metric
     lower_better = (
         best_metric is not None and not eval_lib.metric_info(best_metric).higher_is_better
@@ -277,146 +255,220 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
         best_metric=best_metric,
         best_mode="min" if lower_better else "max",
     )
+    return ckpt
+
+
+class _Restored(NamedTuple):
+    """Where a run starts: the newest checkpoint of its folder, or step 0."""
+
+    opt_state: Any  # the optimizer state of the trainable leaves, on the mesh
+    shardings: dict[str, Any]  # the session's state shardings plus "opt_state"
+    fingerprint: dict[str, Any]  # run_folder.fingerprint of this run's inputs
+    step: int  # the restored step; 0 for a new run
+    history: list[dict[str, Any]]  # the eval history saved with that checkpoint
+    record: dict[str, Any] | None  # that checkpoint's whole record; None for a new run
+
+
+def _restore(session: Session, ckpt: Checkpointer) -> _Restored:
+    """Initialise the optimizer state, then restore the newest checkpoint into the session's
+    split; refused when the fingerprint differs (:func:`run_folder.restore_or_refuse`)."""
+    split = session.split
+    tx = make_optimizer(session.cfg.train)
+    opt_state = tx.init(split.trainable)
+    opt_shardings = mesh_lib.opt_state_shardings(
+        tx, opt_state, session.shardings["trainable"], session.mesh
+    )
+    shardings = {**session.shardings, "opt_state": opt_shardings}
+    opt_state = jax.device_put(opt_state, opt_shardings)
     fp = run_folder.fingerprint(session, opt_state)
     labels = list(session.dataset.labels or [])
-    try:
-        start, state, history, resumed_record = run_folder.restore_or_refuse(
-            ckpt, run_dir, (split.trainable, opt_state, split.mutable), fp, labels
-        )
-    except Exception:
-        ckpt.close()
-        raise
+    start, state, history, record = run_folder.restore_or_refuse(
+        ckpt, session.run_dir, (split.trainable, opt_state, split.mutable), fp, labels
+    )
     if state is not None:
         split.trainable, opt_state, split.mutable = state
         log.info("resumed from %s at step %d", ckpt.directory, start)
-    tx, plan_dict, segments = _schedule_and_plan(run_dir, cfg, start, plan, extend)
-    if primary:
-        _write_run_files(run_dir, cfg, plan_dict, fp, labels, segments, start)
-        print(plan.table())
-        print(peft_lib.trainable_summary(session.model, session.split.trainable_filter))
-        warn_frozen_fresh(session.model, session.split.trainable_filter)
+    return _Restored(opt_state, shardings, fp, start, history, record)
 
+
+def _print_start(session: Session) -> None:
+    """Print the sampling plan and the trainable parameters; warn about random frozen modules."""
+    print(session.dataset.plan.table())
+    print(peft_lib.trainable_summary(session.model, session.split.trainable_filter))
+    warn_frozen_fresh(session.model, session.split.trainable_filter)
+
+
+def _compile_steps(
+    session: Session, tx: optax.GradientTransformation, shardings: dict[str, Any]
+) -> tuple[Callable, Callable]:
+    """The jitted train and eval steps of the session (compiled at their first call)."""
+    cfg = session.cfg
     train_step = make_train_step(
-        split,
+        session.split,
         tx,
         task=cfg.model.task,
         mesh=session.mesh,
-        param_shardings=session.shardings,
-        grad_accum_steps=tcfg.grad_accum_steps,
+        param_shardings=shardings,
+        grad_accum_steps=cfg.train.grad_accum_steps,
         routing=session.routing,
         num_languages=len(session.dataset.languages),
     )
     eval_step = make_eval_step(
-        split,
+        session.split,
         task=cfg.model.task,
         mesh=session.mesh,
-        param_shardings=session.shardings,
+        param_shardings=shardings,
         routing=session.routing,
     )
-    weights = _start_weights(session, eval_step, resumed_record, primary)
-    logger = MetricsLogger(
-        run_dir, trackers=cfg.run.trackers, name=cfg.run.name, config=cfg.to_dict()
-    )
-    batches = session.dataset.train_batches(tcfg.batch_size, start_step=start)
-    progress = Progress(start, tcfg.steps)
-    progress.write(_mesh_line(session.mesh))
-    if start == 0:  # a resumed run's log has it already
-        logger.log(start, "sampling", {"weight": session.dataset.weights_at(start)})
-    step = start
-    all_finite = jnp.bool_(True)
-    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
-    window_languages: list[tuple[Any, Any]] = []
-    first_loss: float | None = None
+    return train_step, eval_step
 
-    saved = [ckpt.all_steps()[-1] if ckpt.all_steps() else -1]
 
-    def save(step_now: int, metrics: dict[str, float] | None = None) -> None:
-        if saved[0] == step_now:
-            return
-        if not bool(all_finite):
-            raise TrainingDiverged(
-                f"loss became NaN/inf before step {step_now}; not saving. Lower "
-                "train.learning_rate or set train.max_grad_norm; the last good checkpoint in "
-                f"{ckpt.directory} is intact"
-            )
-        record = {
-            "step": step_now,
-            "config_hash": cfg.hash(),
-            "data_position": step_now,
-            "fingerprint": fp,
-            "history": list(history),
-            "metrics": metrics,
-        }
-        if weights is not None:
-            record["dynamic"] = weights.state()
-        ckpt.save(step_now, (split.trainable, opt_state, split.mutable), record, metrics)
-        saved[0] = step_now
+# ----------------------------------------------------------------------------- the loop
 
+
+@dataclasses.dataclass
+class _Run:
+    """A run in progress: what the loop updates, and what each checkpoint records."""
+
+    session: Session  # its split holds the trainable and mutable state the step updates
+    ckpt: Checkpointer
+    train_step: Callable  # make_train_step's jitted step
+    eval_step: Callable  # make_eval_step's jitted step
+    logger: MetricsLogger
+    learning_rate: optax.Schedule  # over every --extend segment; logged with each train record
+    fingerprint: dict[str, Any]  # saved with each checkpoint
+    opt_state: Any
+    step: int  # steps done
+    history: list[dict[str, Any]]  # eval history entries, saved with each checkpoint
+    weights: data_lib.WeightRecord | None  # dynamic language weights; None when static
+    saved: int  # the newest checkpoint step on disk (-1: none); a step is saved once
+    first_loss: float | None = None  # the first logged loss: the divergence guard's scale
+    # False once a step's loss was NaN/inf; a device scalar, so checking it costs no sync per step.
+    all_finite: jax.Array = dataclasses.field(default_factory=lambda: jnp.bool_(True))
+
+
+class _Window:
+    """The steps since the last train record: their losses, tokens and per-language loss sums."""
+
+    def __init__(self):
+        self.losses: list[jax.Array] = []
+        self.tokens = 0
+        self.languages: list[tuple[jax.Array, jax.Array]] = []
+        self.start = time.perf_counter()
+
+
+def _loop(run: _Run) -> None:
+    """Step to ``train.steps`` (or a SIGTERM / SIGINT), with logs, dynamic-weight updates, evals
+    and checkpoints on their cadences; the last step is always saved."""
+    tcfg, dataset = run.session.cfg.train, run.session.dataset
+    batches = dataset.train_batches(tcfg.batch_size, start_step=run.step)
+    progress = Progress(run.step, tcfg.steps)
+    progress.write(_mesh_line(run.session.mesh))
+    if run.step == 0:  # a resumed run's log has it already
+        run.logger.log(run.step, "sampling", {"weight": dataset.weights_at(run.step)})
+    window = _Window()
     try:
         with _Preemption() as preemption:
-            while step < tcfg.steps:
-                local = next(batches)
-                window_tokens += int(np.sum(local["attention_mask"])) * jax.process_count()
-                batch = mesh_lib.put_batch(local, session.mesh)
-                split.trainable, opt_state, split.mutable, metrics = train_step(
-                    split.trainable, opt_state, split.mutable, split.frozen, batch
-                )
-                step += 1
-                all_finite = all_finite & jnp.isfinite(metrics["loss"])
-                window_loss.append(metrics["loss"])
-                language_sums = (metrics["language_loss_sum"], metrics["language_count"])
-                window_languages.append(language_sums)
-                if weights is not None:
-                    weights.add_step(*language_sums)
-                if step % tcfg.log_every == 0 or step == tcfg.steps:
-                    losses = np.asarray(jax.device_get(window_loss))
-                    if first_loss is None:
-                        first_loss = float(losses[0])
-                    _check_divergence(losses, step, first_loss, ckpt.directory)
-                    elapsed = time.perf_counter() - window_start
-                    rec = {
-                        "loss": float(losses.mean()),
-                        "grad_norm": float(metrics["grad_norm"]),
-                        "learning_rate": float(_lr(tcfg, step, segments)),
-                        "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                        **_language_means(session.dataset.languages, window_languages),
-                    }
-                    logger.log(step, "train", rec)
-                    progress.update(
-                        len(losses), loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}"
-                    )
-                    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
-                    window_languages = []
-                if weights is not None and weights.due(step) and step < tcfg.steps:
-                    _update_weights(session, weights, step, eval_step, logger, primary)
-                    batches = session.dataset.train_batches(tcfg.batch_size, start_step=step)
-                eval_metrics = None
-                if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.steps:
-                    result = evaluate(session, cfg.eval.split, eval_step)
-                    eval_metrics = _headline(result)
-                    history.append(eval_lib.history_entry(result, step))
-                    logger.log_eval(step, cfg.eval.split, eval_metrics, result)
-                    progress.write(f"step {step}: " + _one_line(eval_metrics))
-                if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0:
-                    save(step, eval_metrics)
+            while run.step < tcfg.steps:
+                metrics = _one_step(run, next(batches), window)
+                if run.step % tcfg.log_every == 0 or run.step == tcfg.steps:
+                    _log_window(run, window, metrics, progress)
+                    window = _Window()
+                if run.weights is not None and run.weights.due(run.step) and run.step < tcfg.steps:
+                    _update_weights(run, jax.process_index() == 0)
+                    batches = dataset.train_batches(tcfg.batch_size, start_step=run.step)
+                eval_metrics = _evaluate_on_cadence(run, progress)
+                if tcfg.checkpoint_every and run.step % tcfg.checkpoint_every == 0:
+                    _save(run, eval_metrics)
                 if preemption.requested:
-                    save(step, eval_metrics)
-                    ckpt.wait()
+                    _save(run, eval_metrics)
+                    run.ckpt.wait()
                     progress.write(
-                        f"stopped by {preemption.requested}: saved step {step} to "
-                        f"{ckpt.directory}; rerun the same command to resume"
+                        f"stopped by {preemption.requested}: saved step {run.step} to "
+                        f"{run.ckpt.directory}; rerun the same command to resume"
                     )
                     break
             else:
-                save(step)
+                _save(run)
     finally:
         progress.close()
-        ckpt.close()
 
-    if step >= tcfg.steps:
-        _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step)
-    logger.close()
-    return run_dir
+
+def _one_step(run: _Run, local: dict[str, np.ndarray], window: _Window) -> dict[str, jax.Array]:
+    """One optimizer step on this host's part of the batch; its metrics stay on the device."""
+    split = run.session.split
+    window.tokens += int(np.sum(local["attention_mask"])) * jax.process_count()
+    batch = mesh_lib.put_batch(local, run.session.mesh)
+    split.trainable, run.opt_state, split.mutable, metrics = run.train_step(
+        split.trainable, run.opt_state, split.mutable, split.frozen, batch
+    )
+    run.step += 1
+    run.all_finite = run.all_finite & jnp.isfinite(metrics["loss"])
+    window.losses.append(metrics["loss"])
+    language_sums = (metrics["language_loss_sum"], metrics["language_count"])
+    window.languages.append(language_sums)
+    if run.weights is not None:
+        run.weights.add_step(*language_sums)
+    return metrics
+
+
+def _log_window(run: _Run, window: _Window, metrics: dict[str, jax.Array], progress) -> None:
+    """The train record of the window (losses come to the host here, so the divergence guard
+    runs here too)."""
+    losses = np.asarray(jax.device_get(window.losses))
+    if run.first_loss is None:
+        run.first_loss = float(losses[0])
+    _check_divergence(losses, run.step, run.first_loss, run.ckpt.directory)
+    elapsed = time.perf_counter() - window.start
+    rec = {
+        "loss": float(losses.mean()),
+        "grad_norm": float(metrics["grad_norm"]),
+        "learning_rate": float(run.learning_rate(run.step)),
+        "tokens_per_s": window.tokens / max(elapsed, 1e-9),
+        **_language_means(run.session.dataset.languages, window.languages),
+    }
+    run.logger.log(run.step, "train", rec)
+    progress.update(len(losses), loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+
+
+def _evaluate_on_cadence(run: _Run, progress) -> dict[str, float] | None:
+    """Every ``train.eval_every`` steps (the last step has the final reports instead): the
+    headline metrics of ``eval.split``, logged and kept in the history; else None."""
+    cfg = run.session.cfg
+    every, step = cfg.train.eval_every, run.step
+    if not (every and step % every == 0 and step < cfg.train.steps):
+        return None
+    result = evaluate(run.session, cfg.eval.split, run.eval_step)
+    eval_metrics = _headline(result)
+    run.history.append(eval_lib.history_entry(result, step))
+    run.logger.log_eval(step, cfg.eval.split, eval_metrics, result)
+    progress.write(f"step {step}: " + _one_line(eval_metrics))
+    return eval_metrics
+
+
+def _save(run: _Run, metrics: dict[str, float] | None = None) -> None:
+    """Checkpoint the state at ``run.step`` (once), with the record an exact resume needs."""
+    if run.saved == run.step:
+        return
+    if not bool(run.all_finite):
+        raise TrainingDiverged(
+            f"loss became NaN/inf before step {run.step}; not saving. Lower "
+            "train.learning_rate or set train.max_grad_norm; the last good checkpoint in "
+            f"{run.ckpt.directory} is intact"
+        )
+    record = {
+        "step": run.step,
+        "config_hash": run.session.cfg.hash(),
+        "data_position": run.step,
+        "fingerprint": run.fingerprint,
+        "history": list(run.history),
+        "metrics": metrics,
+    }
+    if run.weights is not None:
+        record["dynamic"] = run.weights.state()
+    split = run.session.split
+    run.ckpt.save(run.step, (split.trainable, run.opt_state, split.mutable), record, metrics)
+    run.saved = run.step
 
 
 def _language_means(languages: list[str], window: list[tuple[Any, Any]]) -> dict[str, float]:
@@ -462,24 +514,21 @@ def _start_weights(session: Session, eval_step, resumed_record, primary: bool):
     return weights
 
 
-def _update_weights(session: Session, weights, step: int, eval_step, logger, primary) -> None:
+def _update_weights(run: _Run, primary: bool) -> None:
     """An update point: record the per-language losses (train window or eval split), move the
     weights, hand the new segments to the data pipeline and the plan."""
+    session, weights, step = run.session, run.weights, run.step
     cfg = session.cfg
     losses = weights.window_losses()
     if cfg.sampling.dynamic.signal == "eval":
         batches = session.dataset.eval_batches(cfg.eval.split, batch_size=cfg.eval.batch_size)
-        losses = language_losses(session, batches, eval_step)
+        losses = language_losses(session, batches, run.eval_step)
     new = weights.record(step, losses)
     session.dataset.set_weight_segments(weights.segments())
     # Tags sampling/weight/<language> and sampling/signal/<language> (the losses recorded).
-    logger.log(step, "sampling", {"weight": new, "signal": dict(weights.updates[-1]["losses"])})
+    run.logger.log(step, "sampling", {"weight": new, "signal": dict(weights.updates[-1]["losses"])})
     if primary:
         _write_plan(session.run_dir, session.dataset.plan, weights)
-
-
-def _lr(tcfg, step: int, segments) -> float:
-    return float(segmented_schedule(tcfg, segments)(step))
 
 
 def _schedule_and_plan(run_dir: Path, cfg: RunConfig, start: int, plan, extend: bool):
@@ -548,26 +597,29 @@ def _one_line(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if math.isfinite(v))
 
 
-def _final_reports(session, cfg, run_dir, eval_step, plan, history, logger, step) -> None:
+def _final_reports(run: _Run) -> None:
+    """After the last step: reports of ``eval.split`` and ``eval.final_splits``, the weight plot
+    of dynamic sampling, and the exported adapter."""
+    session, step = run.session, run.step
+    cfg, run_dir = session.cfg, session.run_dir
     splits = [cfg.eval.split] + [s for s in cfg.eval.final_splits if s != cfg.eval.split]
     for split_name in splits:
         if not session.dataset.has_split(split_name):
             log.warning("no %r split in the data: skipped in the final report", split_name)
             continue
-        result = evaluate(session, split_name, eval_step)
+        result = evaluate(session, split_name, run.eval_step)
         final = {run_folder.FINAL_FLAG: True, **_headline(result)}  # dropped on a rerun
-        logger.log_eval(step, split_name, final, result)
+        run.logger.log_eval(step, split_name, final, result)
         curve = None
         if split_name == cfg.eval.split:  # the curves end with this final evaluation
-            curve = [*history, eval_lib.history_entry(result, step)]
+            curve = [*run.history, eval_lib.history_entry(result, step)]
         if jax.process_index() == 0:
-            out = run_dir / "eval" / split_name
             eval_lib.write_report(
-                out,
+                run_dir / "eval" / split_name,
                 result,
                 config_hash=cfg.hash(),
                 step=step,
-                plan=plan.to_dict(),
+                plan=session.dataset.plan.to_dict(),
                 history=curve,
                 run_name=cfg.run.name,
                 metric=cfg.eval.metric,

@@ -5,15 +5,17 @@
 1. :func:`check_run_folder` — the folder is new, empty, or a langtune run (it has ``run.json``, or
    ``checkpoints/`` for runs made before ``run.json`` existed). A folder holding a user's own files
    is refused.
-2. :class:`RunLock` — ``train.lock`` holds the pid and host of the process training in the folder; a
+2. :func:`check_resume_config` — the saved ``config.yaml`` against the new config, before any data
+   is read: only cadence, ``train.steps`` (with ``--extend``) and evaluation may change.
+3. :class:`RunLock` — ``train.lock`` holds the pid and host of the process training in the folder; a
    second process stops at once; a lock left by a dead process on this host is taken over with a
    warning.
-3. :func:`fingerprint` / :func:`check_fingerprint` — what the saved state depends on (per-language
+4. :func:`fingerprint` / :func:`check_fingerprint` — what the saved state depends on (per-language
    example counts, the label vocabulary, the tokenizer, the trainable tree's shapes, the PEFT method,
    the optimizer) is recorded in ``run.json`` and in every checkpoint; a resume with different
    inputs is refused with what changed, never silently started over. ``--restart``
    (:func:`move_aside`) moves the old run to ``RUN_DIR.old-<timestamp>``; nothing is deleted.
-4. History: the eval history travels in each checkpoint's record, and :func:`truncate_metrics`
+5. History: the eval history travels in each checkpoint's record, and :func:`truncate_metrics`
    drops ``metrics.jsonl`` records written after the restored step, so a resumed run's log and
    ``report.json`` equal an unbroken run's.
 """
@@ -30,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import yaml
 
-from langtune_jax.config import ConfigError
+from langtune_jax.config import ConfigError, RunConfig
 
 log = logging.getLogger("langtune_jax")
 
@@ -376,13 +379,59 @@ def restore_or_refuse(
     return step, state, list(record.get("history") or []), record
 
 
-def check_steps_change(run_dir: Path, old_steps: int | None, new_steps: int, extend: bool) -> None:
-    """Refuse a resume that changes ``train.steps`` unless ``--extend`` is given.
+#: Config keys a resume may change (``None``: every key of the section): cadence, the step count
+#: (with ``--extend``) and evaluation; how processes meet is per launch (``config.yaml`` holds
+#: process 0's ``process_id`` and port). Any other change is refused.
+RESUME_FREE_KEYS: dict[str, tuple[str, ...] | None] = {
+    "train": ("steps", "log_every", "eval_every", "checkpoint_every"),
+    "eval": None,
+    "run": ("output_dir", "name", "trackers"),
+    "mesh": ("distributed", "coordinator_address", "num_processes", "process_id"),
+}
+
+
+def check_resume_config(run_dir: Path, cfg: RunConfig, extend: bool = False) -> None:
+    """Refuse to resume a run folder with a config that changes what is trained.
+
+    Read before any data or model: ``config.yaml`` of a folder with checkpoints against ``cfg``.
+    ``train.steps`` may change only with ``extend`` (``--extend``); the keys of
+    :data:`RESUME_FREE_KEYS` may change freely. What the config does not say (the data, the
+    tokenizer, the trainable shapes) is the fingerprint's to check (:func:`restore_or_refuse`).
 
     Raises:
-      RunFolderRefused: saying what would change and the ways out.
+      RunFolderRefused: naming each changed key (old -> new) and the ways out.
     """
-    if old_steps is None or old_steps == new_steps or extend:
+    saved = run_dir / "config.yaml"
+    if not saved.exists() or not (run_dir / "checkpoints").exists():
+        return
+    old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    old_steps = old.get("train", {}).get("steps")
+    if old_steps is not None and any((run_dir / "checkpoints").iterdir()):
+        _check_steps_change(run_dir, old_steps, cfg.train.steps, extend)
+    diffs = [
+        f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
+        for section, values in cfg.to_dict().items()
+        for key, value in values.items()
+        if not _free_on_resume(section, key) and old.get(section, {}).get(key) != value
+    ]
+    if diffs:
+        raise RunFolderRefused(
+            f"{run_dir} holds checkpoints of a run with a different config ({'; '.join(diffs)}); "
+            "use another --run-dir, restore the original settings, or --restart to move the old "
+            "run aside and start over"
+        )
+
+
+def _free_on_resume(section: str, key: str) -> bool:
+    if section not in RESUME_FREE_KEYS:
+        return False
+    free = RESUME_FREE_KEYS[section]
+    return free is None or key in free
+
+
+def _check_steps_change(run_dir: Path, old_steps: int, new_steps: int, extend: bool) -> None:
+    """Refuse a resume that changes ``train.steps`` unless ``--extend`` is given."""
+    if old_steps == new_steps or extend:
         return
     raise RunFolderRefused(
         f"{run_dir} holds checkpoints of a run of train.steps={old_steps}; resuming it with "

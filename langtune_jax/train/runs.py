@@ -1,4 +1,4 @@
-"""Reopening a finished run folder: ``langtune eval``, ``langtune export``, ``langtune generate``.
+"""Reopening finished run folders: ``langtune eval``, ``export``, ``generate`` and ``compare``.
 
 :func:`load_run` rebuilds the session from ``config.yaml`` and restores the newest checkpoint.
 """
@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from langtune_jax.models.hub import make_readable
 from langtune_jax.models.llama.generate import Completion, generate_completions
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.optim import make_optimizer
+from langtune_jax.train.run_folder import read_json
 from langtune_jax.train.session import Session, build_session, evaluate
 
 
@@ -143,23 +143,19 @@ def evaluate_run(run_dir: Path, split: str | None = None) -> dict[str, Any]:
     if jax.process_index() == 0:
         # The training-time history of this split's report stays (its curves still describe
         # the run).
-        previous = _read_json(run_dir / "eval" / split / REPORT_FILE) or {}
+        previous = read_json(run_dir / "eval" / split / REPORT_FILE) or {}
         eval_lib.write_report(
             run_dir / "eval" / split,
             result,
             config_hash=cfg.hash(),
             step=None,
-            plan=_read_json(run_dir / "plan.json"),
+            plan=read_json(run_dir / "plan.json"),
             history=previous.get("history"),
             run_name=cfg.run.name,
             metric=cfg.eval.metric,
         )
         print(eval_lib.markdown_table(result))
     return result
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def export_run(
@@ -212,6 +208,37 @@ def export_run(
             make_readable(out)
     print(f"exported {run_dir} as {fmt} to {out}")
     return out
+
+
+def compare_run_folders(
+    run_dirs: Sequence[Path],
+    *,
+    metric: str | None = None,
+    split: str | None = None,
+    out: Path | None = None,
+) -> str:
+    """``langtune compare``: the side-by-side per-language table of runs (printed, returned).
+
+    Args:
+      run_dirs: run folders with reports (the first is the baseline).
+      metric: the metric to compare (default: each run's headline).
+      split: the report split (default: test when the runs have several).
+      out: also write ``comparison.md``, ``comparison.png`` and, for runs with dynamic weights,
+        ``weights.png`` into this folder.
+
+    Returns:
+      The markdown table.
+    """
+    table, data = eval_lib.compare_runs(list(run_dirs), metric=metric, split=split)
+    print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
+        eval_lib.plot_comparison(data, out / "comparison.png")
+        print(f"wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
+        if data["weights"]:
+            print(f"wrote {eval_lib.plot_weight_segments(data['weights'], out / 'weights.png')}")
+    return table
 
 
 def generate_run(

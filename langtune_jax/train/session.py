@@ -12,12 +12,13 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from langtune_jax import data as data_lib
 from langtune_jax import eval as eval_lib
@@ -26,7 +27,10 @@ from langtune_jax.config import ConfigError, RunConfig
 from langtune_jax.models import from_pretrained, load_tokenizer
 from langtune_jax.models.common import set_remat
 from langtune_jax.train import mesh as mesh_lib
-from langtune_jax.train.step import make_eval_step, split_model
+from langtune_jax.train.step import Routing, SplitModel, make_eval_step, split_model
+
+if TYPE_CHECKING:  # transformers is imported when a tokenizer is loaded, not with this module
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("langtune_jax")
 
@@ -115,7 +119,7 @@ def warn_frozen_fresh(model: nnx.Module, trainable: Any) -> None:
         )
 
 
-def _routing(model: nnx.Module, languages: list[str]):
+def _routing(model: nnx.Module, languages: list[str]) -> Routing | None:
     """Per-language routing for the step (bottleneck rows and / or per-language LoRA adapters),
     or None when the model has neither."""
     contexts = []
@@ -180,23 +184,50 @@ def check_zero_shot(
 # ----------------------------------------------------------------------------- the session
 
 
+class StateShardings(TypedDict):
+    """Sharding trees of the split state (:func:`~langtune_jax.train.mesh.state_shardings`), one
+    ``NamedSharding`` per leaf; the ``param_shardings`` of :mod:`langtune_jax.train.step`. The
+    training loop adds ``opt_state`` (the optimizer state's shardings) to its own copy."""
+
+    trainable: nnx.State
+    frozen: nnx.State
+    mutable: nnx.State
+
+
 @dataclasses.dataclass
 class Session:
-    """Everything a run needs after set-up; shared by training, evaluation and export."""
+    """Everything a run needs after set-up; shared by training, evaluation and export.
+
+    Attributes:
+      cfg: the run config.
+      run_dir: the run folder.
+      mesh: the device mesh (``data``, ``fsdp``, ``tensor`` axes) every array is placed on.
+      tokenizer: the transformers tokenizer of ``model.tokenizer`` (or ``model.name_or_path``).
+      dataset: the data pipeline: per-language splits, the sampling plan, train/eval batches.
+      model: the NNX model wrapped by the PEFT method (its state lives in ``split``).
+      split: the model split into trainable / frozen / mutable state, placed on ``mesh``.
+      shardings: the sharding trees of ``split``'s three states.
+      routing: the per-language routing around the forward pass (language adapters or
+        per-language LoRA), or None when the model has neither.
+      routing_size: the number of languages ``routing``'s table covers
+        (``len(dataset.all_languages)`` when it was built; :func:`evaluate` rebuilds it when an
+        evaluation split adds zero-shot languages).
+    """
 
     cfg: RunConfig
     run_dir: Path
-    mesh: Any
-    tokenizer: Any
-    dataset: Any
+    mesh: Mesh
+    tokenizer: PreTrainedTokenizerBase
+    dataset: data_lib.DataPipeline
     model: nnx.Module
-    split: Any
-    shardings: dict[str, Any]
-    routing: Any
-    routing_size: int  # languages the routing table covers (dataset.all_languages then)
+    split: SplitModel
+    shardings: StateShardings
+    routing: Routing | None
+    routing_size: int
 
     @property
     def label_names(self) -> list[str] | None:
+        """The label vocabulary of classification runs (index = class id); None otherwise."""
         return self.dataset.labels or None
 
 
@@ -247,30 +278,40 @@ def build_session(
     model, trainable = apply_peft(model, cfg, rngs)
     check_zero_shot(model, dataset, [split for _, split in eval_splits(cfg)])
     set_remat(model, cfg.train.remat)
-    split = split_model(model, trainable)
-    shardings = {
-        name: mesh_lib.state_shardings(getattr(split, name), mesh)
-        for name in ("trainable", "frozen", "mutable")
-    }
-    split.trainable = jax.device_put(split.trainable, shardings["trainable"])
-    split.frozen = jax.device_put(split.frozen, shardings["frozen"])
-    split.mutable = jax.device_put(split.mutable, shardings["mutable"])
+    split, shardings = _placed_split(model, trainable, mesh)
     dataset.commit_cache()  # the run's checks passed and its model loaded
     return Session(
-        cfg,
-        run_dir,
-        mesh,
-        tokenizer,
-        dataset,
-        model,
-        split,
-        shardings,
-        _routing(model, dataset.all_languages),
-        len(dataset.all_languages),
+        cfg=cfg,
+        run_dir=run_dir,
+        mesh=mesh,
+        tokenizer=tokenizer,
+        dataset=dataset,
+        model=model,
+        split=split,
+        shardings=shardings,
+        routing=_routing(model, dataset.all_languages),
+        routing_size=len(dataset.all_languages),
     )
 
 
-def _mesh(cfg: RunConfig):
+def _placed_split(
+    model: nnx.Module, trainable: Any, mesh: Mesh
+) -> tuple[SplitModel, StateShardings]:
+    """The model split by the ``trainable`` filter, each state placed on ``mesh`` by its logical
+    axes; and the shardings used."""
+    split = split_model(model, trainable)
+    shardings = StateShardings(
+        trainable=mesh_lib.state_shardings(split.trainable, mesh),
+        frozen=mesh_lib.state_shardings(split.frozen, mesh),
+        mutable=mesh_lib.state_shardings(split.mutable, mesh),
+    )
+    split.trainable = jax.device_put(split.trainable, shardings["trainable"])
+    split.frozen = jax.device_put(split.frozen, shardings["frozen"])
+    split.mutable = jax.device_put(split.mutable, shardings["mutable"])
+    return split, shardings
+
+
+def _mesh(cfg: RunConfig) -> Mesh:
     try:
         return mesh_lib.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     except ValueError as err:

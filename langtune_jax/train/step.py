@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -79,7 +80,17 @@ def split_model(model: nnx.Module, trainable_filter: Any) -> SplitModel:
     return SplitModel(train_graph, eval_graph, trainable, frozen, mutable, trainable_filter)
 
 
-def _forward(model: nnx.Module, batch: dict[str, jax.Array], routing: Routing | None):
+def forward(model: nnx.Module, batch: dict[str, jax.Array], routing: Routing | None = None):
+    """Call ``model`` on the model inputs of ``batch`` (other keys, e.g. labels, are left out).
+
+    Args:
+      model: an NNX model taking ``input_ids``, ``attention_mask`` ... (:data:`MODEL_INPUTS`).
+      batch: a batch from the data pipeline, possibly packed (``segment_ids``).
+      routing: optional context around the call (per-language adapter routing).
+
+    Returns:
+      The model's output (``.logits`` ``[B, C]``, ``[B, T, C]`` or ``[B, T, V]``).
+    """
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     if "segment_ids" in inputs and not getattr(model, "takes_segments", False):
         # Packed rows: decoders take segments as attention_mask values (1, 2, ... per example,
@@ -90,35 +101,36 @@ def _forward(model: nnx.Module, batch: dict[str, jax.Array], routing: Routing | 
         return model(**inputs)
 
 
-def _lm_targets(logits: jax.Array, batch: dict[str, jax.Array], task: str):
-    """``(logits, labels, weights)`` of the LM tasks: causal shifted by one, masked LM as is."""
+def _next_token(logits: jax.Array, labels: jax.Array, segment_ids: jax.Array | None):
+    """Causal LM targets: position t predicts label t+1; a position whose next token starts
+    another packed segment predicts nothing. Returns ``(logits [B, T-1, V], labels [B, T-1],
+    weights [B, T-1] bool)``."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    weights = labels >= 0
+    if segment_ids is not None:
+        weights &= segment_ids[:, 1:] == segment_ids[:, :-1]
+    return logits, labels, weights
+
+
+def _targets(logits: jax.Array, batch: dict[str, jax.Array], task: str):
+    """``(logits, labels, weights)`` of what counts in the loss: ignored labels and padding rows
+    (``example_mask`` 0) have weight False; causal LM is shifted by one (:func:`_next_token`)."""
     labels = batch["labels"]
     if task == "causal-lm":
-        logits, labels = logits[:, :-1], labels[:, 1:]  # [B, T-1, V], [B, T-1]
-    weights = labels >= 0
-    if task == "causal-lm" and "segment_ids" in batch:
-        seg = batch["segment_ids"]
-        weights &= seg[:, 1:] == seg[:, :-1]
-    if "example_mask" in batch:
-        weights &= batch["example_mask"][:, None] > 0
+        logits, labels, weights = _next_token(logits, labels, batch.get("segment_ids"))
+    elif task in ("sequence-classification", "token-classification", "masked-lm"):
+        weights = labels >= 0
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    if "example_mask" in batch:  # [B] rows (or [B, S] packed segments): broadcast over positions
+        keep = batch["example_mask"] > 0
+        weights &= keep.reshape(keep.shape + (1,) * (weights.ndim - keep.ndim))
     return logits, labels, weights
 
 
 def _token_nll(logits: jax.Array, batch: dict[str, jax.Array], task: str):
     """Per-target negative log-likelihood and 0/1 weights (``[B]`` or ``[B, T']``, float32)."""
-    logits = logits.astype(jnp.float32)
-    labels = batch["labels"]
-    if task == "sequence-classification":
-        weights = batch.get("example_mask", jnp.ones(labels.shape, jnp.int32))
-        weights = (weights > 0) & (labels >= 0)
-    elif task == "token-classification":
-        weights = labels >= 0
-        if "example_mask" in batch:
-            weights &= batch["example_mask"][:, None] > 0
-    elif task in ("causal-lm", "masked-lm"):
-        logits, labels, weights = _lm_targets(logits, batch, task)
-    else:
-        raise ValueError(f"unknown task {task!r}")
+    logits, labels, weights = _targets(logits.astype(jnp.float32), batch, task)
     safe = jnp.where(weights, labels, 0)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     weights = weights.astype(jnp.float32)
@@ -193,54 +205,19 @@ def make_train_step(
       ``language_loss_sum`` and ``language_count`` (``[L]`` float32, global over all hosts) when
       ``num_languages`` is given.
     """
-    graph = split.train_graph
-    diff = nnx.DiffState(0, split.trainable_filter)
-    per_language = num_languages is not None
-
-    def loss_fn(model, batch):
-        out = _forward(model, batch, routing)
-        nll, count = example_losses(out.logits, batch, task)  # [B], [B]
-        aux = {"count": jnp.sum(count)}
-        if per_language:
-            lang = batch["language_id"]
-            aux["language_loss_sum"] = language_sums(nll, lang, num_languages)
-            aux["language_count"] = language_sums(count, lang, num_languages)
-        return jnp.sum(nll), aux
-
-    def grad_fn(trainable, mutable, frozen, batch):
-        # Merge in the current trace and let NNX's value_and_grad differentiate only the trainable
-        # variables; dropout RNG counters advance on the module and are read back afterwards.
-        model = nnx.merge(graph, trainable, frozen, mutable)
-        (loss_sum, aux), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(
-            model, batch
-        )
-        *_, mutable = nnx.state(model, split.trainable_filter, nnx.Param, ...)
-        return (loss_sum, (aux, mutable)), grads
+    loss_fn = functools.partial(
+        _loss_and_aux, task=task, routing=routing, num_languages=num_languages
+    )
+    grad_fn = _grad_fn(split, loss_fn)
 
     def step(trainable, opt_state, mutable, frozen, batch):
         if grad_accum_steps == 1:
             (loss_sum, (aux, mutable)), grads = grad_fn(trainable, mutable, frozen, batch)
         else:
-            micro = jax.tree.map(
-                lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
-                batch,
+            aux0 = _zero_aux(num_languages)
+            loss_sum, aux, mutable, grads = _accumulate(
+                grad_fn, grad_accum_steps, aux0, trainable, mutable, frozen, batch
             )
-
-            # Parameters travel in the carry (unchanged) so NNX sees them at the loop's trace level.
-            def body(carry, mb):
-                params, grads_acc, loss_acc, aux_acc, mut = carry
-                (loss_sum, (aux, mut)), grads = grad_fn(params[0], mut, params[1], mb)
-                grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-                aux_acc = jax.tree.map(jnp.add, aux_acc, aux)
-                return (params, grads_acc, loss_acc + loss_sum, aux_acc, mut), None
-
-            zeros = jax.tree.map(jnp.zeros_like, trainable)
-            aux0 = {"count": jnp.float32(0)}
-            if per_language:
-                aux0["language_loss_sum"] = jnp.zeros(num_languages, jnp.float32)
-                aux0["language_count"] = jnp.zeros(num_languages, jnp.float32)
-            init = ((trainable, frozen), zeros, jnp.float32(0), aux0, mutable)
-            (_, grads, loss_sum, aux, mutable), _ = jax.lax.scan(body, init, micro)
         denom = jnp.maximum(aux["count"], 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, opt_state, trainable)
@@ -256,6 +233,66 @@ def make_train_step(
         out_shardings=(sh["trainable"], sh["opt_state"], sh["mutable"], replicated),
         donate_argnums=(0, 1, 2),
     )
+
+
+def _loss_and_aux(model, batch, *, task: str, routing: Routing | None, num_languages: int | None):
+    """Summed loss of a (micro-)batch and its aux sums: ``count``, and with ``num_languages``
+    the per-language ``language_loss_sum`` / ``language_count`` ``[L]``."""
+    out = forward(model, batch, routing)
+    nll, count = example_losses(out.logits, batch, task)  # [B], [B]
+    aux = {"count": jnp.sum(count)}
+    if num_languages is not None:
+        lang = batch["language_id"]
+        aux["language_loss_sum"] = language_sums(nll, lang, num_languages)
+        aux["language_count"] = language_sums(count, lang, num_languages)
+    return jnp.sum(nll), aux
+
+
+def _zero_aux(num_languages: int | None) -> dict[str, jax.Array]:
+    """The aux sums of :func:`_loss_and_aux` at zero: the start of an accumulation."""
+    aux = {"count": jnp.float32(0)}
+    if num_languages is not None:
+        aux["language_loss_sum"] = jnp.zeros(num_languages, jnp.float32)
+        aux["language_count"] = jnp.zeros(num_languages, jnp.float32)
+    return aux
+
+
+def _grad_fn(split: SplitModel, loss_fn: Callable) -> Callable:
+    """``grad_fn(trainable, mutable, frozen, batch) -> ((loss_sum, (aux, mutable)), grads)``.
+
+    Merges in the current trace and lets NNX's value_and_grad differentiate only the trainable
+    variables; dropout RNG counters advance on the module and are read back afterwards.
+    """
+    diff = nnx.DiffState(0, split.trainable_filter)
+
+    def grad_fn(trainable, mutable, frozen, batch):
+        model = nnx.merge(split.train_graph, trainable, frozen, mutable)
+        (loss_sum, aux), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(
+            model, batch
+        )
+        *_, mutable = nnx.state(model, split.trainable_filter, nnx.Param, ...)
+        return (loss_sum, (aux, mutable)), grads
+
+    return grad_fn
+
+
+def _accumulate(grad_fn: Callable, steps: int, aux0, trainable, mutable, frozen, batch):
+    """Gradient accumulation: ``grad_fn`` over ``steps`` micro-batches (the batch split on its
+    first axis) in a ``lax.scan``; returns the summed ``(loss_sum, aux, mutable, grads)``."""
+    micro = jax.tree.map(lambda x: x.reshape(steps, x.shape[0] // steps, *x.shape[1:]), batch)
+
+    # Parameters travel in the carry (unchanged) so NNX sees them at the loop's trace level.
+    def body(carry, mb):
+        params, grads_acc, loss_acc, aux_acc, mut = carry
+        (loss_sum, (aux, mut)), grads = grad_fn(params[0], mut, params[1], mb)
+        grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+        aux_acc = jax.tree.map(jnp.add, aux_acc, aux)
+        return (params, grads_acc, loss_acc + loss_sum, aux_acc, mut), None
+
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
+    init = ((trainable, frozen), zeros, jnp.float32(0), aux0, mutable)
+    (_, grads, loss_sum, aux, mutable), _ = jax.lax.scan(body, init, micro)
+    return loss_sum, aux, mutable, grads
 
 
 def make_eval_step(
@@ -279,21 +316,19 @@ def make_eval_step(
 
     def evaluate(trainable, mutable, frozen, batch):
         model = nnx.merge(graph, trainable, frozen, mutable)
-        logits = _forward(model, batch, routing).logits
+        logits = forward(model, batch, routing).logits
+        nll_sum, count = example_losses(logits, batch, task)
         if task not in ("causal-lm", "masked-lm"):
-            nll_sum, count = example_losses(logits, batch, task)
             return {
                 "predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32),
                 "nll_sum": nll_sum,
                 "token_count": count,
             }
-        logits, labels, weights = _lm_targets(logits.astype(jnp.float32), batch, task)
-        safe = jnp.where(weights, labels, 0)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, safe) * weights
-        correct = (jnp.argmax(logits, axis=-1) == safe) & weights
+        logits, labels, weights = _targets(logits, batch, task)
+        correct = (jnp.argmax(logits, axis=-1) == labels) & weights
         return {
-            "nll_sum": nll.sum(axis=1),
-            "token_count": weights.sum(axis=1).astype(jnp.float32),
+            "nll_sum": nll_sum,
+            "token_count": count,
             "correct": correct.sum(axis=1).astype(jnp.float32),
         }
 

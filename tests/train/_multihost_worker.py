@@ -8,7 +8,7 @@ imported), joins the others through ``jax.distributed.initialize`` -- driven by 
 ``mesh.distributed`` / ``coordinator_address`` / ``num_processes`` / ``process_id`` overrides (plus
 any ``KEY=VALUE`` overrides given), as a user would launch it -- and trains with the real
 :func:`langtune_jax.train.train`. Afterwards every process restores the run folder collectively
-(:func:`langtune_jax.train.loop.load_run`), gathers the trainable leaves (they may be sharded over
+(:func:`langtune_jax.train.runs.load_run`), gathers the trainable leaves (they may be sharded over
 devices of both processes) and process 0 writes them to ``OUT_NPZ`` as ``leaf_0, leaf_1, ...`` in
 ``jax.tree.leaves`` order.
 """
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
 
     from langtune_jax.config import load_config
     from langtune_jax.train import train
-    from langtune_jax.train.loop import load_run
+    from langtune_jax.train.runs import load_run
 
     overrides = [
         "mesh.distributed=true",

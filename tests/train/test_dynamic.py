@@ -11,7 +11,7 @@ import pytest
 
 from langtune_jax.config import RunConfig, dump_config, from_dict
 from langtune_jax.train import train
-from langtune_jax.train.loop import load_run
+from langtune_jax.train.runs import load_run
 from tests.train.conftest import LANGS, kill_9_at_checkpoint, tiny_run_config
 
 DYNAMIC = {"prior": "natural", "method": "dro", "eta": 4.0, "smoothing": 0.1, "every": 3}

@@ -145,3 +145,19 @@ def test_compare_over_different_language_sets_uses_common_languages(tmp_path, ca
     assert rows["mean"] == ["70.0", "70.0", "+0.0"]  # over en and de only
     assert rows["gap"] == ["40.0", "20.0", "-20.0"]
     assert "over the 2 they all have (en, de)" in out and "not in every run: sw" in out
+
+
+def test_compare_out_writes_the_table_and_the_plot(tmp_path, capsys):
+    from langtune_jax.train.runs import compare_run_folders
+
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "cmp"
+    write_report(a / "eval" / "test", _report({"en": 0.9, "de": 0.5}), config_hash=None, step=1)
+    write_report(b / "eval" / "test", _report({"en": 0.8, "de": 0.6}), config_hash=None, step=1)
+    rc, printed, _ = _langtune(capsys, "compare", a, b, "--metric", "accuracy", "--out", out)
+    assert rc == 0
+    table = (out / "comparison.md").read_text()
+    assert table.strip() in printed and (out / "comparison.png").stat().st_size > 0
+    assert f"wrote {out / 'comparison.md'} and {out / 'comparison.png'}" in printed
+    assert not (out / "weights.png").exists()  # no run with dynamic weights
+    # The library call behind the command returns the same table.
+    assert compare_run_folders([a, b], metric="accuracy").strip() == table.strip()

@@ -14,7 +14,8 @@ import pytest
 
 from langtune_jax.config import TrainConfig
 from langtune_jax.train import train
-from langtune_jax.train.loop import TrainingDiverged, load_run
+from langtune_jax.train.loop import TrainingDiverged
+from langtune_jax.train.runs import load_run
 from tests.train.conftest import LANGS, RUN_FOLDER_FILES, kill_9_at_checkpoint, tiny_run_config
 
 
@@ -116,7 +117,7 @@ def test_sigterm_saves_and_returns_cleanly(assets, tmp_path):
 
 @pytest.mark.parametrize("impl", typing.get_args(typing.get_type_hints(TrainConfig)["rng_impl"]))
 def test_rng_impl_sets_every_dropout_key(assets, tmp_path, impl):
-    from langtune_jax.train.loop import build_session
+    from langtune_jax.train.session import build_session
 
     cfg = tiny_run_config(assets, name="rng", mesh={"data": -1}, steps=1, rng_impl=impl)
     cfg.peft.lora.lora_dropout = 0.1

@@ -12,7 +12,7 @@ import pytest
 from langtune_jax.config import RunConfig, from_dict
 from langtune_jax.peft.adapters.io import read_folder
 from langtune_jax.train import train
-from langtune_jax.train.loop import load_run
+from langtune_jax.train.runs import load_run
 from tests.train.conftest import LANGS, kill_9_at_checkpoint
 
 

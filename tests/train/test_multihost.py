@@ -21,7 +21,7 @@ import pytest
 
 from langtune_jax.config import RunConfig, dump_config
 from langtune_jax.train import train
-from langtune_jax.train.loop import load_run
+from langtune_jax.train.runs import load_run
 from tests.train.conftest import RUN_FOLDER_FILES, tiny_run_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,8 @@ import pytest
 from langtune_jax import cli
 from langtune_jax.config import dump_config
 from langtune_jax.train import train
-from langtune_jax.train.loop import build_session, load_run
+from langtune_jax.train.runs import load_run
+from langtune_jax.train.session import build_session
 from tests.train.conftest import tiny_run_config
 from tests.train.test_loop import _wait_for_checkpoint
 

@@ -14,7 +14,7 @@ from flax import nnx
 from langtune_jax.data.features import Tokenized, collate, pack, unpack_segments
 from langtune_jax.models import bert as bert_lib
 from langtune_jax.tasks import IGNORE_INDEX
-from langtune_jax.train.step import _forward, task_loss
+from langtune_jax.train.step import forward, task_loss
 
 TOL = 1e-5
 TINY = dict(
@@ -105,9 +105,9 @@ def test_packed_equals_unpacked(family, task, train):
     pj = {k: jnp.asarray(v) for k, v in packed.items() if k != "segment_mask"}
     if task == "sequence-classification":
         pj["example_mask"] = jnp.asarray(packed["segment_mask"])
-    logits_p = np.asarray(_forward(model, pj, None).logits)
+    logits_p = np.asarray(forward(model, pj, None).logits)
     logits_u = np.asarray(
-        _forward(model, {k: jnp.asarray(v) for k, v in plain.items()}, None).logits
+        forward(model, {k: jnp.asarray(v) for k, v in plain.items()}, None).logits
     )
 
     # Example k sits in (row, slot) placed[k]; compare logits / predictions example by example.
@@ -142,7 +142,7 @@ def test_packed_equals_unpacked(family, task, train):
     # Negative control: one segment per row (leaking attention, running positions) changes the
     # outputs of every example that is not first in its row, so the comparisons above can fail.
     leaky = {k: v for k, v in pj.items() if k != "segment_ids"}
-    logits_l = np.asarray(_forward(model, leaky, None).logits)
+    logits_l = np.asarray(forward(model, leaky, None).logits)
     later = [k for k, (_, s) in enumerate(placed) if s > 0]
     assert later
     for k in later:
