@@ -74,6 +74,12 @@ OURS = {
         0,
     ),
     "pfeiffer-torch-bin": ("bert", "sequence-classification", dict(placement="pfeiffer"), 1),
+    "pfeiffer+trained-pooler-in-head-file": (
+        "bert",
+        "sequence-classification",
+        dict(placement="pfeiffer", modules_to_save=["classifier", "pooler"]),
+        0,
+    ),
 }
 # library -> ours: (model_type, task, config class, kwargs, use_safetensors, must be refused)
 LIBRARY = {
@@ -193,8 +199,13 @@ def ours_export(work: Path) -> dict[str, dict]:
         base = our_outputs(model)["hidden"]
         apply_adapters(model, AdapterConfig(**kwargs))
         key = jax.random.key(100 + i)
-        for _, var in nnx.iter_graph(model):
-            if isinstance(var, AdapterParam):
+        for path, var in nnx.iter_graph(model):
+            # adapters, and a trained pooler where one is saved (else the HF folder has it)
+            if isinstance(var, AdapterParam) or (
+                isinstance(var, nnx.Param)
+                and "pooler" in path
+                and "pooler" in (kwargs.get("modules_to_save") or [])
+            ):
                 key, sub = jax.random.split(key)
                 var[...] = 0.5 * jax.random.normal(sub, var.shape, var.dtype)
         out_dir = work / "ours" / f"case{i}"

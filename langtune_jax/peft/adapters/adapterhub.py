@@ -14,6 +14,8 @@ The folder (names and keys as the library's ``AdapterLoader`` / ``PredictionHead
                             site is ...layer.N.output.adapters.NAME...
     head_config.json        (task models only) the head's model_class and labels
     model_head.safetensors  the head weights under their transformers names (classifier.weight ...)
+                            and any other saved module (a pooler the checkpoint lacked): the
+                            library's head loader loads every key that names a module
 
 The same function, field by field. The library's BERT layers call
 ``bottleneck_layer_forward(dropout(dense(h)), input_tensor, LayerNorm)``; with
@@ -37,8 +39,9 @@ a missing/null value as a bottleneck adapter (``"bottleneck"`` is not one of its
 
 Refused (one line naming the option): per-language adapter sets and MAD-X stacks
 (``AdapterConfig.languages`` / ``language_adapters``), models that also carry LoRA, Llama-family
-models (not verified against the library), ``modules_to_save`` inside the encoder (the library
-saves only the head); on import every config field whose value gives another function.
+models (not verified against the library), ``modules_to_save`` on a bare encoder (only a task
+model's head loader reads saved modules); on import every config field whose value gives another
+function.
 
 References:
   adapters library: ``src/adapters/methods/modeling.py`` (``Adapter``, ``ParallelAdapter``),
@@ -47,6 +50,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -243,25 +247,13 @@ def _hub_sites(model: nnx.Module, prefix: str, name: str) -> dict[str, Any]:
     return sites
 
 
-def _head_variables(
-    model: nnx.Module, prefix: str, who: str
-) -> dict[str, tuple[nnx.Variable, bool]]:
-    """``{transformers key: (variable, transpose)}`` of the saved modules (the task head)."""
+def _head_variables(model: nnx.Module) -> dict[str, tuple[nnx.Variable, bool]]:
+    """``{transformers key: (variable, transpose)}`` of the saved modules (head, fresh pooler)."""
     out = {}
     for key, var in trainable_variables(model).items():
-        if isinstance(var, AdapterParam):
-            continue
-        if (
-            key.startswith(f"{prefix}.")
-            or key.startswith("encoder.")
-            or key.startswith("embeddings.")
-        ):
-            raise ValueError(
-                f"{who}: modules_to_save holds {key!r}, inside the encoder; the adapters library "
-                "saves adapters and the prediction head only (set modules_to_save to the head)"
-            )
-        parts = tuple(key.split("."))
-        out[hf_key(parts)] = (var, parts[-1] == "kernel")
+        if not isinstance(var, AdapterParam):
+            parts = tuple(key.split("."))
+            out[hf_key(parts)] = (var, parts[-1] == "kernel")
     return out
 
 
@@ -299,7 +291,7 @@ def export_adapterhub(
 
     Raises:
       ValueError: what the library cannot express (one line naming the option): per-language or
-        stacked adapters, LoRA on the model, a Llama-family model, ``modules_to_save`` inside the
+        stacked adapters, LoRA on the model, a Llama-family model, ``modules_to_save`` on a bare
         encoder, a bottleneck size no reduction factor gives.
     """
     who = "export_adapterhub"
@@ -319,9 +311,14 @@ def export_adapterhub(
         for key, adapter in _hub_sites(model, prefix, adapter_name).items()
         for field, suffix, transpose in _WEIGHTS
     }
-    head = {
-        k: _torch_layout(v[...], t) for k, (v, t) in _head_variables(model, prefix, who).items()
-    }
+    # The head file: the task head and any other saved module (a pooler the checkpoint lacked):
+    # the library's head loader loads every key of it that names a module of the model.
+    head = {k: _torch_layout(v[...], t) for k, (v, t) in _head_variables(model).items()}
+    if head and not getattr(model, "head_modules", ()):
+        raise ValueError(
+            f"{who}: AdapterConfig.modules_to_save={config.modules_to_save} on a bare encoder: the "
+            "library loads saved modules with a task model's head only; export a task model"
+        )
     if jax.process_index() == 0:  # every process gathered the arrays (host_array); one writes
         _write_hub_folder(Path(folder), model, adapter_name, bn, tensors, head, torch_bin)
     return Path(folder)
@@ -412,7 +409,8 @@ def import_adapterhub(model: nnx.Module, folder: str | Path, *, rngs: nnx.Rngs |
     config = _config_from_hub(
         meta.get("config") or {}, hidden, num_layers, folder / HUB_CONFIG_FILE
     )
-    apply_adapters(model, config, rngs=rngs)
+    saved = _saved_modules(model, folder, prefix, who)
+    apply_adapters(model, dataclasses.replace(config, modules_to_save=saved), rngs=rngs)
     sites = _hub_sites(model, prefix, str(meta["name"]))
     targets = {
         key + suffix: (getattr(adapter, field), transpose)
@@ -422,19 +420,26 @@ def import_adapterhub(model: nnx.Module, folder: str | Path, *, rngs: nnx.Rngs |
     tensors = _read_tensors(folder, HUB_WEIGHTS_FILE, HUB_TORCH_WEIGHTS_FILE, who)
     _assign(_with_prefix(tensors, prefix), targets, folder, who)
     if (folder / HUB_HEAD_CONFIG_FILE).is_file():
-        _import_head(model, folder, prefix, who)
+        head = _read_tensors(folder, HUB_HEAD_WEIGHTS_FILE, HUB_TORCH_HEAD_WEIGHTS_FILE, who)
+        _assign(head, _head_variables(model), folder, who)
     return model
 
 
-def _import_head(model: nnx.Module, folder: Path, prefix: str, who: str) -> None:
+def _saved_modules(model: nnx.Module, folder: Path, prefix: str, who: str) -> list[str]:
+    """``modules_to_save`` for an import: the task head, plus encoder modules the head file holds
+    (our exports carry a pooler the checkpoint lacked; the library's own files never do)."""
+    heads = list(getattr(model, "head_modules", ()) or ())
+    if not (folder / HUB_HEAD_CONFIG_FILE).is_file():
+        return heads
     meta = _read_json(folder / HUB_HEAD_CONFIG_FILE, who)
     if meta.get("model_class") != _architecture(model):
         raise ValueError(
             f"{who}: {folder / HUB_HEAD_CONFIG_FILE} is a head of {meta.get('model_class')!r}, "
             f"the model is {_architecture(model)!r}; import into that task model"
         )
-    tensors = _read_tensors(folder, HUB_HEAD_WEIGHTS_FILE, HUB_TORCH_HEAD_WEIGHTS_FILE, who)
-    _assign(tensors, _head_variables(model, prefix, who), folder, who)
+    keys = _read_tensors(folder, HUB_HEAD_WEIGHTS_FILE, HUB_TORCH_HEAD_WEIGHTS_FILE, who)
+    inside = sorted({k.rpartition(".")[0] for k in keys if k.startswith(f"{prefix}.")})
+    return heads + inside
 
 
 def _with_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
