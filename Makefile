@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo demo-causal demo-madx test test-slow lint install clean
+.PHONY: demo demo-causal demo-madx test test-slow test-adapterhub lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,20 @@ test: $(TEST_STAMP) lint
 # The heavier end-to-end checks (kill -9 resumes, two processes, demo-asset determinism).
 test-slow: $(TEST_STAMP)
 	$(BIN)/python -m pytest tests -m slow -n 2 --dist loadfile
+
+# AdapterHub interop against the real `adapters` library, both directions (docs/adapters.md). The
+# library needs transformers ~=4.57, so it gets its own venv beside ours; not part of `make test`.
+ADAPTERHUB_VENV ?= .venv-adapterhub
+ADAPTERHUB_STAMP := $(ADAPTERHUB_VENV)/.installed
+
+$(ADAPTERHUB_STAMP):
+	$(PYTHON) -m venv $(ADAPTERHUB_VENV)
+	$(ADAPTERHUB_VENV)/bin/pip install --quiet torch==2.13.0
+	$(ADAPTERHUB_VENV)/bin/pip install --quiet "adapters==1.3.0" numpy safetensors
+	touch $(ADAPTERHUB_STAMP)
+
+test-adapterhub: $(TEST_STAMP) $(ADAPTERHUB_STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/check_adapterhub.py --python $(ADAPTERHUB_VENV)/bin/python
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check langtune_jax tests scripts

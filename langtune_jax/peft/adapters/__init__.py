@@ -70,8 +70,9 @@ layer the adapters already wrap must then name its ``base_layer`` path.
 
 Package layout: ``config`` (``AdapterConfig``), ``layer`` (the adapter modules and the trainable
 filter), ``routing`` (``with_routing``, ``language_rows``), ``apply`` (the tree surgery and the
-adapter-only checkpoints), ``io`` (the saved-adapter folder) and ``library`` (the language-adapter
-library that MAD-X stacking reads). This ``__init__`` is the package's public surface.
+adapter-only checkpoints), ``io`` (the saved-adapter folder), ``library`` (the language-adapter
+library that MAD-X stacking reads) and ``adapterhub`` (export to / import from the ``adapters``
+library's saved-adapter layout). This ``__init__`` is the package's public surface.
 
 References:
   Houlsby et al., "Parameter-Efficient Transfer Learning for NLP", ICML 2019, arXiv:1902.00751.
@@ -81,6 +82,10 @@ References:
   arXiv:2110.04366.
 """
 
+from langtune_jax.peft.adapters.adapterhub import (
+    export_adapterhub,
+    import_adapterhub,
+)
 from langtune_jax.peft.adapters.apply import (
     adapter_layers,
     apply_adapters,
@@ -130,8 +135,10 @@ __all__ = [
     "adapter_trainable_filter",
     "apply_adapters",
     "count_adapter_params",
+    "export_adapterhub",
     "get_adapter_config",
     "has_language_adapters",
+    "import_adapterhub",
     "language_rows",
     "load_adapters",
     "remove_adapters",

@@ -1,0 +1,284 @@
+"""AdapterHub interop: export then import is exact, the folder is the library's layout (file names,
+config fields, weight keys and shapes), and what the library cannot express is refused.
+
+The check against the real ``adapters`` package (a separate venv with transformers 4.57) is
+``make test-adapterhub`` (scripts/check_adapterhub.py)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from langtune_jax.models import bert, llama
+from langtune_jax.peft.adapters import (
+    AdapterConfig,
+    AdapterParam,
+    apply_adapters,
+    export_adapterhub,
+    get_adapter_config,
+    import_adapterhub,
+)
+from langtune_jax.peft.lora import LoraConfig, apply_lora
+
+D, LAYERS, VOCAB = 32, 3, 100
+BERT_HF = dict(
+    model_type="bert",
+    vocab_size=VOCAB,
+    hidden_size=D,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+CASES = {
+    "pfeiffer": AdapterConfig(placement="pfeiffer", reduction_factor=4.0),
+    "houlsby": AdapterConfig(placement="houlsby", adapter_size=8, non_linearity="swish"),
+    "parallel": AdapterConfig(placement="parallel", adapter_size=4, scaling=4.0),
+    "partial": AdapterConfig(
+        placement="houlsby", adapter_size=5, non_linearity="gelu", layers=[0, 2]
+    ),
+}
+
+
+def make_model(task="sequence-classification", seed=0, model_type="bert"):
+    model = bert.from_hf_config(
+        {**BERT_HF, "model_type": model_type}, task, rngs=nnx.Rngs(seed), num_labels=3
+    )
+    model.eval()
+    return model
+
+
+def randomize(model, seed=1):
+    """Every adapter weight non-zero (the identity init would hide a dead adapter)."""
+    key = jax.random.key(seed)
+    for _, var in nnx.iter_graph(model):
+        if isinstance(var, AdapterParam):
+            key, sub = jax.random.split(key)
+            var[...] = 0.5 * jax.random.normal(sub, var.shape, var.dtype)
+    return model
+
+
+def adapted(case, **kw):
+    return randomize(apply_adapters(make_model(**kw), CASES[case]))
+
+
+def outputs(model):
+    rs = np.random.RandomState(0)
+    ids = jnp.asarray(rs.randint(1, VOCAB, (3, 7)), jnp.int32)
+    mask = jnp.ones((3, 7), jnp.int32).at[0, -2:].set(0)
+    out = model(ids, mask)
+    return np.asarray(out.last_hidden_state), (
+        None if out.logits is None else np.asarray(out.logits)
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_export_then_import_is_exact(tmp_path, case):
+    ours = adapted(case)
+    export_adapterhub(ours, tmp_path, adapter_name="task")
+    back = import_adapterhub(make_model(), tmp_path)
+    (h0, l0), (h1, l1) = outputs(ours), outputs(back)
+    np.testing.assert_array_equal(h0, h1)
+    np.testing.assert_array_equal(l0, l1)
+    base_h, _ = outputs(make_model())
+    assert np.abs(base_h - h1).max() > 1e-2  # the adapters are on the path
+    cfg, want = get_adapter_config(back), CASES[case]
+    assert (cfg.placement, cfg.scaling, cfg.non_linearity) == (
+        want.placement,
+        want.scaling,
+        want.non_linearity,
+    )
+    assert cfg.bottleneck_size(D) == want.bottleneck_size(D)
+    assert cfg.layer_indices(LAYERS) == want.layer_indices(LAYERS)
+
+
+def test_folder_is_the_library_layout(tmp_path):
+    export_adapterhub(adapted("partial"), tmp_path, adapter_name="xnli")
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {
+        "adapter_config.json",
+        "adapter.safetensors",
+        "head_config.json",
+        "model_head.safetensors",
+    }
+    meta = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert {k: meta[k] for k in ("model_type", "hidden_size", "name", "model_class")} == {
+        "model_type": "bert",
+        "hidden_size": D,
+        "name": "xnli",
+        "model_class": "BertForSequenceClassification",
+    }
+    bn = meta["config"]
+    assert bn["architecture"] is None  # the library maps null to BnConfig; "bottleneck" is no key
+    assert (bn["mh_adapter"], bn["output_adapter"], bn["is_parallel"]) == (True, True, False)
+    assert (bn["original_ln_before"], bn["original_ln_after"], bn["residual_before_ln"]) == (
+        False,
+        True,
+        True,
+    )
+    assert (bn["ln_before"], bn["ln_after"], bn["leave_out"], bn["non_linearity"]) == (
+        False,
+        False,
+        [1],
+        "gelu",
+    )
+    assert int(D // bn["reduction_factor"]) == 5 and isinstance(bn["scaling"], float)
+    tensors = load_file(str(tmp_path / "adapter.safetensors"))
+    keys = {
+        f"bert.encoder.layer.{i}.{site}.adapters.xnli.{w}"
+        for i in (0, 2)
+        for site in ("attention.output", "output")
+        for w in (
+            "adapter_down.0.weight",
+            "adapter_down.0.bias",
+            "adapter_up.weight",
+            "adapter_up.bias",
+        )
+    }
+    assert set(tensors) == keys
+    assert tensors["bert.encoder.layer.0.output.adapters.xnli.adapter_down.0.weight"].shape == (
+        5,
+        D,
+    )
+    assert tensors["bert.encoder.layer.0.output.adapters.xnli.adapter_up.weight"].shape == (D, 5)
+    head = load_file(str(tmp_path / "model_head.safetensors"))
+    assert set(head) == {"classifier.weight", "classifier.bias"}
+    assert head["classifier.weight"].shape == (3, D)
+    head_meta = json.loads((tmp_path / "head_config.json").read_text())
+    assert head_meta["model_class"] == "BertForSequenceClassification"
+    assert head_meta["num_labels"] == 3
+
+
+def test_a_trained_pooler_rides_in_the_head_file(tmp_path):
+    """A pooler the checkpoint lacked trains (``fresh_modules``); the head file carries it."""
+    ours = apply_adapters(make_model(), AdapterConfig(modules_to_save=["classifier", "pooler"]))
+    pooler = ours.bert.pooler.dense.kernel
+    pooler[...] = pooler[...] + 0.5
+    export_adapterhub(randomize(ours), tmp_path)
+    head = load_file(str(tmp_path / "model_head.safetensors"))
+    assert set(head) == {
+        "classifier.weight",
+        "classifier.bias",
+        "bert.pooler.dense.weight",
+        "bert.pooler.dense.bias",
+    }
+    back = import_adapterhub(make_model(), tmp_path)
+    np.testing.assert_array_equal(outputs(ours)[1], outputs(back)[1])
+    assert get_adapter_config(back).modules_to_save == ["classifier", "bert.pooler.dense"]
+
+
+def test_bare_encoder_and_unprefixed_keys(tmp_path):
+    """A bare ``BertModel`` exports no head; the library's own bare-model keys have no prefix."""
+    ours = randomize(apply_adapters(make_model(task=None), CASES["pfeiffer"]))
+    export_adapterhub(ours, tmp_path, adapter_name="a")
+    assert not (tmp_path / "head_config.json").exists()
+    weights = tmp_path / "adapter.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k.removeprefix("bert."): v for k, v in tensors.items()}, str(weights))
+    back = import_adapterhub(make_model(task=None), tmp_path)
+    np.testing.assert_array_equal(outputs(ours)[0], outputs(back)[0])
+
+
+def test_xlm_roberta_keys(tmp_path):
+    ours = adapted("houlsby", model_type="xlm-roberta")
+    export_adapterhub(ours, tmp_path, adapter_name="a")
+    keys = load_file(str(tmp_path / "adapter.safetensors"))
+    assert all(k.startswith("roberta.encoder.layer.") for k in keys)
+    back = import_adapterhub(make_model(model_type="xlm-roberta"), tmp_path)
+    np.testing.assert_array_equal(outputs(ours)[1], outputs(back)[1])
+
+
+# ------------------------------------------------------------------------------------- refusals
+
+
+def test_export_refuses_what_the_library_cannot_express(tmp_path):
+    langs = apply_adapters(make_model(), AdapterConfig(languages=["en", "sw"]))
+    with pytest.raises(ValueError, match=r"AdapterConfig.languages=\['en', 'sw'\]"):
+        export_adapterhub(langs, tmp_path)
+    with_lora = apply_lora(make_model(), LoraConfig(r=2, target_modules=["query"]))
+    apply_adapters(with_lora, CASES["pfeiffer"])
+    with pytest.raises(ValueError, match="also carries LoRA"):
+        export_adapterhub(with_lora, tmp_path)
+    bare = apply_adapters(make_model(task=None), AdapterConfig(modules_to_save=["pooler"]))
+    with pytest.raises(ValueError, match=r"AdapterConfig.modules_to_save=\['pooler'\] on a bare"):
+        export_adapterhub(bare, tmp_path)
+    hf = dict(
+        model_type="llama",
+        vocab_size=VOCAB,
+        hidden_size=D,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    causal = apply_adapters(
+        llama.from_hf_config(hf, "causal-lm", rngs=nnx.Rngs(0)), CASES["pfeiffer"]
+    )
+    with pytest.raises(ValueError, match="not Llama-family"):
+        export_adapterhub(causal, tmp_path)
+    with pytest.raises(ValueError, match="adapter_name"):
+        export_adapterhub(adapted("pfeiffer"), tmp_path, adapter_name="a.b")
+    assert not (tmp_path / "adapter_config.json").exists()
+
+
+def _edit_config(folder, **fields):
+    path = folder / "adapter_config.json"
+    meta = json.loads(path.read_text())
+    meta["config"].update(fields)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        (dict(original_ln_before=True), "original_ln_before"),  # the library's SeqBnConfig
+        (dict(ln_after=True), "ln_after"),
+        (dict(ln_before=True), "ln_before"),
+        (dict(original_ln_after=False), "original_ln_after"),
+        (dict(use_gating=True), "use_gating"),
+        (dict(phm_layer=True), "phm_layer"),
+        (dict(inv_adapter="nice"), "inv_adapter"),
+        (dict(scaling="learned"), "scaling"),
+        (dict(reduction_factor={"0": 4, "default": 8}), "reduction_factor"),
+        (dict(residual_before_ln="post_add"), "residual_before_ln"),
+        (dict(non_linearity="tanh"), "non_linearity"),
+        (dict(mh_adapter=True, output_adapter=False), "mh_adapter"),
+        (dict(architecture="lora"), "architecture"),
+        (dict(stochastic_depth=0.1), "stochastic_depth"),
+    ],
+)
+def test_import_refuses_other_semantics(tmp_path, fields, field):
+    export_adapterhub(adapted("pfeiffer"), tmp_path)
+    _edit_config(tmp_path, **fields)
+    with pytest.raises(ValueError, match=f"has {field}="):
+        import_adapterhub(make_model(), tmp_path)
+
+
+def test_import_refuses_mismatched_folders(tmp_path):
+    export_adapterhub(adapted("pfeiffer"), tmp_path)
+    wider = bert.from_hf_config({**BERT_HF, "hidden_size": 64}, None, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="hidden_size=32"):
+        import_adapterhub(wider, tmp_path)
+    with pytest.raises(ValueError, match="a head of 'BertForSequenceClassification'"):
+        import_adapterhub(make_model(task="token-classification"), tmp_path)
+    weights = tmp_path / "adapter.safetensors"
+    tensors = load_file(str(weights))
+    tensors["bert.invertible_adapters.adapter.F.0.weight"] = np.zeros((2, 2), np.float32)
+    save_file(tensors, str(weights))
+    with pytest.raises(ValueError, match="unexpected keys"):
+        import_adapterhub(make_model(), tmp_path)
+    weights.unlink()
+    with pytest.raises(ValueError, match="neither adapter.safetensors nor pytorch_adapter.bin"):
+        import_adapterhub(make_model(), tmp_path)
+
+
+def test_import_refuses_an_adapted_model(tmp_path):
+    export_adapterhub(adapted("pfeiffer"), tmp_path)
+    with pytest.raises(ValueError, match="already has adapters"):
+        import_adapterhub(adapted("pfeiffer"), tmp_path)
