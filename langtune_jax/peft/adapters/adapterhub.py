@@ -62,8 +62,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from langtune_jax.models.hub import hf_key, make_readable
-from langtune_jax.peft.adapters.apply import adapter_layers, apply_adapters, host_array
+from langtune_jax.models.hub import hf_key, host_array, make_readable
+from langtune_jax.peft.adapters.apply import adapter_layers, apply_adapters
 from langtune_jax.peft.adapters.config import AdapterConfig, get_adapter_config
 from langtune_jax.peft.adapters.layer import AdapterParam, trainable_variables
 from langtune_jax.peft.lora.layer import LoRAParam
