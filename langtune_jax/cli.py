@@ -147,10 +147,11 @@ def _add_export(sub, common: list[argparse.ArgumentParser]) -> None:
     x.add_argument("run_dir", help="a run folder written by `langtune train`")
     x.add_argument(
         "--format",
-        choices=("peft", "merged"),
+        choices=("peft", "merged", "adapterhub"),
         default="peft",
         help="peft: a Hugging Face PEFT adapter folder (LoRA runs); merged: a full checkpoint "
-        "with LoRA folded into the weights (default: peft)",
+        "with LoRA folded into the weights; adapterhub: the `adapters` library's saved-adapter "
+        "folder (bottleneck-adapter runs) (default: peft)",
     )
     x.add_argument("--out", required=True, help="output folder")
     which = x.add_mutually_exclusive_group()

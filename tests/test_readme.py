@@ -50,3 +50,22 @@ def test_python_examples_run(tmp_path, monkeypatch, capsys):
     out = tmp_path / "untrained-adapter"
     exec(compile(pieces.replace('"runs/untrained-adapter"', f'"{out}"'), "README.md", "exec"), {})
     assert (out / "adapter_model.safetensors").exists()
+
+
+def test_no_file_holds_merge_conflict_markers():
+    """A merge left `<<<<<<< HEAD` in the README once; no tracked text file may hold one."""
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.M)
+    suffixes = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".json", ".cfg", ""}
+    bad = [
+        name
+        for name in tracked
+        if Path(name).suffix in suffixes
+        and (ROOT / name).is_file()
+        and marker.search((ROOT / name).read_text(encoding="utf-8", errors="replace"))
+    ]
+    assert not bad, f"merge conflict markers in {bad}"

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -161,11 +162,12 @@ def evaluate_run(run_dir: Path, split: str | None = None) -> dict[str, Any]:
 def export_run(
     run_dir: Path, fmt: str, out: Path, step: int | None = None, best: bool = False
 ) -> Path:
-    """``langtune export``: the run's LoRA as a PEFT adapter folder, or a merged HF checkpoint.
+    """``langtune export``: a PEFT adapter folder, a merged HF checkpoint, or an AdapterHub adapter.
 
     Args:
       run_dir: the run folder.
-      fmt: ``"peft"`` or ``"merged"``.
+      fmt: ``"peft"`` (LoRA runs), ``"merged"`` (LoRA folded into a full checkpoint) or
+        ``"adapterhub"`` (bottleneck-adapter runs, in the ``adapters`` library's layout).
       out: output folder.
       step: export this checkpoint step (``--step``); default the newest.
       best: export the checkpoint with the best ``train.best_metric`` (``--best``).
@@ -184,6 +186,11 @@ def export_run(
             f"{run_dir} was trained with peft.method={method}; PEFT export needs LoRA; its adapter "
             f"weights are in {run_dir / 'adapter'} (langtune_jax.peft.load_adapters reads them)"
         )
+    if fmt == "adapterhub" and method != "adapters":
+        raise ConfigError(
+            f"{run_dir} was trained with peft.method={method}; AdapterHub export needs bottleneck "
+            "adapters alone (peft.method: adapters); for LoRA use --format peft"
+        )
     if fmt == "merged" and "adapters" in method:
         where = run_dir / "adapter" / ("bottleneck" if "lora" in method else "")
         raise ConfigError(
@@ -194,7 +201,14 @@ def export_run(
         )
     cfg, session = load_run(run_dir, step=step, best=best)
     model = session.split.merge()
-    if fmt == "peft":
+    if fmt == "adapterhub":
+        peft_lib.adapters.export_adapterhub(
+            model,
+            out,
+            adapter_name=re.sub(r"[^A-Za-z0-9_\-]", "_", cfg.run.name),
+            label_names=session.label_names,
+        )
+    elif fmt == "peft":
         peft_lib.export_peft(
             model,
             out,

@@ -161,3 +161,46 @@ def test_compare_out_writes_the_table_and_the_plot(tmp_path, capsys):
     assert not (out / "weights.png").exists()  # no run with dynamic weights
     # The library call behind the command returns the same table.
     assert compare_run_folders([a, b], metric="accuracy").strip() == table.strip()
+
+
+def test_adapterhub_export_of_an_adapter_run_carries_labels_and_reloads_exactly(
+    assets, tmp_path, capsys
+):
+    from langtune_jax.models import from_pretrained
+    from langtune_jax.peft.adapters import import_adapterhub
+    from langtune_jax.train.runs import load_run
+
+    cfg = tiny_run_config(assets, name="hub.run", mesh={"data": -1}, steps=3)
+    cfg.peft.method = "adapters"
+    path = tmp_path / "cfg.yaml"
+    dump_config(cfg, path)
+    assert cli.main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+    rc, out, _ = _langtune(capsys, "export", tmp_path / "run", "--format", "adapterhub", "--out",
+                           tmp_path / "hub")  # fmt: skip
+    assert rc == 0 and "adapterhub" in out
+    meta = json.loads((tmp_path / "hub" / "adapter_config.json").read_text())
+    assert meta["name"] == "hub_run"  # the run name, made a valid adapter name
+    _, session = load_run(tmp_path / "run")
+    head = json.loads((tmp_path / "hub" / "head_config.json").read_text())
+    assert list(head["label2id"]) == session.label_names == ["neg", "pos"]
+    assert head["num_labels"] == 2
+    fresh = from_pretrained(
+        assets / "model", "sequence-classification", num_labels=len(head["label2id"])
+    )
+    reloaded = import_adapterhub(fresh, tmp_path / "hub")
+    trained_model = session.split.merge()
+    ids = np.array([[2, 7, 9, 11, 3, 0], [2, 5, 3, 0, 0, 0]], np.int32)
+    mask = (ids > 0).astype(np.int32)
+    for m in (reloaded, trained_model):
+        m.eval()
+    want = trained_model(ids, attention_mask=mask).logits
+    np.testing.assert_allclose(reloaded(ids, attention_mask=mask).logits, want, atol=1e-6)
+    assert _world_readable(tmp_path / "hub")
+
+
+def test_adapterhub_export_of_a_lora_run_is_refused(trained, tmp_path, capsys):
+    rc, _, err = _langtune(capsys, "export", trained, "--format", "adapterhub", "--out",
+                           tmp_path / "hub")  # fmt: skip
+    assert rc == 2 and err.count("\n") == 1
+    assert "peft.method=lora" in err and "--format peft" in err
+    assert not (tmp_path / "hub").exists()

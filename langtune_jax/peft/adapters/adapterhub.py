@@ -54,6 +54,7 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,7 +271,12 @@ def _architecture(model: nnx.Module) -> str:
 
 
 def export_adapterhub(
-    model: nnx.Module, folder: str | Path, *, adapter_name: str = "adapter", torch_bin: bool = False
+    model: nnx.Module,
+    folder: str | Path,
+    *,
+    adapter_name: str = "adapter",
+    torch_bin: bool = False,
+    label_names: Sequence[str] | None = None,
 ) -> Path:
     """Write ``model``'s bottleneck adapters (and task head) as an AdapterHub saved adapter.
 
@@ -285,6 +291,8 @@ def export_adapterhub(
       adapter_name: the adapter's name in the library (its weight keys hold it).
       torch_bin: also write ``pytorch_adapter.bin`` (and ``pytorch_model_head.bin``) so a plain
         ``load_adapter(folder)`` works without ``use_safetensors``; needs torch at call time.
+      label_names: class names in id order for the head's ``label2id`` (a training run's label
+        vocabulary); default the model config's labels.
 
     Returns:
       The folder.
@@ -319,13 +327,25 @@ def export_adapterhub(
             f"{who}: AdapterConfig.modules_to_save={config.modules_to_save} on a bare encoder: the "
             "library loads saved modules with a task model's head only; export a task model"
         )
+    labels = list(model.config.labels) if label_names is None else list(label_names)
+    if head and len(labels) != model.config.num_labels:
+        raise ValueError(
+            f"{who}: {len(labels)} label_names for a head of {model.config.num_labels} classes"
+        )
     if jax.process_index() == 0:  # every process gathered the arrays (host_array); one writes
-        _write_hub_folder(Path(folder), model, adapter_name, bn, tensors, head, torch_bin)
+        _write_hub_folder(Path(folder), model, adapter_name, bn, tensors, head, torch_bin, labels)
     return Path(folder)
 
 
 def _write_hub_folder(
-    folder: Path, model: nnx.Module, name: str, bn: dict, tensors: dict, head: dict, torch_bin: bool
+    folder: Path,
+    model: nnx.Module,
+    name: str,
+    bn: dict,
+    tensors: dict,
+    head: dict,
+    torch_bin: bool,
+    labels: list[str],
 ) -> None:
     """The files the library's ``AdapterLoader`` and ``PredictionHeadLoader`` read."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -340,7 +360,6 @@ def _write_hub_folder(
     _write_json(folder / HUB_CONFIG_FILE, {**meta, "config": bn})
     _write_tensors(folder / HUB_WEIGHTS_FILE, tensors, folder / HUB_TORCH_WEIGHTS_FILE, torch_bin)
     if head:
-        labels = list(model.config.labels)
         head_meta = {**meta, "config": None, "num_labels": len(labels)}
         head_meta["label2id"] = {label: i for i, label in enumerate(labels)}
         _write_json(folder / HUB_HEAD_CONFIG_FILE, head_meta)
