@@ -30,10 +30,18 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
 class _TensorBoard:
-    def __init__(self, run_dir: Path, name: str, config: dict[str, Any]):
+    def __init__(self, run_dir: Path, name: str, config: dict[str, Any], start_step: int = 0):
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(str(run_dir / "tensorboard"))
+        # A resumed run: TensorBoard hides the events the lost process wrote after the restored
+        # checkpoint (purge_step marks the new file), as metrics.jsonl drops those records.
+        # The suffix keeps a rerun within the same second from reusing (truncating) the previous
+        # process's file: tensorboardX names files by the second and the host only.
+        purge = start_step + 1 if start_step > 0 else None
+        suffix = f".{os.getpid()}.{time.time_ns()}"
+        self._writer = SummaryWriter(
+            str(run_dir / "tensorboard"), purge_step=purge, filename_suffix=suffix
+        )
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
@@ -45,7 +53,7 @@ class _TensorBoard:
 
 
 class _Wandb:
-    def __init__(self, run_dir: Path, name: str, config: dict[str, Any]):
+    def __init__(self, run_dir: Path, name: str, config: dict[str, Any], start_step: int = 0):
         import wandb
 
         self._run = wandb.init(
@@ -64,7 +72,7 @@ class _Wandb:
 
 
 class _Mlflow:
-    def __init__(self, run_dir: Path, name: str, config: dict[str, Any]):
+    def __init__(self, run_dir: Path, name: str, config: dict[str, Any], start_step: int = 0):
         import mlflow
 
         self._mlflow = mlflow
@@ -95,6 +103,9 @@ class MetricsLogger:
       name: the run's name (wandb / mlflow run name).
       config: the resolved config, recorded by wandb (config) and mlflow (params).
       enabled: write anything at all (``jax.process_index() == 0`` by default).
+      start_step: the step a resumed run restarts from (0: a fresh run); TensorBoard then hides
+        the events of later steps that the interrupted process had written. (W&B and MLflow
+        start a new run of their own at each resume.)
     """
 
     def __init__(
@@ -105,6 +116,7 @@ class MetricsLogger:
         name: str | None = None,
         config: dict[str, Any] | None = None,
         enabled: bool | None = None,
+        start_step: int = 0,
     ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._file = None
@@ -118,7 +130,7 @@ class MetricsLogger:
                 raise ValueError(f"unknown tracker {tracker!r}; choose from {', '.join(TRACKERS)}")
             try:
                 cls = _TRACKER_CLASSES[tracker]
-                self._trackers.append(cls(run_dir, name or run_dir.name, config or {}))
+                self._trackers.append(cls(run_dir, name or run_dir.name, config or {}, start_step))
             except ImportError as err:
                 raise ValueError(
                     f"run.trackers names {tracker!r} but it is not installed ({err}); "

@@ -220,7 +220,11 @@ def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
         train_step, eval_step = _compile_steps(session, tx, restored.shardings)
         weights = _start_weights(session, eval_step, restored.record, primary)
         logger = MetricsLogger(
-            run_dir, trackers=cfg.run.trackers, name=cfg.run.name, config=cfg.to_dict()
+            run_dir,
+            trackers=cfg.run.trackers,
+            name=cfg.run.name,
+            config=cfg.to_dict(),
+            start_step=restored.step,
         )
         run = _Run(
             session=session,

@@ -3,6 +3,7 @@
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,16 @@ from tests.train.conftest import LANGS, tiny_run_config
 
 
 def read_tensorboard(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """``{tag: [(step, value)]}`` from the TFRecord event files of a folder (tensorboardX's proto)."""
+    """``{tag: [(step, value)]}`` from the TFRecord event files of a folder (tensorboardX's proto),
+    as TensorBoard shows them: a ``SessionLog.START`` event at step s (a resumed writer's
+    ``purge_step``) hides the values of steps >= s read before it."""
     from tensorboardX.proto import event_pb2
 
     out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(folder.glob("events.out.tfevents.*")):
+    files = sorted(
+        folder.glob("events.out.tfevents.*"), key=lambda p: (p.stat().st_mtime_ns, p.name)
+    )
+    for path in files:
         data = path.read_bytes()
         pos = 0
         while pos < len(data):
@@ -25,6 +31,8 @@ def read_tensorboard(folder: Path) -> dict[str, list[tuple[int, float]]]:
             record = data[pos + 12 : pos + 12 + length]  # skip the length's crc
             pos += 12 + length + 4  # and the data's crc
             event = event_pb2.Event.FromString(record)
+            if event.session_log.status == event_pb2.SessionLog.START:
+                out = {t: [(k, v) for k, v in vals if k < event.step] for t, vals in out.items()}
             for value in event.summary.value:
                 out.setdefault(value.tag, []).append((event.step, value.simple_value))
     return out
@@ -89,6 +97,22 @@ def test_logger_writes_every_tracker_offline(tmp_path, monkeypatch):
     history = client.get_metric_history(run.info.run_id, "eval/validation/macro_f1/qu")
     assert [(m.step, m.value) for m in history] == [(2, 0.5)]
     assert run.data.params["train.steps"] == "2"
+
+
+def test_a_resumed_logger_hides_the_lost_steps_in_tensorboard(tmp_path):
+    """A process killed after step 5 whose newest checkpoint is step 3: the rerun logs 4 and 5
+    again, and TensorBoard shows each step once, with the rerun's values."""
+    first = MetricsLogger(tmp_path, trackers=["tensorboard"], enabled=True)
+    for step in range(1, 6):
+        first.log(step, "train", {"loss": float(step)})
+    first.close()
+    time.sleep(0.01)  # the second event file is newer
+    resumed = MetricsLogger(tmp_path, trackers=["tensorboard"], enabled=True, start_step=3)
+    for step in (4, 5):
+        resumed.log(step, "train", {"loss": 10.0 * step})
+    resumed.close()
+    shown = read_tensorboard(tmp_path / "tensorboard")["train/loss"]
+    assert shown == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0)]
 
 
 def test_unknown_or_missing_tracker_is_one_clear_error(tmp_path):
