@@ -179,26 +179,7 @@ def export_run(
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export --out {out} is a file, not a folder; pass a folder to write to")
-    cfg = _saved_config(run_dir)
-    method = cfg.peft.method
-    if fmt == "peft" and "lora" not in method:
-        raise ConfigError(
-            f"{run_dir} was trained with peft.method={method}; PEFT export needs LoRA; its adapter "
-            f"weights are in {run_dir / 'adapter'} (langtune_jax.peft.load_adapters reads them)"
-        )
-    if fmt == "adapterhub" and method != "adapters":
-        raise ConfigError(
-            f"{run_dir} was trained with peft.method={method}; AdapterHub export needs bottleneck "
-            "adapters alone (peft.method: adapters); for LoRA use --format peft"
-        )
-    if fmt == "merged" and "adapters" in method:
-        where = run_dir / "adapter" / ("bottleneck" if "lora" in method else "")
-        raise ConfigError(
-            f"{run_dir} has bottleneck adapters (peft.method={method}), which a plain transformers "
-            "checkpoint has no modules for: a merged export would silently drop them. Their "
-            f"weights are in {where} (load with langtune_jax.peft.load_adapters), or evaluate "
-            "the run with `langtune eval`"
-        )
+    _check_export_format(run_dir, _saved_config(run_dir).peft.method, fmt)
     cfg, session = load_run(run_dir, step=step, best=best)
     model = session.split.merge()
     if fmt == "adapterhub":
@@ -222,6 +203,29 @@ def export_run(
             make_readable(out)
     print(f"exported {run_dir} as {fmt} to {out}")
     return out
+
+
+def _check_export_format(run_dir: Path, method: str, fmt: str) -> None:
+    """Refuse an export format the run's PEFT method has no place in (before loading anything)."""
+    if fmt == "peft" and "lora" not in method:
+        raise ConfigError(
+            f"{run_dir} was trained with peft.method={method}; PEFT export needs LoRA; its adapter "
+            f"weights are in {run_dir / 'adapter'} (langtune_jax.peft.load_adapters reads them; "
+            "--format adapterhub writes them for the adapters library)"
+        )
+    if fmt == "adapterhub" and method != "adapters":
+        raise ConfigError(
+            f"{run_dir} was trained with peft.method={method}; AdapterHub export needs bottleneck "
+            "adapters alone (peft.method: adapters); for LoRA use --format peft"
+        )
+    if fmt == "merged" and "adapters" in method:
+        where = run_dir / "adapter" / ("bottleneck" if "lora" in method else "")
+        raise ConfigError(
+            f"{run_dir} has bottleneck adapters (peft.method={method}), which a plain transformers "
+            "checkpoint has no modules for: a merged export would silently drop them. Their "
+            f"weights are in {where} (load with langtune_jax.peft.load_adapters), or evaluate "
+            "the run with `langtune eval`"
+        )
 
 
 def compare_run_folders(

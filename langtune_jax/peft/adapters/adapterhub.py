@@ -327,14 +327,20 @@ def export_adapterhub(
             f"{who}: AdapterConfig.modules_to_save={config.modules_to_save} on a bare encoder: the "
             "library loads saved modules with a task model's head only; export a task model"
         )
-    labels = list(model.config.labels) if label_names is None else list(label_names)
-    if head and len(labels) != model.config.num_labels:
-        raise ValueError(
-            f"{who}: {len(labels)} label_names for a head of {model.config.num_labels} classes"
-        )
+    labels = _head_labels(model, label_names, bool(head), who)
     if jax.process_index() == 0:  # every process gathered the arrays (host_array); one writes
         _write_hub_folder(Path(folder), model, adapter_name, bn, tensors, head, torch_bin, labels)
     return Path(folder)
+
+
+def _head_labels(model: nnx.Module, label_names, has_head: bool, who: str) -> list[str]:
+    """The head's class names: ``label_names`` (checked against the head) or the config's."""
+    labels = list(model.config.labels) if label_names is None else list(label_names)
+    if has_head and len(labels) != model.config.num_labels:
+        raise ValueError(
+            f"{who}: {len(labels)} label_names for a head of {model.config.num_labels} classes"
+        )
+    return labels
 
 
 def _write_hub_folder(
