@@ -23,9 +23,10 @@ import torch
 from flax import nnx
 
 from langtune_jax.config import load_config
-from langtune_jax.data.features import IGNORE, collate, pack, tokenize
+from langtune_jax.data.features import collate, pack, tokenize
 from langtune_jax.models import from_pretrained
 from langtune_jax.models.llama.generate import encode_prompts
+from langtune_jax.tasks import IGNORE_INDEX
 from langtune_jax.train import task_loss, train
 from langtune_jax.train.runs import generate_run
 from langtune_jax.train.step import forward
@@ -111,7 +112,7 @@ def _per_example(logits, batch, rows) -> list[tuple[float, float]]:
     for r, seg in rows:
         keep = np.zeros_like(batch["labels"], dtype=bool)
         keep[r] = batch["segment_ids"][r] == seg if seg is not None else True
-        part = {**batch, "labels": np.where(keep, batch["labels"], IGNORE)}
+        part = {**batch, "labels": np.where(keep, batch["labels"], IGNORE_INDEX)}
         out.append(tuple(float(x) for x in task_loss(logits, part, "causal-lm")))
     return out
 
@@ -157,7 +158,9 @@ def test_prompt_tokens_do_not_count(assets, model):
         n_prompt = 1 + len(tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"])
         n_resp = len(tokenizer(ex["response"], add_special_tokens=False)["input_ids"]) + 1
         labels = batch["labels"][i]
-        assert (labels[:n_prompt] == IGNORE).all() and (labels[n_prompt + n_resp :] == IGNORE).all()
+        assert (labels[:n_prompt] == IGNORE_INDEX).all() and (
+            labels[n_prompt + n_resp :] == IGNORE_INDEX
+        ).all()
         np.testing.assert_array_equal(
             labels[n_prompt : n_prompt + n_resp],
             batch["input_ids"][i][n_prompt : n_prompt + n_resp],
@@ -188,7 +191,7 @@ def test_prompt_tokens_do_not_count(assets, model):
     np.testing.assert_allclose(float(ours_l), float(ref_l), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(ours_g), jax.tree.leaves(ref_g)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-    full = jnp.asarray(np.where(batch["attention_mask"] > 0, batch["input_ids"], IGNORE))
+    full = jnp.asarray(np.where(batch["attention_mask"] > 0, batch["input_ids"], IGNORE_INDEX))
     _, leak_g = nnx.value_and_grad(loss)(model, full)
     diffs = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
         jax.tree.leaves(ours_g), jax.tree.leaves(leak_g))]  # fmt: skip
