@@ -286,6 +286,14 @@ class RunConfig:
                 "but train.eval_every is 0; set train.eval_every (and train.checkpoint_every to "
                 "the same cadence) or drop train.best_metric"
             )
+        dynamic = self.sampling.strategy == "dynamic" and self.sampling.dynamic.signal == "train"
+        if dynamic and self.data.packing and self.model.task != "sequence-classification":
+            # A packed LM or token row mixes languages, so its loss has no one language.
+            raise ConfigError(
+                "config key 'sampling.dynamic.signal': train-loss weights need one language per "
+                f"loss, but packed {self.model.task} rows mix languages; set data.packing: false "
+                "or sampling.dynamic.signal: eval"
+            )
         if self.data.packing and (routed := self._per_language_peft_key()):
             # Routing picks one adapter per row, and a packed row holds several examples that
             # may be of different languages: refuse rather than route them by the first one.

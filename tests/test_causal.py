@@ -305,9 +305,12 @@ def test_cli_generate_prints_completions(run, capsys):
 
 @pytest.fixture(scope="module")
 def lang_run(assets, tmp_path_factory):
-    """A short causal run with per-language bottleneck adapters (aa, bb) plus the shared one."""
+    """A short causal run with per-language bottleneck adapters (aa, bb) plus the shared one.
+
+    Unpacked: a packed row may hold both languages, and routing picks one adapter per row."""
     cfg = _short_run_config(
         assets,
+        "data.packing=false",
         "peft.method=adapters",
         "peft.adapters.adapter_size=8",
         "peft.adapters.languages=[aa, bb]",

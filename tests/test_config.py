@@ -289,3 +289,12 @@ def test_packing_with_any_per_language_routing_is_refused(tmp_path, sets, key):
     with pytest.raises(ConfigError, match=f"data.packing.*{key.replace('.', '[.]')}"):
         load_config(_write(tmp_path, BASE), ["data.packing=true", *sets])
     assert not load_config(_write(tmp_path, BASE), sets).data.packing
+
+
+def test_train_signal_dynamic_weights_with_packed_lm_rows_are_refused(tmp_path):
+    """A packed causal row holds several languages: its loss cannot steer one language's weight."""
+    sets = ["model.task=causal-lm", "sampling.strategy=dynamic", "data.packing=true"]
+    with pytest.raises(ConfigError, match="sampling.dynamic.signal.*data.packing: false"):
+        load_config(_write(tmp_path, BASE), sets)
+    assert load_config(_write(tmp_path, BASE), [*sets, "sampling.dynamic.signal=eval"])
+    assert load_config(_write(tmp_path, BASE), [*sets[1:]]).data.packing  # classification: exact

@@ -302,6 +302,15 @@ def _print_start(session: Session) -> None:
     warn_frozen_fresh(session.model, session.split.trainable_filter)
 
 
+def _loss_languages(cfg: RunConfig, session: Session) -> int | None:
+    """How many languages the step sums the loss for (``loss/<lang>``, dynamic weights); None
+    for packed LM or token rows, which mix languages within a row (the config refuses dynamic
+    weights on a training signal there, see ``RunConfig``)."""
+    if cfg.data.packing and cfg.model.task != "sequence-classification":
+        return None
+    return len(session.dataset.languages)
+
+
 def _compile_steps(
     session: Session, tx: optax.GradientTransformation, shardings: dict[str, Any]
 ) -> tuple[Callable, Callable]:
@@ -315,7 +324,7 @@ def _compile_steps(
         param_shardings=shardings,
         grad_accum_steps=cfg.train.grad_accum_steps,
         routing=session.routing,
-        num_languages=len(session.dataset.languages),
+        num_languages=_loss_languages(cfg, session),
     )
     eval_step = make_eval_step(
         session.split,
@@ -409,10 +418,11 @@ def _one_step(run: _Run, local: dict[str, np.ndarray], window: _Window) -> dict[
     run.step += 1
     run.all_finite = run.all_finite & jnp.isfinite(metrics["loss"])
     window.losses.append(metrics["loss"])
-    language_sums = (metrics["language_loss_sum"], metrics["language_count"])
-    window.languages.append(language_sums)
-    if run.weights is not None:
-        run.weights.add_step(*language_sums)
+    if "language_loss_sum" in metrics:  # not for packed LM / token rows (_loss_languages)
+        language_sums = (metrics["language_loss_sum"], metrics["language_count"])
+        window.languages.append(language_sums)
+        if run.weights is not None:
+            run.weights.add_step(*language_sums)
     return metrics
 
 
@@ -477,6 +487,8 @@ def _save(run: _Run, metrics: dict[str, float] | None = None) -> None:
 
 def _language_means(languages: list[str], window: list[tuple[Any, Any]]) -> dict[str, float]:
     """``loss/<language>``: mean train loss per language over the steps of a log window."""
+    if not window:  # packed LM / token rows: no per-language sums (_loss_languages)
+        return {}
     sums = np.sum([np.asarray(jax.device_get(pair), np.float64) for pair in window], axis=0)
     return {f"loss/{lang}": float(s / c) for lang, s, c in zip(languages, *sums) if c > 0}
 

@@ -128,7 +128,7 @@ def _targets(logits: jax.Array, batch: dict[str, jax.Array], task: str):
     return logits, labels, weights
 
 
-def _token_nll(logits: jax.Array, batch: dict[str, jax.Array], task: str):
+def token_nll(logits: jax.Array, batch: dict[str, jax.Array], task: str):
     """Per-target negative log-likelihood and 0/1 weights (``[B]`` or ``[B, T']``, float32)."""
     logits, labels, weights = _targets(logits.astype(jnp.float32), batch, task)
     safe = jnp.where(weights, labels, 0)
@@ -143,7 +143,7 @@ def task_loss(logits: jax.Array, batch: dict[str, jax.Array], task: str):
     Returns:
       ``(loss_sum, count)``: float32 scalars; the mean loss is ``loss_sum / count``.
     """
-    nll, weights = _token_nll(logits, batch, task)
+    nll, weights = token_nll(logits, batch, task)
     return jnp.sum(nll), jnp.sum(weights)
 
 
@@ -152,7 +152,7 @@ def example_losses(logits: jax.Array, batch: dict[str, jax.Array], task: str):
 
     Padding rows (``example_mask`` 0) and ignored labels count 0; ``task_loss`` is their sum.
     """
-    nll, weights = _token_nll(logits, batch, task)
+    nll, weights = token_nll(logits, batch, task)
     if nll.ndim == 1:
         return nll, weights
     return nll.sum(axis=tuple(range(1, nll.ndim))), weights.sum(axis=tuple(range(1, nll.ndim)))
@@ -197,7 +197,7 @@ def make_train_step(
       routing: optional context around the forward pass (per-language adapter routing).
       num_languages: L, the number of training languages; the metrics then also hold the
         per-language loss sums and target counts of the step (``batch["language_id"]`` indexes
-        them; a packed row counts for its first segment's language).
+        them; packed classification counts each segment for its ``segment_language``).
 
     Returns:
       ``step(trainable, opt_state, mutable, frozen, batch) -> (trainable, opt_state, mutable,
@@ -239,13 +239,32 @@ def _loss_and_aux(model, batch, *, task: str, routing: Routing | None, num_langu
     """Summed loss of a (micro-)batch and its aux sums: ``count``, and with ``num_languages``
     the per-language ``language_loss_sum`` / ``language_count`` ``[L]``."""
     out = forward(model, batch, routing)
-    nll, count = example_losses(out.logits, batch, task)  # [B], [B]
+    nll, count = token_nll(out.logits, batch, task)  # [B], [B, S] (packed) or [B, T']
     aux = {"count": jnp.sum(count)}
     if num_languages is not None:
-        lang = batch["language_id"]
-        aux["language_loss_sum"] = language_sums(nll, lang, num_languages)
-        aux["language_count"] = language_sums(count, lang, num_languages)
+        sums = per_language_sums(nll, count, batch, num_languages)
+        aux["language_loss_sum"], aux["language_count"] = sums
     return jnp.sum(nll), aux
+
+
+def per_language_sums(
+    nll: jax.Array, count: jax.Array, batch: dict[str, jax.Array], num_languages: int
+) -> tuple[jax.Array, jax.Array]:
+    """Per-language loss sums and target counts ``([L], [L])`` of a batch's per-target losses.
+
+    A packed classification batch holds one loss per segment (``nll [B, S]``) and the language of
+    each (``segment_language``), so every example counts for its own language. Otherwise a row
+    is one example of ``language_id`` (``nll [B]`` or ``[B, T']``, summed per row). Packed LM rows,
+    whose tokens may be of several languages, must not be summed here (``train.loop`` asks for
+    no per-language sums then).
+    """
+    seg_lang = batch.get("segment_language")
+    if seg_lang is not None and nll.shape == seg_lang.shape:
+        lang, nll, count = seg_lang.reshape(-1), nll.reshape(-1), count.reshape(-1)
+    else:
+        rows = tuple(range(1, nll.ndim))
+        lang, nll, count = batch["language_id"], nll.sum(axis=rows), count.sum(axis=rows)
+    return language_sums(nll, lang, num_languages), language_sums(count, lang, num_languages)
 
 
 def _zero_aux(num_languages: int | None) -> dict[str, jax.Array]:

@@ -14,7 +14,7 @@ from flax import nnx
 from langtune_jax.data.features import Tokenized, collate, pack, unpack_segments
 from langtune_jax.models import bert as bert_lib
 from langtune_jax.tasks import IGNORE_INDEX
-from langtune_jax.train.step import forward, task_loss
+from langtune_jax.train.step import forward, per_language_sums, task_loss, token_nll
 
 TOL = 1e-5
 TINY = dict(
@@ -178,3 +178,27 @@ def test_unpack_segments_restores_one_row_per_example(task):
         np.testing.assert_array_equal(out["labels"][order], plain["labels"])
         np.testing.assert_array_equal(out["language_id"][order], np.arange(7) % 3)
     np.testing.assert_array_equal(out["predictions"], out["labels"])
+
+
+def test_packed_per_language_losses_count_each_example_for_its_language():
+    """loss/<lang> and dynamic weights read these sums: a packed row of several languages must
+    split its loss by segment, equal to the unpacked batch's per-language sums."""
+    task, pad = "sequence-classification", 0
+    store = _store(task, pad)
+    rows = [(store, i) for i in range(len(store))]
+    lang = np.arange(len(store)) % 3  # three languages, mixed within every packed row
+    packed, placed, _ = pack(rows, 3, 32, pad_id=pad, task=task, num_segments=8)
+    seg_lang = np.zeros_like(packed["segment_mask"])
+    for k, (r, s) in enumerate(placed):
+        seg_lang[r, s] = lang[k]
+    pj = {k: jnp.asarray(v) for k, v in packed.items() if k != "segment_mask"}
+    pj |= {"example_mask": jnp.asarray(packed["segment_mask"]), "segment_language": seg_lang}
+    pj["language_id"] = jnp.asarray(seg_lang[:, 0])  # a row's first segment (what routing sees)
+    plain = {k: jnp.asarray(v) for k, v in collate(rows, 12, pad_id=pad, task=task).items()}
+    plain["language_id"] = jnp.asarray(lang)
+    model = _model("bert", task, train=False)
+    got = per_language_sums(*token_nll(forward(model, pj, None).logits, pj, task), pj, 3)
+    want = per_language_sums(*token_nll(forward(model, plain, None).logits, plain, task), plain, 3)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    np.testing.assert_array_equal(got[1], want[1])
+    assert np.all(np.asarray(want[1]) > 0)
