@@ -1,7 +1,7 @@
 """The package's shape (shared/DESIGN.md "Layout"), checked so it stays that way.
 
 - A name another module imports is public in its module: no ``from langtune_jax.x import _name``
-  anywhere (package, tests, scripts).
+  (nor ``from tests.x import _name``) anywhere (package, tests, scripts).
 - The import graph of module-level imports has no cycle, and every module imports on its own in a
   fresh interpreter (the second check is slow: one process per module).
 - Each package's ``__init__`` is its public surface: ``__all__`` lists names that exist; the
@@ -57,7 +57,8 @@ def test_no_private_name_is_imported_from_another_module():
     found = []
     for path in files:
         for node in ast.walk(parse(path)):
-            if isinstance(node, ast.ImportFrom) and absolute(node, path).startswith("langtune_jax"):
+            imported = isinstance(node, ast.ImportFrom) and absolute(node, path)
+            if imported and imported.split(".")[0] in ("langtune_jax", "tests"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 private = [n for n in private if not n.startswith("__")]
                 found += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in private]

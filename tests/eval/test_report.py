@@ -28,7 +28,7 @@ SCHEMA_KEYS = {
 }  # fmt: skip
 
 
-def _report(accuracy_by_lang, n=20, source_language=None):
+def make_report(accuracy_by_lang, n=20, source_language=None):
     """A classification report whose per-language accuracy is exactly the given fraction."""
     y, p, lang = [], [], []
     for name, a in accuracy_by_lang.items():
@@ -63,7 +63,7 @@ def _check_png(path):
 
 
 def test_write_report_round_trip_and_plots(tmp_path):
-    report = _report({"en": 0.9, "de": 0.7, "sw": 0.4}, source_language="en")
+    report = make_report({"en": 0.9, "de": 0.7, "sw": 0.4}, source_language="en")
     history = [
         {"step": s, "per_language": {"en": 0.5 + s / 400, "de": 0.4 + s / 500, "sw": 0.3}}
         for s in (0, 50, 100)
@@ -107,7 +107,7 @@ def test_nan_is_written_as_null_and_old_schema_refused(tmp_path):
 
 
 def test_markdown_table_content():
-    table = markdown_table(_report({"en": 0.9, "de": 0.75, "sw": 0.5}))
+    table = markdown_table(make_report({"en": 0.9, "de": 0.75, "sw": 0.5}))
     lines = table.splitlines()
     assert lines[0].split("|")[1].strip() == "language"
     assert "accuracy (x100)" in lines[0] and "macro_f1 (x100)" in lines[0]
@@ -120,9 +120,9 @@ def test_markdown_table_content():
 
 def _fake_run(root, name, scores):
     """A run folder as training leaves it: a report per split in eval/<split>/."""
-    write_report(root / name / "eval" / "test", _report(scores), config_hash=name, step=10)
+    write_report(root / name / "eval" / "test", make_report(scores), config_hash=name, step=10)
     other = {lang: 1.0 for lang in scores}  # validation differs: the test split must be read
-    write_report(root / name / "eval" / "validation", _report(other), config_hash=name, step=10)
+    write_report(root / name / "eval" / "validation", make_report(other), config_hash=name, step=10)
     return root / name
 
 
@@ -148,9 +148,11 @@ def test_compare_runs_two_runs(tmp_path):
     # Another split on request; the reports' run_name wins over folder names.
     _, data = compare_runs([natural, balanced], metric="accuracy", split="validation")
     assert data["values"]["natural"] == {"en": 1.0, "de": 1.0, "sw": 1.0}
-    write_report(tmp_path / "x" / "eval", _report({"en": 0.5}), config_hash=None, step=1,
+    write_report(tmp_path / "x" / "eval", make_report({"en": 0.5}), config_hash=None, step=1,
                  run_name="first")  # fmt: skip
-    write_report(tmp_path / "y", _report({"en": 0.7}), config_hash=None, step=1, run_name="second")
+    write_report(
+        tmp_path / "y", make_report({"en": 0.7}), config_hash=None, step=1, run_name="second"
+    )
     _, data = compare_runs([tmp_path / "x", tmp_path / "y" / "report.json"], metric="accuracy")
     assert data["runs"] == ["first", "second"]
     assert data["delta"]["second"]["en"] == pytest.approx(0.2)
@@ -177,7 +179,7 @@ def test_compare_runs_errors(tmp_path):
         compare_runs([run, tmp_path / "nope"])
     with pytest.raises(ValueError, match="no metric 'perplexity'"):
         compare_runs([run], metric="perplexity")
-    write_report(run / "eval" / "dev", _report({"en": 0.1}), config_hash=None, step=1)
+    write_report(run / "eval" / "dev", make_report({"en": 0.1}), config_hash=None, step=1)
     (run / "eval" / "test" / "report.json").unlink()
     with pytest.raises(FileNotFoundError, match="several splits"):
         compare_runs([run])
@@ -204,7 +206,7 @@ def test_import_is_light():
 def test_history_entries_from_reports_and_zero_scores(tmp_path):
     from langtune_jax.eval import history_entry
 
-    reports = [_report({"en": a, "sw": 0.0}) for a in (0.3, 0.6)]
+    reports = [make_report({"en": a, "sw": 0.0}) for a in (0.3, 0.6)]
     history = [history_entry(r, step) for r, step in zip(reports, (10, 20))]
     assert history[1] == {
         "step": 20,

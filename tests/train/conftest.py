@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,18 +91,28 @@ def tiny_run_config(assets: Path, *, name: str, mesh: dict, **train) -> RunConfi
     return from_dict(RunConfig, data)
 
 
+def wait_for_checkpoint(ckpt_dir, step, proc=None, timeout=180):
+    """Wait until checkpoint ``step`` exists in ``ckpt_dir`` (fail if ``proc`` ends first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (ckpt_dir / str(step)).is_dir():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
 def kill_9_at_checkpoint(cfg: RunConfig, config_path: Path, run_dir: Path, step: int) -> None:
     """Write ``cfg`` to ``config_path``, run ``langtune train`` on ``run_dir`` in a subprocess and
     SIGKILL it once checkpoint ``step`` exists (no chance to clean up)."""
-    from tests.train.test_loop import _wait_for_checkpoint
-
     dump_config(cfg, config_path)
     cmd = [sys.executable, "-m", "langtune_jax.cli", "train", str(config_path)]
     cmd += ["--run-dir", str(run_dir)]
     proc = subprocess.Popen(
         cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    _wait_for_checkpoint(run_dir / "checkpoints", step, proc)
+    wait_for_checkpoint(run_dir / "checkpoints", step, proc)
     proc.kill()
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

@@ -12,7 +12,7 @@ import pytest
 from langtune_jax import cli
 from langtune_jax.config import dump_config
 from langtune_jax.eval import write_report
-from tests.eval.test_report import _report
+from tests.eval.test_report import make_report
 from tests.train.conftest import LANGS, tiny_run_config
 
 
@@ -135,8 +135,8 @@ def test_merged_export_of_bottleneck_adapters_is_refused(assets, tmp_path, capsy
 
 def test_compare_over_different_language_sets_uses_common_languages(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    write_report(a / "eval" / "test", _report({"en": 0.9, "de": 0.5}), config_hash=None, step=1)
-    write_report(b / "eval" / "test", _report({"en": 0.8, "de": 0.6, "sw": 0.1}),
+    write_report(a / "eval" / "test", make_report({"en": 0.9, "de": 0.5}), config_hash=None, step=1)
+    write_report(b / "eval" / "test", make_report({"en": 0.8, "de": 0.6, "sw": 0.1}),
                  config_hash=None, step=1)  # fmt: skip
     rc, out, _ = _langtune(capsys, "compare", a, b, "--metric", "accuracy")
     assert rc == 0
@@ -151,8 +151,8 @@ def test_compare_out_writes_the_table_and_the_plot(tmp_path, capsys):
     from langtune_jax.train.runs import compare_run_folders
 
     a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "cmp"
-    write_report(a / "eval" / "test", _report({"en": 0.9, "de": 0.5}), config_hash=None, step=1)
-    write_report(b / "eval" / "test", _report({"en": 0.8, "de": 0.6}), config_hash=None, step=1)
+    write_report(a / "eval" / "test", make_report({"en": 0.9, "de": 0.5}), config_hash=None, step=1)
+    write_report(b / "eval" / "test", make_report({"en": 0.8, "de": 0.6}), config_hash=None, step=1)
     rc, printed, _ = _langtune(capsys, "compare", a, b, "--metric", "accuracy", "--out", out)
     assert rc == 0
     table = (out / "comparison.md").read_text()

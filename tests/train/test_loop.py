@@ -4,7 +4,6 @@ SIGTERM handling and the NaN guard."""
 import json
 import os
 import signal
-import time
 import typing
 from pathlib import Path
 
@@ -16,7 +15,13 @@ from langtune_jax.config import TrainConfig
 from langtune_jax.train import train
 from langtune_jax.train.loop import TrainingDiverged
 from langtune_jax.train.runs import load_run
-from tests.train.conftest import LANGS, RUN_FOLDER_FILES, kill_9_at_checkpoint, tiny_run_config
+from tests.train.conftest import (
+    LANGS,
+    RUN_FOLDER_FILES,
+    kill_9_at_checkpoint,
+    tiny_run_config,
+    wait_for_checkpoint,
+)
 
 
 def _config(assets: Path, **train):
@@ -66,17 +71,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path):
     assert all(np.all(np.isfinite(x)) for x in _trainable(tmp_path / "n"))
 
 
-def _wait_for_checkpoint(ckpt_dir, step, proc=None, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (ckpt_dir / str(step)).is_dir():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint appeared")
-
-
 @pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test
 def test_kill_9_then_restart_equals_unbroken_run(assets, tmp_path):
 
@@ -101,7 +95,7 @@ def test_sigterm_saves_and_returns_cleanly(assets, tmp_path):
     run_dir = tmp_path / "term"
 
     def preempt():
-        _wait_for_checkpoint(run_dir / "checkpoints", 4)
+        wait_for_checkpoint(run_dir / "checkpoints", 4)
         os.kill(os.getpid(), signal.SIGTERM)
 
     thread = threading.Thread(target=preempt, daemon=True)

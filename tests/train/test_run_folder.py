@@ -20,8 +20,7 @@ from langtune_jax.config import dump_config
 from langtune_jax.train import train
 from langtune_jax.train.runs import load_run
 from langtune_jax.train.session import build_session
-from tests.train.conftest import tiny_run_config
-from tests.train.test_loop import _wait_for_checkpoint
+from tests.train.conftest import tiny_run_config, wait_for_checkpoint
 
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 
@@ -179,11 +178,11 @@ def test_lock_and_history_after_kill_9_equal_an_unbroken_run(assets, tmp_path, c
     dump_config(cfg, path)
 
     proc = _cli_process(path, run)
-    _wait_for_checkpoint(run / "checkpoints", 4, proc)
+    wait_for_checkpoint(run / "checkpoints", 4, proc)
     # A second `langtune train` on the folder stops at once, naming the holder.
     rc, err = _langtune(capsys, "train", path, "--run-dir", run)
     assert rc == 2 and "in use" in err and str(proc.pid) in err
-    _wait_for_checkpoint(run / "checkpoints", 6, proc)  # eval at 6 done; the next is at 9
+    wait_for_checkpoint(run / "checkpoints", 6, proc)  # eval at 6 done; the next is at 9
     proc.kill()
     proc.wait()
     assert proc.returncode == -signal.SIGKILL

@@ -45,14 +45,14 @@ _PER_LANGUAGE = {
 }
 
 
-def _report(run_dir: Path) -> dict:
+def make_report(run_dir: Path) -> dict:
     return json.loads((run_dir / "eval/validation/report.json").read_text())
 
 
 @pytest.mark.parametrize("peft", [_LORA, _PER_LANGUAGE], ids=["shared-lora", "fallback"])
 def test_zero_shot_language_is_evaluated_and_marked(assets, tmp_path, peft):
     run = train(_config(assets, "zs", peft), run_dir=tmp_path / "zs")
-    report = _report(run)
+    report = make_report(run)
     assert report["zero_shot"] == ["sw"]
     assert set(report["per_language"]) == {"en", "es", "sw"}
     assert report["empty_languages"] == []
@@ -71,7 +71,7 @@ def test_zero_shot_language_is_evaluated_and_marked(assets, tmp_path, peft):
 def test_source_language_and_compare_groups(assets, tmp_path):
     a = train(_config(assets, "a", _LORA, source_language="en"), run_dir=tmp_path / "a")
     b = train(_config(assets, "b", _PER_LANGUAGE, source_language="en"), run_dir=tmp_path / "b")
-    report = _report(a)
+    report = make_report(a)
     acc = {lang: r["accuracy"] for lang, r in report["per_language"].items()}
     assert report["source_language"] == "en"
     assert report["gaps"]["accuracy"]["transfer_gap"] == pytest.approx(acc["en"] - acc["sw"])
