@@ -163,6 +163,7 @@ def test_compare_out_writes_the_table_and_the_plot(tmp_path, capsys):
     assert compare_run_folders([a, b], metric="accuracy").strip() == table.strip()
 
 
+@pytest.mark.slow  # trains its own run (~1 min on 2 cores): make test-slow, run by CI
 def test_adapterhub_export_of_an_adapter_run_carries_labels_and_reloads_exactly(
     assets, tmp_path, capsys
 ):
