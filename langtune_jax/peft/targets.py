@@ -255,3 +255,12 @@ def _examples(
     shown = paths[:n]
     more = f" ... ({len(paths) - n} more)" if len(paths) > n else ""
     return ", ".join(shown) + more if shown else "(none)"
+
+
+def is_deterministic(model: nnx.Module) -> bool:
+    """Whether ``model`` is in eval mode (its dropout layers are deterministic): the mode new
+    dropout layers of LoRA or adapters start in, so they follow ``train()`` / ``eval()``."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, nnx.Dropout) and module.deterministic is not None:
+            return bool(module.deterministic)
+    return False

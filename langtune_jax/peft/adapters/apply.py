@@ -106,14 +106,6 @@ def _param_dtype(module: nnx.Module) -> Any:
     return leaves[0].dtype if leaves else jnp.float32
 
 
-def _is_deterministic(model: nnx.Module) -> bool:
-    # New dropout layers follow the model's current train()/eval() mode.
-    for _, module in nnx.iter_modules(model):
-        if isinstance(module, nnx.Dropout) and module.deterministic is not None:
-            return bool(module.deterministic)
-    return False
-
-
 def _resolve_modules_to_save(model: nnx.Module, config: AdapterConfig) -> list[str]:
     modules = _targets.named_modules(model)
     if config.modules_to_save is None:
@@ -162,7 +154,7 @@ def apply_adapters(
     config = dataclasses.replace(config, modules_to_save=_resolve_modules_to_save(model, config))
     m = config.bottleneck_size(hidden)
     rngs = nnx.Rngs(0) if rngs is None else rngs
-    deterministic = _is_deterministic(model)
+    deterministic = _targets.is_deterministic(model)
     sites = _sites(config, family, layer_paths)
     stack = None
     if config.language_adapters is not None:

@@ -139,7 +139,7 @@ def apply_lora(
         what="LoraConfig.target_modules",
     )
     rngs = nnx.Rngs(0) if rngs is None else rngs
-    deterministic = _is_deterministic(model)
+    deterministic = _targets.is_deterministic(model)
     for path in paths:
         _wrapped(model, path, modules[path]).add_adapter(
             adapter_name,
@@ -181,14 +181,6 @@ def _wrapped(model: nnx.Module, path: str, layer: nnx.Module) -> LoRALinear:
         layer = LoRALinear(layer)
         _targets.set_module_at(model, path, layer)
     return layer
-
-
-def _is_deterministic(model: nnx.Module) -> bool:
-    # New dropout layers follow the model's current train()/eval() mode.
-    for _, module in nnx.iter_modules(model):
-        if isinstance(module, nnx.Dropout) and module.deterministic is not None:
-            return bool(module.deterministic)
-    return False
 
 
 def set_adapter(model: nnx.Module, adapter_name: str | Sequence[str]) -> None:
