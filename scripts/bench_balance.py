@@ -272,10 +272,12 @@ def summarize(records: list[dict]) -> list[dict]:
 
 def print_table(rows: list[dict]) -> str:
     langs = list(rows[0]["per_language"])
-    head = ["framework", "strategy", *langs, "mean", "mean range", "gap", "gap range", "worst"]
+    head = ["framework", "strategy", "seeds", *langs, "mean", "mean range", "gap", "gap range"]
+    head += ["worst"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["framework"], r["strategy"], *(f"{r['per_language'][x]:.3f}" for x in langs)]
+        cells = [r["framework"], r["strategy"], ",".join(str(x) for x in r["seeds"])]
+        cells += [f"{r['per_language'][x]:.3f}" for x in langs]
         cells += [
             f"{r['mean']:.3f}",
             "{:.3f}-{:.3f}".format(*r["mean_range"]),
