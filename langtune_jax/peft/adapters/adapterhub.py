@@ -319,18 +319,23 @@ def export_adapterhub(
         for key, adapter in _hub_sites(model, prefix, adapter_name).items()
         for field, suffix, transpose in _WEIGHTS
     }
-    # The head file: the task head and any other saved module (a pooler the checkpoint lacked):
-    # the library's head loader loads every key of it that names a module of the model.
+    head = _head_tensors(model, config, who)
+    labels = _head_labels(model, label_names, bool(head), who)
+    if jax.process_index() == 0:  # every process gathered the arrays (host_array); one writes
+        _write_hub_folder(Path(folder), model, adapter_name, bn, tensors, head, torch_bin, labels)
+    return Path(folder)
+
+
+def _head_tensors(model: nnx.Module, config: AdapterConfig, who: str) -> dict[str, np.ndarray]:
+    """The head file's tensors: the task head and any other saved module (a pooler the
+    checkpoint lacked); the library's head loader loads every key that names a module."""
     head = {k: _torch_layout(v[...], t) for k, (v, t) in _head_variables(model).items()}
     if head and not getattr(model, "head_modules", ()):
         raise ValueError(
             f"{who}: AdapterConfig.modules_to_save={config.modules_to_save} on a bare encoder: the "
             "library loads saved modules with a task model's head only; export a task model"
         )
-    labels = _head_labels(model, label_names, bool(head), who)
-    if jax.process_index() == 0:  # every process gathered the arrays (host_array); one writes
-        _write_hub_folder(Path(folder), model, adapter_name, bn, tensors, head, torch_bin, labels)
-    return Path(folder)
+    return head
 
 
 def _head_labels(model: nnx.Module, label_names, has_head: bool, who: str) -> list[str]:
