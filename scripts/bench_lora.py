@@ -20,7 +20,8 @@ histogram and *real* (non-padding) tokens/s is reported for
 
 - ``jax-packed``: ``data.features.pack`` fills ``batch`` rows of ``seq`` tokens with as many
   examples as the pipeline draws per packed step (block-diagonal attention, per-segment pooling);
-- ``jax-bucketed``: ``batch`` examples padded to the smallest of seq/4, seq/2, seq that fits;
+- ``jax-bucketed``: ``batch`` examples padded to the smallest default length bucket that fits
+  (``DataConfig(max_length=seq).buckets()``: seq/8, seq/4, seq/2, seq);
 - ``torch-peft-dynamic``: ``batch`` examples padded to the longest in the batch (transformers'
   ``DataCollatorWithPadding`` default);
 - ``torch-peft-max``: ``batch`` examples padded to ``seq`` (``padding="max_length"``).
@@ -116,6 +117,7 @@ def _examples(a, lengths):
 def _real_batches(a, mode: str, n: int) -> list[tuple[dict, int]]:
     """(batch, real tokens) per step for a real-length mode (numpy; torch converts)."""
 
+    from langtune_jax.data.config import DataConfig
     from langtune_jax.data.features import choose_bucket, collate, pack
 
     mean = json.load(open(REAL_LENGTHS if a.lengths == "real" else a.lengths))["mean_length"]
@@ -133,7 +135,8 @@ def _real_batches(a, mode: str, n: int) -> list[tuple[dict, int]]:
             real = int(batch["attention_mask"].sum())
         else:
             longest = int(max(lengths[i] for _, i in rows))
-            t = {"jax-bucketed": choose_bucket(longest, [a.seq // 4, a.seq // 2, a.seq]),
+            buckets = DataConfig(max_length=a.seq).buckets()  # the pipeline's default buckets
+            t = {"jax-bucketed": choose_bucket(longest, buckets),
                  "torch-peft-dynamic": longest, "torch-peft-max": a.seq}[mode]  # fmt: skip
             batch = collate(rows, t, pad_id=0, task="sequence-classification")
             real = int(batch["attention_mask"].sum())

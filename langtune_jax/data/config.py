@@ -108,7 +108,8 @@ class DataConfig:
         {validation: dev}).
       max_length: tokens per row; longer examples are truncated.
       length_buckets: padded lengths a batch may take (each <= max_length; max_length is always
-        one); empty = max_length/4, /2 and max_length. Few buckets = few recompiles.
+        one); empty = max_length/8, /4, /2 (each at least 8) and max_length. Each bucket a batch
+        uses compiles once; fewer buckets = fewer compiles, more padding.
       labels: label vocabulary (tags for token classification); None = sorted labels of train.
       packing: pack several examples per row, train and eval (segment ids, per-segment
         positions; classification pools / labels per segment): no padding compute.
@@ -155,8 +156,8 @@ class DataConfig:
         """The sorted padded lengths (always ending with max_length)."""
         if self.length_buckets:
             b = set(self.length_buckets)
-        else:
-            b = {max(8, -(-self.max_length // 4)), max(8, -(-self.max_length // 2))}
+        else:  # max_length/8, /4, /2 (at least 8): short texts pad to a short bucket
+            b = {max(8, -(-self.max_length // k)) for k in (8, 4, 2)}
         return sorted({x for x in b if x <= self.max_length} | {self.max_length})
 
 

@@ -202,7 +202,8 @@ def test_config_errors(tmp_path):
         DataConfig(on_bad_row="ignore")
     with pytest.raises(ValueError, match="data.length_buckets"):
         DataConfig(max_length=64, length_buckets=[128])
-    assert DataConfig(max_length=128).buckets() == [32, 64, 128]
+    assert DataConfig(max_length=128).buckets() == [16, 32, 64, 128]
+    assert DataConfig(max_length=32).buckets() == [8, 16, 32]
     assert DataConfig(max_length=64, length_buckets=[16]).buckets() == [16, 64]
     # nested dicts (as the YAML loader gives them) become SourceConfig
     assert isinstance(DataConfig(sources=[{"path": "a/{split}"}]).sources[0], SourceConfig)
