@@ -15,6 +15,11 @@ calls itself under the other one (``--library-side``):
    ``import_adapterhub`` each folder and compare. The library's default Pfeiffer config
    (``SeqBnConfig()``, ``original_ln_before=True``) must be refused.
 
+Invertible adapters (MAD-X's NICE block, ``inv_adapter: nice`` / ``SeqBnInvConfig``) run in both
+directions; for a masked-LM model the library's logits are taken through the block's inverse
+before the decoder (its flex-head MLM head does that, its static ``BertForMaskedLM`` does not; see
+``_mlm_through_inverse``), as ours are.
+
 Compared: the last hidden state and the logits, float32, max abs difference <= ``TOL`` (1e-5).
 ``effect`` is the max abs change the adapters make to the hidden state (it must be far above TOL
 for a PASS to mean anything). Exit status 1 on any mismatch or failure.
@@ -80,6 +85,33 @@ OURS = {
         dict(placement="pfeiffer", modules_to_save=["classifier", "pooler"]),
         0,
     ),
+    # MAD-X language adapters: invertible adapters at the embeddings, the inverse before the
+    # masked-LM decoder (the MLM head stays the checkpoint's, as MAD-X trains them)
+    "pfeiffer+inv-masked-lm": (
+        "bert",
+        "masked-lm",
+        dict(placement="pfeiffer", adapter_size=8, inv_adapter="nice", modules_to_save=[]),
+        0,
+    ),
+    "pfeiffer+inv(r=4,gelu)-xlm-roberta-masked-lm": (
+        "xlm-roberta",
+        "masked-lm",
+        dict(
+            placement="pfeiffer",
+            adapter_size=8,
+            non_linearity="gelu",
+            inv_adapter="nice",
+            inv_adapter_reduction_factor=4.0,
+            modules_to_save=[],
+        ),
+        0,
+    ),
+    "houlsby+inv-sequence-classification": (
+        "bert",
+        "sequence-classification",
+        dict(placement="houlsby", adapter_size=8, inv_adapter="nice"),
+        0,
+    ),
 }
 # library -> ours: (model_type, task, config class, kwargs, use_safetensors, must be refused)
 LIBRARY = {
@@ -128,6 +160,24 @@ LIBRARY = {
         "sequence-classification",
         "DoubleSeqBnConfig",
         dict(reduction_factor=4),
+        True,
+        "",
+    ),
+    # .bin: the library's safetensors save of a masked-LM head fails (its tied decoder bias
+    # shares memory with cls.predictions.bias); torch.save keeps both keys
+    "lib-SeqBnInv-masked-lm(+MLM head, .bin)": (
+        "bert",
+        "masked-lm",
+        "SeqBnInvConfig",
+        dict(original_ln_before=False, reduction_factor=4),
+        False,
+        "",
+    ),
+    "lib-DoubleSeqBnInv-sequence-classification": (
+        "bert",
+        "sequence-classification",
+        "DoubleSeqBnInvConfig",
+        dict(reduction_factor=4, inv_adapter_reduction_factor=4),
         True,
         "",
     ),
@@ -234,9 +284,11 @@ def _hf_model(spec: dict):
     import adapters
     import transformers
 
-    cls = (
-        transformers.AutoModelForSequenceClassification if spec["task"] else transformers.AutoModel
-    )
+    cls = {
+        None: transformers.AutoModel,
+        "sequence-classification": transformers.AutoModelForSequenceClassification,
+        "masked-lm": transformers.AutoModelForMaskedLM,
+    }[spec["task"]]
     model = cls.from_pretrained(spec["hf"])
     adapters.init(model)
     return model
@@ -255,7 +307,34 @@ def _run(model) -> dict[str, np.ndarray]:
     logits = out.pooler_output if logits is None else logits  # a bare BertModel: pooled
     if logits is not None:
         res["logits"] = logits.numpy()
+    if _is_masked_lm(model) and model.base_model.get_invertible_adapter() is not None:
+        res["logits"] = _mlm_through_inverse(model, out.hidden_states[-1])
     return res
+
+
+def _is_masked_lm(model) -> bool:
+    return type(model).__name__.endswith("ForMaskedLM")
+
+
+def _mlm_through_inverse(model, hidden) -> np.ndarray:
+    """Masked-LM logits with the active invertible adapter's inverse before the decoder.
+
+    The library applies that inverse in its flex-head models' masked-LM head
+    (``heads/language_modeling.py``: ``inv_adapter(seq_outputs, rev=True)`` before the last
+    layer), as MAD-X does; its static-head ``BertForMaskedLM`` skips it (its logits then read the
+    transformed hidden states directly). So the composition runs here on the static model, with
+    the library's own module (``NICECouplingBlock.forward(rev=True)``) and the model's own head.
+    """
+    import torch
+
+    inv = model.base_model.get_invertible_adapter()
+    with torch.no_grad():
+        if hasattr(model, "cls"):
+            h = model.cls.predictions.transform(hidden)
+        else:  # RobertaLMHead: dense, gelu, layer_norm, then the decoder
+            head = model.lm_head
+            h = head.layer_norm(torch.nn.functional.gelu(head.dense(hidden)))
+        return model.get_output_embeddings()(inv(h, rev=True)).numpy()
 
 
 def library_load(spec: dict) -> dict:
@@ -286,7 +365,9 @@ def library_save(spec: dict, config_class: str, kwargs: dict, safetensors: bool,
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for key, p in model.named_parameters():
-            if ".adapters.lib." in key or key.startswith("classifier."):
+            if any(k in key for k in (".adapters.lib.", "invertible_adapters.lib.")) or (
+                key.startswith("classifier.")
+            ):
                 p.copy_(0.5 * torch.randn(p.shape, generator=gen))
     outs = _run(model)
     Path(spec["adapter"]).parent.mkdir(parents=True, exist_ok=True)

@@ -103,8 +103,17 @@ class _EncoderTask(nnx.Module):
         return out
 
     def _tied_logits(self, h: Array, bias: nnx.Param) -> Array:
-        """``h @ word_embeddings.T + bias``: the MLM decoder shares the input embedding."""
-        logits = self.encoder_model.embeddings.word_embeddings.attend(h)  # [B, T, V]
+        """``h @ word_embeddings.T + bias``: the MLM decoder shares the input embedding.
+
+        An embeddings wrapper that transforms its output (MAD-X's invertible adapters,
+        ``peft.adapters.InvertibleEmbeddings``) provides ``invert_output``; the decoder reads
+        ``h`` through that inverse, as in MAD-X.
+        """
+        embeddings = self.encoder_model.embeddings
+        invert = getattr(embeddings, "invert_output", None)
+        if invert is not None:
+            h = invert(h)
+        logits = embeddings.word_embeddings.attend(h)  # [B, T, V]
         return logits + bias[...].astype(logits.dtype)
 
 

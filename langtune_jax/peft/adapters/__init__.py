@@ -40,6 +40,16 @@ residual LayerNorm), as in Houlsby's design; BERT's hidden dropout follows the a
 preceding it. The ``adapters`` library's Pfeiffer config additionally re-uses the layer's LayerNorm
 around the adapter; we keep the simpler Houlsby-style position for both (same parameter count).
 
+Invertible adapters (MAD-X)
+---------------------------
+``inv_adapter="nice"`` also wraps the encoder's ``embeddings`` in an ``InvertibleEmbeddings``: a
+NICE coupling block (``InvertibleAdapter``) transforms the embedding output, and a masked-LM head
+reads its hidden states through the exact inverse before the tied decoder, so a language adapter
+learns a token-level transform for its language at both ends (Pfeiffer et al., 2020, section 3.2).
+With ``languages`` each language has its own block (routed per example like the language
+adapters), a language library saves it with each language, and a MAD-X stack loads it frozen with
+the language adapters. Off by default.
+
 Per-language adapters
 ---------------------
 With ``languages=[...]`` every adapted site holds a *stack* of language adapters (``[L, D, m]`` ...,
@@ -89,6 +99,7 @@ from langtune_jax.peft.adapters.adapterhub import (
 from langtune_jax.peft.adapters.apply import (
     adapter_layers,
     apply_adapters,
+    invertible_embeddings,
     load_adapters,
     remove_adapters,
     save_adapters,
@@ -111,6 +122,8 @@ from langtune_jax.peft.adapters.layer import (
     AdapterParam,
     AdapterWrapper,
     BottleneckAdapter,
+    InvertibleAdapter,
+    InvertibleEmbeddings,
     LanguageAdapterParam,
     adapter_summary,
     adapter_trainable_filter,
@@ -127,6 +140,8 @@ __all__ = [
     "BottleneckAdapter",
     "CONFIG_FILE",
     "DEFAULT_REDUCTION_FACTOR",
+    "InvertibleAdapter",
+    "InvertibleEmbeddings",
     "LIBRARY_FILE",
     "LanguageAdapterParam",
     "WEIGHTS_FILE",
@@ -139,6 +154,7 @@ __all__ = [
     "get_adapter_config",
     "has_language_adapters",
     "import_adapterhub",
+    "invertible_embeddings",
     "language_rows",
     "load_adapters",
     "remove_adapters",

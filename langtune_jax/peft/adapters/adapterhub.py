@@ -32,7 +32,12 @@ parallel   ``is_parallel=True`` on the output site: the adapter reads the feed-f
            and is added before the residual LayerNorm (``ParBnConfig``; ``scaling`` as ours)
 =========  ===================================================================================
 
-Both sides: ``ln_before = ln_after = use_gating = phm_layer = False``, ``inv_adapter=None``,
+Invertible adapters (``inv_adapter: "nice"``, the library's ``SeqBnInvConfig``) travel too: our
+``InvertibleEmbeddings`` block is its ``NICECouplingBlock`` (keys
+``bert.invertible_adapters.NAME.F.0.weight`` ...); the library runs it on the embedding output and
+its inverse before a masked-LM decoder, as we do.
+
+Both sides: ``ln_before = ln_after = use_gating = phm_layer = False``, ``inv_adapter`` null or nice,
 ``scaling`` a float, ``reduction_factor`` with ``int(D // reduction_factor) == m``, ``leave_out``
 the layers without adapters. ``architecture`` is ``null``: the library dispatches on it and treats
 a missing/null value as a bottleneck adapter (``"bottleneck"`` is not one of its keys).
@@ -64,7 +69,7 @@ import numpy as np
 from flax import nnx
 
 from langtune_jax.models.hub import hf_key, host_array, make_readable
-from langtune_jax.peft.adapters.apply import adapter_layers, apply_adapters
+from langtune_jax.peft.adapters.apply import adapter_layers, apply_adapters, invertible_embeddings
 from langtune_jax.peft.adapters.config import AdapterConfig, get_adapter_config
 from langtune_jax.peft.adapters.layer import AdapterParam, trainable_variables
 from langtune_jax.peft.lora.layer import LoRAParam
@@ -92,6 +97,18 @@ _WEIGHTS = (
     ("up_kernel", "adapter_up.weight", True),
     ("up_bias", "adapter_up.bias", False),
 )
+# An invertible adapter's two MLPs (``NICECouplingBlock.F`` / ``.G``, each ``nn.Sequential(Linear,
+# act, Linear)``): (our BottleneckAdapter field, the library's key suffix, transpose).
+_INV_WEIGHTS = tuple(
+    (f"{sub}.{field}", f"{sub}.{idx}.{kind}", transpose)
+    for sub in ("F", "G")
+    for field, idx, kind, transpose in (
+        ("down_kernel", 0, "weight", True),
+        ("down_bias", 0, "bias", False),
+        ("up_kernel", 2, "weight", True),
+        ("up_bias", 2, "bias", False),
+    )
+)
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "swish"}
 _PLACEMENT = {  # (mh_adapter, output_adapter, is_parallel) -> our placement
     (False, True, False): "pfeiffer",
@@ -105,7 +122,6 @@ _REQUIRED = {
     "ln_after": False,
     "use_gating": False,
     "phm_layer": False,
-    "inv_adapter": None,
     "cross_adapter": False,
     "stochastic_depth": 0.0,
 }
@@ -143,8 +159,10 @@ def _bn_config(config: AdapterConfig, hidden: int, num_layers: int) -> dict[str,
         "init_weights_seed": None,
         "scaling": float(config.scaling),
         "use_gating": False,
-        "inv_adapter": None,
-        "inv_adapter_reduction_factor": None,
+        "inv_adapter": config.inv_adapter,
+        "inv_adapter_reduction_factor": (
+            float(config.inv_adapter_reduction_factor) if config.inv_adapter else None
+        ),
         "cross_adapter": False,
         "leave_out": [i for i in range(num_layers) if i not in kept],
         "dropout": float(config.dropout),
@@ -200,6 +218,10 @@ def _config_from_hub(
     act = str(bn.get("non_linearity", "")).lower()
     if act not in _ACTIVATIONS:
         raise refuse("non_linearity", f"expected one of {sorted(_ACTIVATIONS)}")
+    inv = bn.get("inv_adapter")
+    if inv not in (None, "nice"):
+        raise refuse("inv_adapter", "only NICE invertible adapters ('nice', MAD-X's) are ours")
+    inv_factor = bn.get("inv_adapter_reduction_factor") or 2.0
     leave_out = {int(i) % num_layers for i in bn.get("leave_out") or []}
     layers = [i for i in range(num_layers) if i not in leave_out]
     if not layers:
@@ -212,6 +234,8 @@ def _config_from_hub(
         scaling=float(scaling),
         layers="all" if len(layers) == num_layers else layers,
         init="bert" if bn.get("init_weights") == "bert" else "identity",
+        inv_adapter=inv,
+        inv_adapter_reduction_factor=float(inv_factor),
     )
 
 
@@ -246,6 +270,24 @@ def _hub_sites(model: nnx.Module, prefix: str, name: str) -> dict[str, Any]:
             wrapper.adapter
         )
     return sites
+
+
+def _hub_targets(model: nnx.Module, prefix: str, name: str) -> dict[str, tuple[Any, bool]]:
+    """``{library key: (our variable, transpose)}`` of every adapter weight of ``model``: the
+    bottleneck adapters and, when present, the invertible adapter at the embeddings."""
+    targets = {
+        key + suffix: (getattr(adapter, field), transpose)
+        for key, adapter in _hub_sites(model, prefix, name).items()
+        for field, suffix, transpose in _WEIGHTS
+    }
+    found = invertible_embeddings(model)
+    if found is not None:
+        block = found[1].adapter
+        for field, suffix, transpose in _INV_WEIGHTS:
+            sub, _, w = field.partition(".")
+            key = f"{prefix}.invertible_adapters.{name}.{suffix}"
+            targets[key] = (getattr(getattr(block, sub), w), transpose)
+    return targets
 
 
 def _head_variables(model: nnx.Module) -> dict[str, tuple[nnx.Variable, bool]]:
@@ -315,9 +357,8 @@ def export_adapterhub(
     hidden, num_layers = int(model.config.hidden_size), _num_layers(model)
     bn = _bn_config(config, hidden, num_layers)
     tensors = {
-        key + suffix: _torch_layout(getattr(adapter, field)[...], transpose)
-        for key, adapter in _hub_sites(model, prefix, adapter_name).items()
-        for field, suffix, transpose in _WEIGHTS
+        key: _torch_layout(var[...], transpose)
+        for key, (var, transpose) in _hub_targets(model, prefix, adapter_name).items()
     }
     head = _head_tensors(model, config, who)
     labels = _head_labels(model, label_names, bool(head), who)
@@ -441,18 +482,47 @@ def import_adapterhub(model: nnx.Module, folder: str | Path, *, rngs: nnx.Rngs |
     )
     saved = _saved_modules(model, folder, prefix, who)
     apply_adapters(model, dataclasses.replace(config, modules_to_save=saved), rngs=rngs)
-    sites = _hub_sites(model, prefix, str(meta["name"]))
-    targets = {
-        key + suffix: (getattr(adapter, field), transpose)
-        for key, adapter in sites.items()
-        for field, suffix, transpose in _WEIGHTS
-    }
+    targets = _hub_targets(model, prefix, str(meta["name"]))
     tensors = _read_tensors(folder, HUB_WEIGHTS_FILE, HUB_TORCH_WEIGHTS_FILE, who)
     _assign(_with_prefix(tensors, prefix), targets, folder, who)
     if (folder / HUB_HEAD_CONFIG_FILE).is_file():
         head = _read_tensors(folder, HUB_HEAD_WEIGHTS_FILE, HUB_TORCH_HEAD_WEIGHTS_FILE, who)
-        _assign(head, _head_variables(model), folder, who)
+        _assign(_untie_decoder(head, model, folder, who), _head_variables(model), folder, who)
     return model
+
+
+def _untie_decoder(head: dict, model: nnx.Module, folder: Path, who: str) -> dict:
+    """A masked-LM head file without its tied decoder keys (the library saves them).
+
+    transformers ties ``cls.predictions.decoder.weight`` (``lm_head.decoder.weight``) to the word
+    embeddings and its ``.bias`` to ``cls.predictions.bias``: they are the same tensors here, so
+    they are checked against those and dropped. An untied decoder is refused (ours is tied).
+    """
+    head = dict(head)
+    for stem in ("cls.predictions", "lm_head"):
+        weight, bias = (
+            head.pop(f"{stem}.decoder.weight", None),
+            head.pop(f"{stem}.decoder.bias", None),
+        )
+        if weight is not None:
+            table = np.asarray(
+                host_array(model.encoder_model.embeddings.word_embeddings.embedding[...])
+            )
+            if weight.shape != table.shape or not np.allclose(weight, table, atol=1e-6):
+                raise ValueError(
+                    f"{who}: {folder} has a masked-LM decoder ({stem}.decoder.weight) that differs "
+                    "from the model's word embeddings; ours is tied to them (use the checkpoint "
+                    "the adapter was trained on)"
+                )
+        if (
+            bias is not None
+            and f"{stem}.bias" in head
+            and not np.array_equal(bias, head[f"{stem}.bias"])
+        ):
+            raise ValueError(
+                f"{who}: {folder} has {stem}.decoder.bias != {stem}.bias; ours ties them (one bias)"
+            )
+    return head
 
 
 def _saved_modules(model: nnx.Module, folder: Path, prefix: str, who: str) -> list[str]:

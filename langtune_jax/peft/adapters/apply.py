@@ -25,6 +25,8 @@ from langtune_jax.peft.adapters.io import CONFIG_FILE, WEIGHTS_FILE, read_folder
 from langtune_jax.peft.adapters.layer import (
     AdapterWrapper,
     BottleneckAdapter,
+    InvertibleAdapter,
+    InvertibleEmbeddings,
     LanguageAdapterParam,
     trainable_variables,
 )
@@ -91,6 +93,20 @@ def adapter_layers(model: nnx.Module) -> dict[str, AdapterWrapper]:
     return {p: m for p, m in _targets.named_modules(model).items() if isinstance(m, AdapterWrapper)}
 
 
+def invertible_embeddings(model: nnx.Module) -> tuple[str, InvertibleEmbeddings] | None:
+    """``(path, wrapper)`` of the model's invertible adapters at the embeddings, or None."""
+    for path, module in _targets.named_modules(model).items():
+        if isinstance(module, InvertibleEmbeddings):
+            return path, module
+    return None
+
+
+def _embeddings_path(layer_paths: list[str]) -> str:
+    """``<prefix>.embeddings`` beside ``<prefix>.encoder`` (a BERT layer is ``...encoder.layer.i``)."""
+    parent = layer_paths[0].rsplit(".", 2)[0].rpartition(".")[0]  # "<prefix>.encoder" -> prefix
+    return f"{parent}.embeddings" if parent else "embeddings"
+
+
 def _hidden_size(model: nnx.Module) -> int:
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
     if not isinstance(hidden, int):
@@ -150,6 +166,12 @@ def apply_adapters(
         )
     family, layer_paths = _find_layers(model)
     hidden = _hidden_size(model)
+    if config.inv_adapter is not None and family != "bert":
+        raise ValueError(
+            f"AdapterConfig.inv_adapter={config.inv_adapter!r}: invertible adapters sit at a "
+            f"BERT-family encoder's embeddings; {type(model).__name__} is a {family}-family model "
+            "(drop inv_adapter)"
+        )
     config = config.resolve_language_adapters()  # reads the library's folders (MAD-X)
     config = dataclasses.replace(config, modules_to_save=_resolve_modules_to_save(model, config))
     m = config.bottleneck_size(hidden)
@@ -158,7 +180,9 @@ def apply_adapters(
     sites = _sites(config, family, layer_paths)
     stack = None
     if config.language_adapters is not None:
-        stack = library_stack(config, [p for p, _ in sites], hidden, len(layer_paths))
+        inv_site = _embeddings_path(layer_paths) if family == "bert" else None
+        stack = library_stack(config, [p for p, _ in sites], hidden, len(layer_paths), inv_site)
+    inverse = _invertible(config, stack, hidden, model, layer_paths, rngs)
     for path, mode in sites:
         base = _targets.module_at(model, path)
         shared, per_lang = _site_adapters(config, base, (hidden, m), stack, path, rngs)
@@ -173,8 +197,47 @@ def apply_adapters(
             rngs=rngs,
         )
         _targets.set_module_at(model, path, wrapper)
+    if inverse is not None:
+        _targets.set_module_at(model, *inverse)
     model._adapter_config_json = config.to_json()
     return model
+
+
+def _invertible(
+    config: AdapterConfig,
+    stack: LibraryStack | None,
+    hidden: int,
+    model: nnx.Module,
+    layer_paths: list[str],
+    rngs: nnx.Rngs,
+) -> tuple[str, InvertibleEmbeddings] | None:
+    """``(embeddings path, wrapper)`` when the config (or the MAD-X library) has invertible
+    adapters: one per language with ``languages`` (frozen library rows when stacking), else one."""
+    factor = stack.inv_reduction_factor if stack is not None else None
+    if config.inv_adapter is not None:
+        factor = config.inv_adapter_reduction_factor
+    if factor is None:
+        return None
+    path = _embeddings_path(layer_paths)
+    base = _targets.module_at(model, path)
+    kw = dict(
+        non_linearity=stack.non_linearity if stack is not None else config.non_linearity,
+        init=config.init,
+        param_dtype=_param_dtype(base),
+        rngs=rngs,
+    )
+    if config.languages is None:
+        return path, InvertibleEmbeddings(
+            base, adapter=InvertibleAdapter(hidden, factor, **kw), language_adapters=None
+        )
+    if stack is not None:
+        kw["param_type"] = LanguageAdapterParam
+    block = InvertibleAdapter(hidden, factor, num=len(config.languages), **kw)
+    for name, value in (stack.inv_rows if stack is not None else {}).items():
+        sub, _, w = name.partition(".")
+        var = getattr(getattr(block, sub), w)
+        var[...] = jnp.asarray(value, var[...].dtype)
+    return path, InvertibleEmbeddings(base, adapter=None, language_adapters=block)
 
 
 def _sites(config: AdapterConfig, family: str, layer_paths: list[str]) -> list[tuple[str, str]]:
@@ -229,6 +292,8 @@ def remove_adapters(model: nnx.Module) -> nnx.Module:
     """
     for path, wrapper in adapter_layers(model).items():
         _targets.set_module_at(model, path, wrapper.base_layer)
+    if (found := invertible_embeddings(model)) is not None:
+        _targets.set_module_at(model, found[0], found[1].base_layer)
     del model._adapter_config_json
     return model
 
@@ -340,9 +405,18 @@ def save_language_library(model: nnx.Module, folder: str | Path) -> Path:
         for p, a in stacks.items()
         for w in ADAPTER_WEIGHTS
     }
+    inv_factor = None
+    if (found := invertible_embeddings(model)) is not None:
+        path, block = found[0], found[1].language_adapters
+        inv_factor = block.reduction_factor
+        for sub in ("F", "G"):
+            for w in ADAPTER_WEIGHTS:
+                weights[f"{path}.adapter.{sub}.{w}"] = host_array(
+                    getattr(getattr(block, sub), w)[...]
+                )
     folder = Path(folder)
     if jax.process_index() == 0:
-        single = single_language_config(config, m, act)
+        single = single_language_config(config, m, act, inv_factor)
         for i, lang in enumerate(config.languages):
             write_folder(
                 folder / lang,

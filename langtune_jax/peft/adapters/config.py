@@ -69,7 +69,15 @@ class AdapterConfig:
         writes them) or the library folder itself (every sub-folder holding an adapter). The
         languages become ``languages`` (in this order); each example runs its language's adapter,
         then the shared task adapter (``shared_task_adapter`` must stay true), which is what
-        trains. A zero-shot language with an adapter in the library uses it.
+        trains. A zero-shot language with an adapter in the library uses it. Invertible adapters
+        in the library come with it (set ``inv_adapter`` when training the library, not here).
+      inv_adapter: ``"nice"``: an invertible adapter at the embeddings (MAD-X; the ``adapters``
+        library's ``inv_adapter``), a NICE coupling block on the embedding output whose inverse
+        a masked-LM head applies before its tied decoder. With ``languages`` there is one per
+        language (routed like the language adapters; the shared task adapter has none); without,
+        one. ``None`` (default): none. BERT-family models only.
+      inv_adapter_reduction_factor: the inner width of its two MLPs, ``int(n // r)`` of their
+        input width ``n = D / 2`` (MAD-X and the library use 2).
     """
 
     placement: Literal["pfeiffer", "houlsby", "parallel"] = "pfeiffer"
@@ -86,6 +94,8 @@ class AdapterConfig:
     default_fallback: str = "shared"
     modules_to_save: list[str] | None = None
     language_adapters: dict[str, str] | str | None = None
+    inv_adapter: Literal["nice"] | None = None
+    inv_adapter_reduction_factor: float = 2.0
 
     def __post_init__(self):
         def bad(field: str, why: str) -> ValueError:
@@ -107,6 +117,17 @@ class AdapterConfig:
             raise bad("reduction_factor", "must be positive (e.g. 16)")
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "must be in [0, 1)")
+        if self.inv_adapter not in (None, "nice"):
+            raise bad("inv_adapter", "expected 'nice' (MAD-X's invertible adapter) or null")
+        factor = self.inv_adapter_reduction_factor
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 0:
+            raise bad("inv_adapter_reduction_factor", "must be a positive number (e.g. 2)")
+        if self.inv_adapter is not None and self.language_adapters is not None:
+            raise bad(
+                "inv_adapter",
+                "a MAD-X stack takes its invertible adapters from the language library "
+                "(train the library with inv_adapter); leave inv_adapter unset here",
+            )
         if isinstance(self.layers, str):
             m = _LAYERS_RE.match(self.layers)
             if not m or (m.group(2) or m.group(3) or "1") == "0":
@@ -300,9 +321,16 @@ def count_adapter_params(config: AdapterConfig, hidden_size: int, num_layers: in
     Each adapter has ``2 D m + m + D`` weights (down kernel and bias, up kernel and bias); there
     are ``len(layers) * sites(placement) * adapters_per_site`` adapters, with sites 1 (pfeiffer,
     parallel) or 2 (houlsby) and ``adapters_per_site = len(languages) + shared`` (1 without
-    languages).
+    languages). Invertible adapters add their two MLPs, once per language (once without).
     """
     d, m = hidden_size, config.bottleneck_size(hidden_size)
     per_adapter = 2 * d * m + m + d
     sites = len(config.layer_indices(num_layers)) * len(PLACEMENT_SITES[config.placement])
-    return sites * config.adapters_per_site * per_adapter
+    total = sites * config.adapters_per_site * per_adapter
+    if config.inv_adapter is not None:  # F: n2 -> m_f -> n1 and G: n1 -> m_g -> n2
+        n1, n2 = d // 2, d - d // 2
+        r = config.inv_adapter_reduction_factor
+        m_f, m_g = int(n2 // r), int(n1 // r)
+        block = (n2 * m_f + m_f + m_f * n1 + n1) + (n1 * m_g + m_g + m_g * n2 + n2)
+        total += block * (1 if config.languages is None else len(config.languages))
+    return total

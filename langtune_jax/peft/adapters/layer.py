@@ -44,6 +44,8 @@ class BottleneckAdapter(nnx.Module):
     With ``num`` set it is a stack of ``num`` adapters (``down_kernel [num, D, m]`` ...) and the
     call takes ``rows [B]`` choosing one per example (``-1``: a zero branch for that example).
     ``param_type``: ``AdapterParam`` (trains) or ``LanguageAdapterParam`` (frozen, stacked).
+    ``out_size``: the output width when it differs from the input's (the halves of an
+    :class:`InvertibleAdapter` of odd width); default ``hidden_size``.
     """
 
     def __init__(
@@ -54,11 +56,13 @@ class BottleneckAdapter(nnx.Module):
         non_linearity: str,
         init: str,
         num: int | None = None,
+        out_size: int | None = None,
         param_dtype: Any = jnp.float32,
         param_type: type[nnx.Variable] = AdapterParam,
         rngs: nnx.Rngs,
     ):
         d, m = hidden_size, bottleneck
+        d_out = d if out_size is None else out_size
         lead, lead_axes = ((), ()) if num is None else ((num,), (None,))
         batch_axis = () if num is None else (0,)
         if init == "identity":
@@ -77,8 +81,8 @@ class BottleneckAdapter(nnx.Module):
 
         self.down_kernel = param(down, (d, m), EMBED, None)
         self.down_bias = param(zeros, (m,), None)
-        self.up_kernel = param(up, (m, d), None, EMBED)
-        self.up_bias = param(zeros, (d,), EMBED)
+        self.up_kernel = param(up, (m, d_out), None, EMBED)
+        self.up_bias = param(zeros, (d_out,), EMBED)
         self.non_linearity = non_linearity
         self.num = num
 
@@ -99,6 +103,138 @@ class BottleneckAdapter(nnx.Module):
         out = out + jnp.take(bu, safe, axis=0).reshape(expand + (-1,))
         keep = (rows >= 0).astype(dtype).reshape(expand + (1,))  # row -1: no language adapter
         return out * keep
+
+
+def routed_rows(h: Array) -> Array:
+    """The ``[B]`` language rows of the open :func:`with_routing` context, checked against ``h``."""
+    rows = active_rows()
+    if rows is None:
+        raise ValueError(
+            "this model has per-language adapters: call it inside `with with_routing(model, "
+            "language_id):` (language_id [B] = adapter rows, see language_rows)"
+        )
+    check_traced(h, rows, "with_routing", "language_id")
+    if rows.shape[0] != h.shape[0]:
+        raise ValueError(
+            f"with_routing: language_id has {rows.shape[0]} entries but the batch has "
+            f"{h.shape[0]} examples"
+        )
+    return rows
+
+
+class InvertibleAdapter(nnx.Module):
+    """MAD-X's invertible adapter: a NICE coupling block on the embedding output (Dinh et al.).
+
+    With ``x = [x1 | x2]`` split at ``D // 2``: ``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)``; the
+    inverse is ``x2 = y2 - G(y1)``, ``x1 = y1 - F(x2)``, exact for any ``F`` and ``G``. ``F`` and
+    ``G`` are bottleneck MLPs (``Linear(n, n // r) -> f -> Linear(n // r, .)``, ``r`` the
+    reduction factor, 2 in MAD-X), the layout of the ``adapters`` library's
+    ``NICECouplingBlock``. ``init="identity"`` zeroes their up-projections: the block is then the
+    identity (exactly) until it trains. With ``num`` set it is a stack of ``num`` blocks routed by
+    ``rows [B]`` as :class:`BottleneckAdapter` (row ``-1``: the identity for that example).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        reduction_factor: float,
+        *,
+        non_linearity: str,
+        init: str,
+        num: int | None = None,
+        param_dtype: Any = jnp.float32,
+        param_type: type[nnx.Variable] = AdapterParam,
+        rngs: nnx.Rngs,
+    ):
+        self.split = hidden_size // 2
+        self.reduction_factor = float(reduction_factor)
+        half1, half2 = self.split, hidden_size - self.split
+        kw = dict(
+            non_linearity=non_linearity,
+            init=init,
+            num=num,
+            param_dtype=param_dtype,
+            param_type=param_type,
+            rngs=rngs,
+        )
+        m_f, m_g = nice_bottlenecks(hidden_size, reduction_factor)
+        self.F = BottleneckAdapter(half2, m_f, out_size=half1, **kw)
+        self.G = BottleneckAdapter(half1, m_g, out_size=half2, **kw)
+
+    def __call__(self, x: Array, rows: Array | None = None) -> Array:
+        x1, x2 = x[..., : self.split], x[..., self.split :]
+        y1 = x1 + self.F(x2, rows)
+        return jnp.concatenate([y1, x2 + self.G(y1, rows)], axis=-1)
+
+    def inverse(self, y: Array, rows: Array | None = None) -> Array:
+        y1, y2 = y[..., : self.split], y[..., self.split :]
+        x2 = y2 - self.G(y1, rows)
+        return jnp.concatenate([y1 - self.F(x2, rows), x2], axis=-1)
+
+
+def nice_bottlenecks(hidden_size: int, reduction_factor: float) -> tuple[int, int]:
+    """The widths of ``F`` and ``G`` (``int(n // r)`` of their inputs, the library's rounding).
+
+    Raises:
+      ValueError: a factor so large that a width would be 0.
+    """
+    half1, half2 = hidden_size // 2, hidden_size - hidden_size // 2
+    widths = int(half2 // reduction_factor), int(half1 // reduction_factor)
+    if min(widths) < 1:
+        raise ValueError(
+            f"AdapterConfig.inv_adapter_reduction_factor={reduction_factor}: the invertible "
+            f"adapter's inner width int({half1} // {reduction_factor}) is 0 for hidden_size "
+            f"{hidden_size}; use a factor of at most {half1}"
+        )
+    return widths
+
+
+class InvertibleEmbeddings(nnx.Module):
+    """Holds the embedding layer and runs its output through an invertible adapter.
+
+    ``apply_adapters`` puts it at ``<encoder>.embeddings`` when ``AdapterConfig.inv_adapter`` is
+    set (or the MAD-X language library carries invertible adapters). A masked-LM head calls
+    :meth:`invert_output` on its transformed hidden states before the tied decoder, as MAD-X
+    does, so the model reads and writes tokens through the same (language's) transform.
+
+    Attributes:
+      base_layer: the original embeddings module.
+      adapter: a single :class:`InvertibleAdapter`, or ``None``.
+      language_adapters: a stack of per-language ones (routed per example), or ``None``.
+    """
+
+    def __init__(
+        self,
+        base_layer: nnx.Module,
+        *,
+        adapter: InvertibleAdapter | None,
+        language_adapters: InvertibleAdapter | None,
+    ):
+        if (adapter is None) == (language_adapters is None):
+            raise ValueError("InvertibleEmbeddings: give exactly one of adapter, language_adapters")
+        self.base_layer = base_layer
+        self.adapter = adapter
+        self.language_adapters = language_adapters
+
+    @property
+    def word_embeddings(self) -> nnx.Module:
+        """The base layer's token table (the tied decoder reads it)."""
+        return self.base_layer.word_embeddings
+
+    def _block(self, h: Array) -> tuple[InvertibleAdapter, Array | None]:
+        if self.language_adapters is None:
+            return self.adapter, None
+        return self.language_adapters, routed_rows(h)
+
+    def __call__(self, *args, **kwargs) -> Array:
+        x = self.base_layer(*args, **kwargs)  # [B, T, D]
+        block, rows = self._block(x)
+        return block(x, rows)
+
+    def invert_output(self, h: Array) -> Array:
+        """The inverse transform, applied to a masked-LM head's hidden states ``[B, T, D]``."""
+        block, rows = self._block(h)
+        return block.inverse(h, rows)
 
 
 class AdapterWrapper(nnx.Module):
@@ -141,21 +277,7 @@ class AdapterWrapper(nnx.Module):
         return delta * jnp.asarray(self.scaling, delta.dtype)
 
     def _rows(self, h: Array) -> Array | None:
-        if self.language_adapters is None:
-            return None
-        rows = active_rows()
-        if rows is None:
-            raise ValueError(
-                "this model has per-language adapters: call it inside `with with_routing(model, "
-                "language_id):` (language_id [B] = adapter rows, see language_rows)"
-            )
-        check_traced(h, rows, "with_routing", "language_id")
-        if rows.shape[0] != h.shape[0]:
-            raise ValueError(
-                f"with_routing: language_id has {rows.shape[0]} entries but the batch has "
-                f"{h.shape[0]} examples"
-            )
-        return rows
+        return None if self.language_adapters is None else routed_rows(h)
 
     def _parallel(self, x: Array) -> Array:
         # Parallel branches read the same input, so language and task deltas add up.

@@ -46,10 +46,19 @@ class LibraryStack:
     bottleneck: int
     non_linearity: str
     rows: dict[str, dict[str, np.ndarray]]
+    inv_reduction_factor: float | None = None
+    inv_rows: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-def single_language_config(config: AdapterConfig, bottleneck: int, non_linearity: str):
-    """The config of one language's folder: one adapter per site, nothing else saved."""
+#: The weights of an invertible adapter, as ``InvertibleAdapter`` names them.
+INV_WEIGHTS = tuple(f"{sub}.{w}" for sub in ("F", "G") for w in ADAPTER_WEIGHTS)
+
+
+def single_language_config(
+    config: AdapterConfig, bottleneck: int, non_linearity: str, inv_factor: float | None = None
+):
+    """The config of one language's folder: one adapter per site (and its invertible adapter at
+    the embeddings when ``inv_factor`` is set), nothing else saved."""
     return AdapterConfig(
         placement=config.placement,
         adapter_size=bottleneck,
@@ -59,11 +68,17 @@ def single_language_config(config: AdapterConfig, bottleneck: int, non_linearity
         layers=config.layers,
         init=config.init,
         modules_to_save=[],
+        inv_adapter=None if inv_factor is None else "nice",
+        inv_adapter_reduction_factor=2.0 if inv_factor is None else inv_factor,
     )
 
 
 def library_stack(
-    config: AdapterConfig, sites: list[str], hidden_size: int, num_layers: int
+    config: AdapterConfig,
+    sites: list[str],
+    hidden_size: int,
+    num_layers: int,
+    inv_site: str | None = None,
 ) -> LibraryStack:
     """Read and check every language folder of ``config.language_adapters``.
 
@@ -71,12 +86,16 @@ def library_stack(
       config: the task run's adapter config (``language_adapters`` resolved, ``languages`` set).
       sites: the adapted site paths of the model, e.g. ``bert.encoder.layer.0.output.dense``.
       hidden_size, num_layers: the model's width and depth.
+      inv_site: the embeddings path where invertible adapters go (``bert.embeddings``), or None
+        for a model that cannot carry them.
 
     Raises:
       ValueError: a folder whose model size, placement, layers or scaling differ from the task
-        run's, languages whose adapters differ in size, or missing weights (one line each).
+        run's, languages whose adapters differ in size (or in having invertible adapters), or
+        missing weights (one line each).
     """
     found: dict[str, dict[str, np.ndarray]] = {s: {w: [] for w in ADAPTER_WEIGHTS} for s in sites}
+    inv_found: dict[str, list[np.ndarray]] = {w: [] for w in INV_WEIGHTS}
     shape = None
     for lang in config.languages:
         folder = config.language_adapters[lang]
@@ -95,18 +114,26 @@ def library_stack(
                 f"adapted layers) {theirs}, scaling {saved.scaling}; this run has {mine}, scaling "
                 f"{config.scaling}: use the same model, placement, layers and scaling"
             )
-        this = (saved.bottleneck_size(hidden_size), saved.non_linearity)
+        inv = saved.inv_adapter_reduction_factor if saved.inv_adapter else None
+        this = (saved.bottleneck_size(hidden_size), saved.non_linearity, inv)
         if shape is not None and this != shape:
             raise ValueError(
-                f"language_adapters[{lang!r}]: {folder} has bottleneck/activation {this}, the "
-                f"other languages {shape}; a stack needs one size"
+                f"language_adapters[{lang!r}]: {folder} has bottleneck/activation/invertible "
+                f"reduction {this}, the other languages {shape}; a stack needs one kind"
+            )
+        if inv is not None and inv_site is None:
+            raise ValueError(
+                f"language_adapters[{lang!r}]: {folder} has invertible adapters, which only "
+                "BERT-family encoders carry"
             )
         shape = this
-        for site in sites:
-            for w in ADAPTER_WEIGHTS:
-                key = f"{site}.adapter.{w}"
-                if key not in tensors:
-                    raise ValueError(f"language_adapters[{lang!r}]: {folder} lacks {key}")
-                found[site][w].append(tensors[key])
+        keys = [(site, w, f"{site}.adapter.{w}") for site in sites for w in ADAPTER_WEIGHTS]
+        if inv is not None:
+            keys += [(None, w, f"{inv_site}.adapter.{w}") for w in INV_WEIGHTS]
+        for site, w, key in keys:
+            if key not in tensors:
+                raise ValueError(f"language_adapters[{lang!r}]: {folder} lacks {key}")
+            (found[site][w] if site is not None else inv_found[w]).append(tensors[key])
     rows = {s: {w: np.stack(v) for w, v in ws.items()} for s, ws in found.items()}
-    return LibraryStack(shape[0], shape[1], rows)
+    inv_rows = {w: np.stack(v) for w, v in inv_found.items() if v}
+    return LibraryStack(shape[0], shape[1], rows, shape[2], inv_rows)

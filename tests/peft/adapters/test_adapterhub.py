@@ -194,6 +194,51 @@ def test_xlm_roberta_keys(tmp_path):
     np.testing.assert_array_equal(outputs(ours)[1], outputs(back)[1])
 
 
+def test_invertible_adapters_travel_with_the_masked_lm(tmp_path):
+    """MAD-X's NICE block: the library's keys and shapes, and export -> import is exact."""
+    cfg = AdapterConfig(adapter_size=4, inv_adapter="nice", modules_to_save=[])
+    ours = randomize(apply_adapters(make_model(task="masked-lm"), cfg))
+    export_adapterhub(ours, tmp_path, adapter_name="sw")
+    bn = json.loads((tmp_path / "adapter_config.json").read_text())["config"]
+    assert (bn["inv_adapter"], bn["inv_adapter_reduction_factor"]) == ("nice", 2.0)
+    tensors = load_file(str(tmp_path / "adapter.safetensors"))
+    inv = {k: v.shape for k, v in tensors.items() if "invertible" in k}
+    prefix = "bert.invertible_adapters.sw"
+    half = D // 2
+    assert inv == {
+        **{f"{prefix}.{s}.0.weight": (half // 2, half) for s in "FG"},
+        **{f"{prefix}.{s}.0.bias": (half // 2,) for s in "FG"},
+        **{f"{prefix}.{s}.2.weight": (half, half // 2) for s in "FG"},
+        **{f"{prefix}.{s}.2.bias": (half,) for s in "FG"},
+    }
+    back = import_adapterhub(make_model(task="masked-lm"), tmp_path)
+    assert get_adapter_config(back).inv_adapter == "nice"
+    np.testing.assert_array_equal(outputs(ours)[1], outputs(back)[1])
+    base = outputs(make_model(task="masked-lm"))[1]
+    assert np.abs(base - outputs(back)[1]).max() > 1e-2
+
+
+def test_a_library_masked_lm_head_file_with_its_tied_decoder_imports(tmp_path):
+    """The library saves a masked-LM head with the decoder keys transformers ties (to the word
+    embeddings and to ``cls.predictions.bias``); they are checked and dropped, or refused."""
+    ours = randomize(apply_adapters(make_model(task="masked-lm"), AdapterConfig(adapter_size=4)))
+    export_adapterhub(ours, tmp_path, adapter_name="a")
+    head_file = tmp_path / "model_head.safetensors"
+    head = load_file(str(head_file))
+    table = np.asarray(ours.bert.embeddings.word_embeddings.embedding[...])
+    tied = {
+        **head,
+        "cls.predictions.decoder.weight": table,
+        "cls.predictions.decoder.bias": head["cls.predictions.bias"],
+    }
+    save_file(tied, str(head_file))
+    back = import_adapterhub(make_model(task="masked-lm"), tmp_path)
+    np.testing.assert_array_equal(outputs(ours)[1], outputs(back)[1])
+    save_file({**tied, "cls.predictions.decoder.weight": table + 1.0}, str(head_file))
+    with pytest.raises(ValueError, match="differs from the model's word embeddings"):
+        import_adapterhub(make_model(task="masked-lm"), tmp_path)
+
+
 # ------------------------------------------------------------------------------------- refusals
 
 
@@ -243,7 +288,7 @@ def _edit_config(folder, **fields):
         (dict(original_ln_after=False), "original_ln_after"),
         (dict(use_gating=True), "use_gating"),
         (dict(phm_layer=True), "phm_layer"),
-        (dict(inv_adapter="nice"), "inv_adapter"),
+        (dict(inv_adapter="glow"), "inv_adapter"),
         (dict(scaling="learned"), "scaling"),
         (dict(reduction_factor={"0": 4, "default": 8}), "reduction_factor"),
         (dict(residual_before_ln="post_add"), "residual_before_ln"),
