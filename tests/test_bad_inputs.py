@@ -358,6 +358,10 @@ CASES: list[Case] = [
     C("config-packing-per-language", "data.packing with per-language LoRA adapters", "config",
       lambda w: _train(w, {"data.packing": True, "peft.lora_languages": ["en", "sw"]}),
       ("'data.packing'", "peft.lora_languages", "data.packing: false")),
+    C("config-madx-library", "peft.adapters.language_adapters names a folder that is not there",
+      "config",
+      lambda w: _train(w, {"peft.method": "adapters", "peft.adapters.language_adapters": "nolib"}),
+      ("peft.adapters.language_adapters", "nolib", "not a language adapter library")),
     C("config-delimiter", "a CSV delimiter of two characters", "config",
       lambda w: _train(w, {"data.sources": [{"path": "x/{split}", "delimiter": ";;"}]}),
       ("delimiter must be one character",)),
@@ -599,6 +603,7 @@ def test_bad_input(case: Case, tmp_path, micro_model, capsys, monkeypatch):
     w = World(tmp_path, micro_model)
     argv = case.setup(w)
     before = _snapshot(tmp_path)
+    had_run_dir = w.run_dir.exists()
     start = time.perf_counter()
     code, err = _run(case, argv, capsys, monkeypatch)
     elapsed = time.perf_counter() - start
@@ -616,6 +621,7 @@ def test_bad_input(case: Case, tmp_path, micro_model, capsys, monkeypatch):
         assert not any("checkpoints/" in k or "adapter/" in k for k in after)
     else:
         assert after == before, sorted(set(after) ^ set(before))
+        assert had_run_dir or not w.run_dir.exists()  # not even an empty run folder
         # Before the first step: no run folder content, and quickly (no model was trained).
         assert not (w.run_dir / "metrics.jsonl").exists()
         assert elapsed < 60, elapsed

@@ -52,17 +52,44 @@ class _TensorBoard:
         self._writer.close()
 
 
+#: The run folder's record of each tracker's run id, so a resumed run continues the same run.
+TRACKER_IDS_FILE = "trackers.json"
+
+
+def _saved_tracker_id(run_dir: Path, tracker: str, start_step: int) -> str | None:
+    """The tracker's run id recorded by an earlier process of this run (a resume only)."""
+    path = run_dir / TRACKER_IDS_FILE
+    if start_step <= 0 or not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get(tracker)
+
+
+def _record_tracker_id(run_dir: Path, tracker: str, run_id: str) -> None:
+    path = run_dir / TRACKER_IDS_FILE
+    ids = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(json.dumps({**ids, tracker: run_id}, indent=2) + "\n", encoding="utf-8")
+
+
 class _Wandb:
+    """A W&B run; a resumed training run continues the same W&B run (``resume="allow"``).
+
+    Steps the interrupted process logged after the restored checkpoint are logged again with the
+    same values (resume is exact); W&B keeps the first copy and drops the repeats.
+    """
+
     def __init__(self, run_dir: Path, name: str, config: dict[str, Any], start_step: int = 0):
         import wandb
 
+        saved = _saved_tracker_id(run_dir, "wandb", start_step)
         self._run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "langtune"),
             name=name,
             dir=str(run_dir),
             config=config,
             reinit="create_new",
+            **({"id": saved, "resume": "allow"} if saved else {}),
         )
+        _record_tracker_id(run_dir, "wandb", self._run.id)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self._run.log(values, step=step)
@@ -72,6 +99,12 @@ class _Wandb:
 
 
 class _Mlflow:
+    """An MLflow run; a resumed training run continues the same MLflow run.
+
+    The steps the interrupted process already logged (up to the largest step in the run) are not
+    logged twice: resume is exact, so they would repeat the same values.
+    """
+
     def __init__(self, run_dir: Path, name: str, config: dict[str, Any], start_step: int = 0):
         import mlflow
 
@@ -79,12 +112,34 @@ class _Mlflow:
         if not os.environ.get("MLFLOW_TRACKING_URI"):  # MLflow's local default: a SQLite store
             mlflow.set_tracking_uri(f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "langtune"))
-        self._run = mlflow.start_run(run_name=name)
+        saved = _saved_tracker_id(run_dir, "mlflow", start_step)
+        self._logged_until = -1
+        if saved and self._exists(saved):
+            self._run = mlflow.start_run(run_id=saved)
+            self._logged_until = self._last_step(saved)
+        else:
+            self._run = mlflow.start_run(run_name=name)
+            flat = {k: str(v)[:500] for k, v in _flatten(config, sep=".").items()}
+            mlflow.log_params(flat)
         self.run_id = self._run.info.run_id
-        flat = {k: str(v)[:500] for k, v in _flatten(config, sep=".").items()}
-        mlflow.log_params(flat)
+        _record_tracker_id(run_dir, "mlflow", self.run_id)
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            self._mlflow.tracking.MlflowClient().get_run(run_id)
+        except Exception:  # another store, or a deleted run: start a new one
+            return False
+        return True
+
+    def _last_step(self, run_id: str) -> int:
+        client = self._mlflow.tracking.MlflowClient()
+        keys = client.get_run(run_id).data.metrics
+        steps = [m.step for key in keys for m in client.get_metric_history(run_id, key)]
+        return max(steps, default=-1)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
+        if step <= self._logged_until:
+            return
         self._mlflow.log_metrics(values, step=step)
 
     def close(self) -> None:
@@ -104,8 +159,8 @@ class MetricsLogger:
       config: the resolved config, recorded by wandb (config) and mlflow (params).
       enabled: write anything at all (``jax.process_index() == 0`` by default).
       start_step: the step a resumed run restarts from (0: a fresh run); TensorBoard then hides
-        the events of later steps that the interrupted process had written. (W&B and MLflow
-        start a new run of their own at each resume.)
+        the events of later steps that the interrupted process had written, and W&B and MLflow
+        continue the run recorded in ``RUN_DIR/trackers.json`` instead of starting a new one.
     """
 
     def __init__(

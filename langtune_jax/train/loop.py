@@ -180,11 +180,14 @@ def _claimed(cfg: RunConfig, run_dir: Path, restart: bool, extend: bool) -> Path
     # Before any JAX call: jax.process_index() would start the backend, and
     # jax.distributed.initialize refuses to run after that.
     maybe_initialize_distributed(cfg.mesh)
+    created = restart or not run_dir.exists()
     lock = _claim_run_folder(run_dir, restart)
     try:
         return _train(cfg, run_dir, extend)
     finally:
         lock.release()
+        if created and jax.process_index() == 0 and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run refused before it wrote anything leaves no empty folder
 
 
 def _claim_run_folder(run_dir: Path, restart: bool) -> run_folder.RunLock:

@@ -14,6 +14,7 @@ from typing import Any
 from langtune_jax.config import ConfigError, RunConfig
 from langtune_jax.data import DataPipeline
 from langtune_jax.data.errors import MissingSplitError
+from langtune_jax.peft.adapters import resolve_library
 from langtune_jax.train import mesh as mesh_lib
 
 
@@ -38,8 +39,21 @@ def preflight(cfg: RunConfig, dataset: DataPipeline, mesh: Any) -> None:
       DataError: an evaluation split with bad rows, unknown labels or languages train lacks.
     """
     check_batch_sizes(cfg, mesh)
+    check_language_library(cfg)
     check_eval_splits(cfg, dataset)
     check_source_language(cfg, dataset)
+
+
+def check_language_library(cfg: RunConfig) -> None:
+    """A MAD-X run's ``peft.adapters.language_adapters`` names a library (or folders) that exists
+    and holds adapters, before the model loads."""
+    library = cfg.peft.adapters.language_adapters
+    if "adapters" not in cfg.peft.method or not library:
+        return
+    try:
+        resolve_library(library)
+    except ValueError as err:
+        raise ConfigError(f"peft.adapters.language_adapters: {err}") from None
 
 
 def data_parallel_size(mesh: Any) -> int:

@@ -135,3 +135,41 @@ def test_training_run_logs_per_language_curves(assets, tmp_path, capsys):
     # The eval curves end with the final evaluation (step 4), not the last cadence one.
     report = json.loads((run / "eval/validation/report.json").read_text())
     assert [h["step"] for h in report["history"]] == [2, 4]
+
+
+def test_a_resumed_run_continues_its_wandb_and_mlflow_runs(tmp_path, monkeypatch):
+    """A resume (start_step > 0) reopens the tracker runs of trackers.json; MLflow does not log
+    the steps the interrupted process already logged twice; a fresh start opens new runs."""
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def process(start_step, steps):
+        logger = MetricsLogger(
+            tmp_path,
+            trackers=["wandb", "mlflow"],
+            name="tiny",
+            config={"train": {"steps": 6}},
+            enabled=True,
+            start_step=start_step,
+        )
+        for step in steps:
+            logger.log(step, "train", {"loss": float(step)})
+        logger.close()
+        return json.loads((tmp_path / "trackers.json").read_text())
+
+    first = process(0, [1, 2, 3, 4])  # killed after step 4, last checkpoint at step 2
+    resumed = process(2, [3, 4, 5, 6])
+    assert resumed == first
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("langtune").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(1, 7)]
+    wandb_runs = list((tmp_path / "wandb").glob(f"offline-run-*-{first['wandb']}"))
+    assert len(wandb_runs) == 2  # both processes wrote to the same W&B run id
+    fresh = process(0, [1])  # a new run in the same folder (not a resume): new tracker runs
+    assert fresh["wandb"] != first["wandb"] and fresh["mlflow"] != first["mlflow"]
