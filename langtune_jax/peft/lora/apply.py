@@ -292,11 +292,12 @@ def trainable_summary(model: nnx.Module, filter: nnx.filterlib.Filter | None = N
 
     Returns:
       ``"trainable params: 1,234 || all params: 5,678 || trainable%: 21.7330"``; all params counts
-      every ``nnx.Param`` and ``LoRAParam``.
+      every weight of the model, frozen or trained (``nnx.Param``, ``LoRAParam``, bottleneck
+      adapters' ``AdapterParam``; not the random-number state), as PEFT counts every parameter.
     """
     filter = trainable_filter(model) if filter is None else filter
     trainable = _count(nnx.state(model, filter))
-    total = _count(nnx.state(model, nnx.Any(nnx.Param, LoRAParam)))
+    total = _count(nnx.state(model, nnx.Not(nnx.RngState)))
     pct = 100.0 * trainable / total if total else 0.0
     return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {pct:.4f}"
 

@@ -29,6 +29,7 @@ from langtune_jax.peft.adapters import (
     with_routing,
 )
 from langtune_jax.peft.adapters.io import read_folder
+from langtune_jax.peft.lora import trainable_summary
 from tests.peft.adapters.test_apply import BERT_HF, LANGS, batch, make_model, randomize_up, routed
 
 
@@ -212,6 +213,10 @@ def test_parameter_count_includes_the_blocks():
             v.size for _, v in nnx.iter_graph(model) if isinstance(v, AdapterParam | nnx.Param)
         ) - sum(v.size for _, v in nnx.iter_graph(mlm_model()) if isinstance(v, nnx.Param))
         assert n == count_adapter_params(cfg, BERT_HF["hidden_size"], BERT_HF["num_hidden_layers"])
+        # The run's "all params" line counts the adapters too (as PEFT counts every parameter).
+        base = sum(v.size for _, v in nnx.iter_graph(mlm_model()) if isinstance(v, nnx.Param))
+        line = trainable_summary(model, adapter_trainable_filter(model))
+        assert f"all params: {base + n:,d}" in line
 
 
 @pytest.mark.parametrize(
