@@ -769,12 +769,13 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, micro_model, capsys, monk
 
     monkeypatch.setattr(logging_utils.MetricsLogger, "log", log_then_interrupt)
     capsys.readouterr()
+    before = signal.getsignal(signal.SIGINT)  # an xdist worker starts with SIG_IGN
     assert cli.main(_train(w, {"train.steps": 50})) == 0
     out = capsys.readouterr()
     assert "stopped by SIGINT: saved step 1" in out.out + out.err
     assert "rerun the same command to resume" in out.out + out.err
     assert (w.run_dir / "checkpoints" / "1").is_dir()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is restored
 
 
 # ----------------------------------------------------------------------------- docs/errors.md
