@@ -173,6 +173,11 @@ def set_remat(model: nnx.Module, policy: str) -> nnx.Module:
     return model
 
 
+#: The additive attention bias of a masked position: exp(score + MASK_BIAS - max) is exactly 0
+#: in float32 for any real score, and a fully masked row stays finite (uniform, not NaN).
+MASK_BIAS = -1e30
+
+
 def attention(
     q: Array, k: Array, v: Array, keep: Array | None, *, dropout: nnx.Dropout, dtype
 ) -> Array:
@@ -185,9 +190,14 @@ def attention(
     scale = q.shape[-1] ** -0.5
     training = not dropout.deterministic
     if training and (dropout.rate > 0 or jax.default_backend() == "cpu"):
-        scores = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) * scale  # [B, N, T, T]
+        # The scale on q ([B, T, N, H]) rather than on the scores ([B, N, T, T], 4x larger at
+        # T=128, H=32), and the mask as an additive bias rather than a select: the same
+        # probabilities (masked ones exactly 0); together 1.12-1.15x faster forward + backward
+        # on CPU (either change alone: none; scripts/bench_attention.py).
+        scores = jnp.einsum("bqnh,bknh->bnqk", q * jnp.asarray(scale, q.dtype), k)
+        scores = scores.astype(jnp.float32)  # [B, N, T, T]
         if keep is not None:
-            scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
+            scores = scores + jnp.where(keep, 0.0, MASK_BIAS).astype(jnp.float32)
         probs = dropout(jax.nn.softmax(scores, axis=-1).astype(dtype))
         return jnp.einsum("bnqk,bknh->bqnh", probs, v)  # [B, T, N, H]
     impl = "xla" if jax.default_backend() == "cpu" else None
