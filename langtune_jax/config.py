@@ -287,8 +287,7 @@ class RunConfig:
                 "the same cadence) or drop train.best_metric"
             )
         dynamic = self.sampling.strategy == "dynamic" and self.sampling.dynamic.signal == "train"
-        if dynamic and self.data.packing and self.model.task != "sequence-classification":
-            # A packed LM or token row mixes languages, so its loss has no one language.
+        if dynamic and not self.losses_have_one_language():
             raise ConfigError(
                 "config key 'sampling.dynamic.signal': train-loss weights need one language per "
                 f"loss, but packed {self.model.task} rows mix languages; set data.packing: false "
@@ -303,6 +302,12 @@ class RunConfig:
                 "adapter; set data.packing: false"
             )
         self._normalize_languages()
+
+    def losses_have_one_language(self) -> bool:
+        """Whether each train loss belongs to one language (``loss/<lang>``, train-signal dynamic
+        weights): not for packed LM or token-classification rows, where a row's tokens come from
+        examples of several languages; packed sequence classification has a loss per segment."""
+        return not self.data.packing or self.model.task == "sequence-classification"
 
     def _per_language_peft_key(self) -> str | None:
         """The config key that gives each language its own adapter, if one does."""

@@ -307,11 +307,8 @@ def _print_start(session: Session) -> None:
 
 def _loss_languages(cfg: RunConfig, session: Session) -> int | None:
     """How many languages the step sums the loss for (``loss/<lang>``, dynamic weights); None
-    for packed LM or token rows, which mix languages within a row (the config refuses dynamic
-    weights on a training signal there, see ``RunConfig``)."""
-    if cfg.data.packing and cfg.model.task != "sequence-classification":
-        return None
-    return len(session.dataset.languages)
+    where a loss has no one language (``RunConfig.losses_have_one_language``)."""
+    return len(session.dataset.languages) if cfg.losses_have_one_language() else None
 
 
 def _compile_steps(

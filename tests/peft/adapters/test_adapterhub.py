@@ -25,17 +25,11 @@ from langtune_jax.peft.adapters import (
     import_adapterhub,
 )
 from langtune_jax.peft.lora import LoraConfig, apply_lora
+from tests.peft.adapters.test_apply import BERT_HF as APPLY_BERT_HF
+from tests.peft.adapters.test_apply import VOCAB, D
 
-D, LAYERS, VOCAB = 32, 3, 100
-BERT_HF = dict(
-    model_type="bert",
-    vocab_size=VOCAB,
-    hidden_size=D,
-    num_hidden_layers=LAYERS,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-)
+LAYERS = 3  # one more than test_apply's model, so a partial `layers` leaves a layer between
+BERT_HF = {**APPLY_BERT_HF, "num_hidden_layers": LAYERS}
 CASES = {
     "pfeiffer": AdapterConfig(placement="pfeiffer", reduction_factor=4.0),
     "houlsby": AdapterConfig(placement="houlsby", adapter_size=8, non_linearity="swish"),
