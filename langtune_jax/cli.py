@@ -151,7 +151,8 @@ def _add_export(sub, common: list[argparse.ArgumentParser]) -> None:
         default="peft",
         help="peft: a Hugging Face PEFT adapter folder (LoRA runs); merged: a full checkpoint "
         "with LoRA folded into the weights; adapterhub: the `adapters` library's saved-adapter "
-        "folder (bottleneck-adapter runs) (default: peft)",
+        "folder (bottleneck-adapter runs; a language-adapter run writes OUT/<language>/ per "
+        "language) (default: peft)",
     )
     x.add_argument("--out", required=True, help="output folder")
     which = x.add_mutually_exclusive_group()

@@ -167,7 +167,8 @@ def export_run(
     Args:
       run_dir: the run folder.
       fmt: ``"peft"`` (LoRA runs), ``"merged"`` (LoRA folded into a full checkpoint) or
-        ``"adapterhub"`` (bottleneck-adapter runs, in the ``adapters`` library's layout).
+        ``"adapterhub"`` (bottleneck-adapter runs, in the ``adapters`` library's layout; a
+        language-adapter run writes one adapter per language, ``out/<language>/``).
       out: output folder.
       step: export this checkpoint step (``--step``); default the newest.
       best: export the checkpoint with the best ``train.best_metric`` (``--best``).
@@ -182,7 +183,10 @@ def export_run(
     _check_export_format(run_dir, _saved_config(run_dir).peft.method, fmt)
     cfg, session = load_run(run_dir, step=step, best=best)
     model = session.split.merge()
-    if fmt == "adapterhub":
+    if fmt == "adapterhub" and peft_lib.adapters.has_language_adapters(model):
+        # A language-adapter run (MAD-X step 1): one AdapterHub adapter per language, OUT/<lang>/
+        peft_lib.adapters.export_adapterhub_languages(model, out, label_names=session.label_names)
+    elif fmt == "adapterhub":
         peft_lib.adapters.export_adapterhub(
             model,
             out,

@@ -38,6 +38,7 @@ def library(assets, tmp_path_factory):
             "languages": sorted(LANGS),
             "shared_task_adapter": False,
             "modules_to_save": [],
+            "inv_adapter": "nice",  # MAD-X's invertible adapters, one per language
         },
     }
     cfg["data"] = {"sources": [{"path": str(assets / "data" / "{split}")}], "max_length": 16}
@@ -55,8 +56,31 @@ def test_masked_lm_run_writes_a_language_library(library):
     for lang in LANGS:
         meta, tensors = read_folder(lib / lang)
         assert meta["language"] == lang and meta["config"]["languages"] is None
-        # Trained: the up-projections left their zero init.
+        # Trained: the up-projections left their zero init, the invertible adapter's too.
         assert any(np.abs(v).max() > 0 for k, v in tensors.items() if k.endswith("up_kernel"))
+        assert np.abs(tensors["bert.embeddings.adapter.G.up_kernel"]).max() > 0
+
+
+def test_language_run_exports_one_adapterhub_adapter_per_language(assets, library, tmp_path):
+    """`langtune export --format adapterhub` of a language-adapter run: OUT/<language>/ each, the
+    same function as that language's library folder."""
+    import jax.numpy as jnp
+
+    from langtune_jax.models import from_pretrained
+    from langtune_jax.peft.adapters import import_adapterhub, load_adapters
+    from langtune_jax.train.runs import export_run
+
+    export_run(library, "adapterhub", tmp_path / "hub")
+    assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == sorted(LANGS)
+    ids = jnp.asarray(np.arange(3, 3 + 2 * 9).reshape(2, 9) % 50 + 3, jnp.int32)
+    for lang in LANGS:
+        fresh = lambda: from_pretrained(assets / "model", "masked-lm")  # noqa: E731
+        hub = import_adapterhub(fresh(), tmp_path / "hub" / lang)
+        ours = load_adapters(fresh(), library / "language_adapters" / lang)
+        hub.eval(), ours.eval()
+        np.testing.assert_allclose(
+            np.asarray(hub(ids).logits), np.asarray(ours(ids).logits), atol=1e-5
+        )
 
 
 def _task_config(assets: Path, library: Path, **train_cfg) -> RunConfig:

@@ -94,6 +94,7 @@ References:
 
 from langtune_jax.peft.adapters.adapterhub import (
     export_adapterhub,
+    export_adapterhub_languages,
     import_adapterhub,
 )
 from langtune_jax.peft.adapters.apply import (
@@ -151,6 +152,7 @@ __all__ = [
     "apply_adapters",
     "count_adapter_params",
     "export_adapterhub",
+    "export_adapterhub_languages",
     "get_adapter_config",
     "has_language_adapters",
     "import_adapterhub",

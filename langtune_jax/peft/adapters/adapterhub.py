@@ -71,7 +71,7 @@ from flax import nnx
 from langtune_jax.models.hub import hf_key, host_array, make_readable
 from langtune_jax.peft.adapters.apply import adapter_layers, apply_adapters, invertible_embeddings
 from langtune_jax.peft.adapters.config import AdapterConfig, get_adapter_config
-from langtune_jax.peft.adapters.layer import AdapterParam, trainable_variables
+from langtune_jax.peft.adapters.layer import AdapterParam, BottleneckAdapter, trainable_variables
 from langtune_jax.peft.lora.layer import LoRAParam
 
 #: File names of the library's saved-adapter folder (``adapters.utils``).
@@ -365,6 +365,77 @@ def export_adapterhub(
     if jax.process_index() == 0:  # every process gathered the arrays (host_array); one writes
         _write_hub_folder(Path(folder), model, adapter_name, bn, tensors, head, torch_bin, labels)
     return Path(folder)
+
+
+def export_adapterhub_languages(
+    model: nnx.Module,
+    folder: str | Path,
+    *,
+    torch_bin: bool = False,
+    label_names: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Write each language adapter of a language-adapter model as its own AdapterHub adapter.
+
+    For a model with per-language adapters and no shared task adapter (a MAD-X language-adapter
+    run, e.g. masked LM on unlabelled text): ``folder/<language>/`` holds that language's
+    adapters (and invertible adapter), named after the language, and the saved modules (a
+    trained masked-LM head) beside them, so the ``adapters`` library loads each on its own and
+    stacks it under a task adapter (``Stack("sw", "task")``).
+
+    Returns:
+      ``{language: its folder}``.
+
+    Raises:
+      ValueError: the model has no per-language adapters, or also a shared task adapter (a MAD-X
+        task run: its language adapters come from the library run, export that one).
+    """
+    config = get_adapter_config(model)
+    if config.languages is None:
+        raise ValueError(
+            "export_adapterhub_languages: the model has no per-language adapters "
+            "(AdapterConfig.languages); use export_adapterhub"
+        )
+    if config.shared_task_adapter or config.language_adapters is not None:
+        raise ValueError(
+            "export_adapterhub_languages: the model also has a shared task adapter (a MAD-X task "
+            "run); AdapterHub has no per-example language routing: export the language-adapter "
+            "run (shared_task_adapter: false) instead"
+        )
+    out = {}
+    for row, lang in enumerate(config.languages):
+        single = _language_row_model(model, config, row)
+        out[lang] = export_adapterhub(
+            single, Path(folder) / lang, adapter_name=lang, torch_bin=torch_bin,
+            label_names=label_names,
+        )  # fmt: skip
+        del single
+    return out
+
+
+def _language_row_model(model: nnx.Module, config: AdapterConfig, row: int) -> nnx.Module:
+    """A copy of ``model`` whose per-language adapters are replaced by row ``row`` of each."""
+    single = nnx.clone(model)
+    for wrapper in adapter_layers(single).values():
+        wrapper.adapter = nnx.data(_row_copy(wrapper.language_adapters, row))  # was None
+        wrapper.language_adapters = None
+    found = invertible_embeddings(single)
+    if found is not None:
+        found[1].adapter = nnx.data(_row_copy(found[1].language_adapters, row))
+        found[1].language_adapters = None
+    alone = dataclasses.replace(config, languages=None, fallback={}, default_fallback="shared")
+    single._adapter_config_json = alone.to_json()
+    return single
+
+
+def _row_copy(stack: Any, row: int) -> Any:
+    """Row ``row`` of a stacked (``num``) adapter module as a single one, weights copied."""
+    single = nnx.clone(stack)
+    for _, node in nnx.iter_graph(single):
+        if isinstance(node, BottleneckAdapter):  # the stack itself, or F and G of a NICE block
+            node.num = None
+        elif isinstance(node, AdapterParam):
+            node.value = node.value[row]
+    return single
 
 
 def _head_tensors(model: nnx.Module, config: AdapterConfig, who: str) -> dict[str, np.ndarray]:

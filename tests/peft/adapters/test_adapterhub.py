@@ -21,8 +21,10 @@ from langtune_jax.peft.adapters import (
     AdapterParam,
     apply_adapters,
     export_adapterhub,
+    export_adapterhub_languages,
     get_adapter_config,
     import_adapterhub,
+    with_routing,
 )
 from langtune_jax.peft.lora import LoraConfig, apply_lora
 from tests.peft.adapters.test_apply import BERT_HF as APPLY_BERT_HF
@@ -321,3 +323,32 @@ def test_import_refuses_an_adapted_model(tmp_path):
     export_adapterhub(adapted("pfeiffer"), tmp_path)
     with pytest.raises(ValueError, match="already has adapters"):
         import_adapterhub(adapted("pfeiffer"), tmp_path)
+
+
+def test_each_language_adapter_exports_as_its_own_adapterhub_folder(tmp_path):
+    """A MAD-X language-adapter model (per-language adapters and invertible adapters, no task
+    adapter): one library folder per language, each equal to that language's routed model."""
+    cfg = AdapterConfig(
+        adapter_size=4,
+        languages=["en", "sw"],
+        shared_task_adapter=False,
+        inv_adapter="nice",
+        modules_to_save=[],
+    )
+    ours = randomize(apply_adapters(make_model(task="masked-lm"), cfg))
+    folders = export_adapterhub_languages(ours, tmp_path)
+    assert sorted(folders) == ["en", "sw"]
+    rs = np.random.RandomState(0)
+    ids = jnp.asarray(rs.randint(1, VOCAB, (3, 7)), jnp.int32)
+    mask = jnp.ones((3, 7), jnp.int32)
+    for row, lang in enumerate(["en", "sw"]):
+        meta = json.loads((folders[lang] / "adapter_config.json").read_text())
+        assert meta["name"] == lang and meta["config"]["inv_adapter"] == "nice"
+        back = import_adapterhub(make_model(task="masked-lm"), folders[lang])
+        with with_routing(ours, jnp.full((3,), row, jnp.int32)):
+            want = np.asarray(ours(ids, mask).logits)
+        np.testing.assert_allclose(np.asarray(back(ids, mask).logits), want, atol=1e-5)
+    assert get_adapter_config(ours).languages == ["en", "sw"]  # the model itself is unchanged
+    stacked = AdapterConfig(adapter_size=4, languages=["en"], shared_task_adapter=True)
+    with pytest.raises(ValueError, match="shared task adapter"):
+        export_adapterhub_languages(apply_adapters(make_model(), stacked), tmp_path / "x")
