@@ -120,4 +120,10 @@ def test_two_processes_equal_one_process(assets, tmp_path):
     mh._assert_same_trainable(out, expected, lora_b)
     plans = [json.loads((d / "plan.json").read_text()) for d in (multi_dir, tmp_path / "single")]
     assert len(plans[0]["weight_segments"]) > 1
-    assert plans[0]["weight_segments"] == plans[1]["weight_segments"]
+    # Same update points, and weights equal to float noise: the two runs sum the losses in
+    # different orders (over two processes vs one), which moved a weight by 1e-6 relative in
+    # one loaded CI-like run. The hosts of one run always agree: they read the same global sums.
+    multi, single = plans[0]["weight_segments"], plans[1]["weight_segments"]
+    assert [seg["start_step"] for seg in multi] == [seg["start_step"] for seg in single]
+    for a, b in zip(multi, single, strict=True):
+        assert a["weights"] == pytest.approx(b["weights"], rel=1e-5)
