@@ -235,7 +235,7 @@ _TRACES: list[int] = []
 
 
 @jax.jit
-def _routed(graph_state, ids, mask, language_id):
+def routed_jit(graph_state, ids, mask, language_id):
     # The lead's pattern: split outside, merge and route inside one jitted function.
     graph, state = graph_state
     _TRACES.append(1)
@@ -245,7 +245,7 @@ def _routed(graph_state, ids, mask, language_id):
 
 
 def routed(model, ids, mask, rows) -> np.ndarray:
-    return np.asarray(_routed(nnx.split(model), ids, mask, rows))
+    return np.asarray(routed_jit(nnx.split(model), ids, mask, rows))
 
 
 @pytest.mark.parametrize("family, placement", [("bert", "houlsby"), ("llama", "parallel")])
@@ -450,5 +450,5 @@ def test_sharded_routed_forward_matches_unsharded():
     placed = mesh_lib.put_batch(
         {"ids": np.asarray(ids), "mask": np.asarray(mask), "rows": np.asarray(rows)}, mesh
     )
-    got = np.asarray(_routed((graph, state), placed["ids"], placed["mask"], placed["rows"]))
+    got = np.asarray(routed_jit((graph, state), placed["ids"], placed["mask"], placed["rows"]))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
