@@ -284,9 +284,8 @@ def _hub_targets(model: nnx.Module, prefix: str, name: str) -> dict[str, tuple[A
     if found is not None:
         block = found[1].adapter
         for field, suffix, transpose in _INV_WEIGHTS:
-            sub, _, w = field.partition(".")
             key = f"{prefix}.invertible_adapters.{name}.{suffix}"
-            targets[key] = (getattr(getattr(block, sub), w), transpose)
+            targets[key] = (block.weight(field), transpose)
     return targets
 
 
@@ -408,7 +407,6 @@ def export_adapterhub_languages(
             single, Path(folder) / lang, adapter_name=lang, torch_bin=torch_bin,
             label_names=label_names,
         )  # fmt: skip
-        del single
     return out
 
 

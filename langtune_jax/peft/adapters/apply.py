@@ -32,6 +32,7 @@ from langtune_jax.peft.adapters.layer import (
 )
 from langtune_jax.peft.adapters.library import (
     ADAPTER_WEIGHTS,
+    INV_WEIGHTS,
     LIBRARY_FORMAT,
     LibraryStack,
     library_stack,
@@ -234,8 +235,7 @@ def _invertible(
         kw["param_type"] = LanguageAdapterParam
     block = InvertibleAdapter(hidden, factor, num=len(config.languages), **kw)
     for name, value in (stack.inv_rows if stack is not None else {}).items():
-        sub, _, w = name.partition(".")
-        var = getattr(getattr(block, sub), w)
+        var = block.weight(name)
         var[...] = jnp.asarray(value, var[...].dtype)
     return path, InvertibleEmbeddings(base, adapter=None, language_adapters=block)
 
@@ -409,11 +409,8 @@ def save_language_library(model: nnx.Module, folder: str | Path) -> Path:
     if (found := invertible_embeddings(model)) is not None:
         path, block = found[0], found[1].language_adapters
         inv_factor = block.reduction_factor
-        for sub in ("F", "G"):
-            for w in ADAPTER_WEIGHTS:
-                weights[f"{path}.adapter.{sub}.{w}"] = host_array(
-                    getattr(getattr(block, sub), w)[...]
-                )
+        for name in INV_WEIGHTS:
+            weights[f"{path}.adapter.{name}"] = host_array(block.weight(name)[...])
     folder = Path(folder)
     if jax.process_index() == 0:
         single = single_language_config(config, m, act, inv_factor)

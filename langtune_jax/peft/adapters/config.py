@@ -315,6 +315,13 @@ def config_of(model_or_config: nnx.Module | AdapterConfig) -> AdapterConfig:
     return get_adapter_config(model_or_config)
 
 
+def nice_widths(hidden_size: int, reduction_factor: float) -> tuple[int, int]:
+    """The inner widths of an invertible adapter's ``F`` and ``G``: ``int(n // r)`` of their
+    inputs, ``n = D - D // 2`` and ``D // 2`` (the ``adapters`` library's rounding)."""
+    half1, half2 = hidden_size // 2, hidden_size - hidden_size // 2
+    return int(half2 // reduction_factor), int(half1 // reduction_factor)
+
+
 def count_adapter_params(config: AdapterConfig, hidden_size: int, num_layers: int) -> int:
     """Closed-form number of adapter weights (``modules_to_save`` not included).
 
@@ -329,8 +336,7 @@ def count_adapter_params(config: AdapterConfig, hidden_size: int, num_layers: in
     total = sites * config.adapters_per_site * per_adapter
     if config.inv_adapter is not None:  # F: n2 -> m_f -> n1 and G: n1 -> m_g -> n2
         n1, n2 = d // 2, d - d // 2
-        r = config.inv_adapter_reduction_factor
-        m_f, m_g = int(n2 // r), int(n1 // r)
+        m_f, m_g = nice_widths(d, config.inv_adapter_reduction_factor)
         block = (n2 * m_f + m_f + m_f * n1 + n1) + (n1 * m_g + m_g + m_g * n2 + n2)
         total += block * (1 if config.languages is None else len(config.languages))
     return total

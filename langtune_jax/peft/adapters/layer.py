@@ -14,7 +14,7 @@ from flax import nnx
 
 from langtune_jax.models.common import EMBED, with_axes
 from langtune_jax.peft import targets as _targets
-from langtune_jax.peft.adapters.config import ACTIVATIONS, AdapterConfig, config_of
+from langtune_jax.peft.adapters.config import ACTIVATIONS, AdapterConfig, config_of, nice_widths
 from langtune_jax.peft.adapters.routing import active_rows
 from langtune_jax.peft.lora.layer import LoRAParam
 from langtune_jax.peft.tracing import check_traced
@@ -171,6 +171,11 @@ class InvertibleAdapter(nnx.Module):
         x2 = y2 - self.G(y1, rows)
         return jnp.concatenate([y1 - self.F(x2, rows), x2], axis=-1)
 
+    def weight(self, name: str) -> nnx.Variable:
+        """A weight by its saved name, ``"F.down_kernel"`` ... (``library.INV_WEIGHTS``)."""
+        sub, _, field = name.partition(".")
+        return getattr(getattr(self, sub), field)
+
 
 def nice_bottlenecks(hidden_size: int, reduction_factor: float) -> tuple[int, int]:
     """The widths of ``F`` and ``G`` (``int(n // r)`` of their inputs, the library's rounding).
@@ -178,9 +183,9 @@ def nice_bottlenecks(hidden_size: int, reduction_factor: float) -> tuple[int, in
     Raises:
       ValueError: a factor so large that a width would be 0.
     """
-    half1, half2 = hidden_size // 2, hidden_size - hidden_size // 2
-    widths = int(half2 // reduction_factor), int(half1 // reduction_factor)
+    widths = nice_widths(hidden_size, reduction_factor)
     if min(widths) < 1:
+        half1 = hidden_size // 2
         raise ValueError(
             f"AdapterConfig.inv_adapter_reduction_factor={reduction_factor}: the invertible "
             f"adapter's inner width int({half1} // {reduction_factor}) is 0 for hidden_size "

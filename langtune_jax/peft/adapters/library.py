@@ -127,13 +127,18 @@ def library_stack(
                 "BERT-family encoders carry"
             )
         shape = this
-        keys = [(site, w, f"{site}.adapter.{w}") for site in sites for w in ADAPTER_WEIGHTS]
-        if inv is not None:
-            keys += [(None, w, f"{inv_site}.adapter.{w}") for w in INV_WEIGHTS]
-        for site, w, key in keys:
-            if key not in tensors:
-                raise ValueError(f"language_adapters[{lang!r}]: {folder} lacks {key}")
-            (found[site][w] if site is not None else inv_found[w]).append(tensors[key])
+        who = f"language_adapters[{lang!r}]: {folder}"
+        for site in sites:
+            for w in ADAPTER_WEIGHTS:
+                found[site][w].append(_saved(tensors, f"{site}.adapter.{w}", who))
+        for w in INV_WEIGHTS if inv is not None else ():
+            inv_found[w].append(_saved(tensors, f"{inv_site}.adapter.{w}", who))
     rows = {s: {w: np.stack(v) for w, v in ws.items()} for s, ws in found.items()}
     inv_rows = {w: np.stack(v) for w, v in inv_found.items() if v}
     return LibraryStack(shape[0], shape[1], rows, shape[2], inv_rows)
+
+
+def _saved(tensors: dict[str, np.ndarray], key: str, who: str) -> np.ndarray:
+    if key not in tensors:
+        raise ValueError(f"{who} lacks {key}")
+    return tensors[key]

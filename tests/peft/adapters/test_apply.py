@@ -432,23 +432,30 @@ def test_adapters_and_lora_together(lora_first):
     assert np.abs(np.asarray(model(ids, mask).logits) - base).max() > 1e-4
 
 
-def test_sharded_routed_forward_matches_unsharded():
-    # Adapter weights carry logical axes (EMBED on D), so the lead's rules place them on a mesh.
+def routed_on_mesh(model, ids, mask, rows):
+    """The routed forward with the model's state and the batch placed on a (data 2, fsdp 2,
+    tensor 2) mesh of the 8 simulated devices: ``(outputs, the placed state)``."""
     from langtune_jax.train import mesh as mesh_lib
 
+    mesh = mesh_lib.make_mesh(data=2, fsdp=2, tensor=2)
+    graph, state = nnx.split(model)
+    state = jax.device_put(state, mesh_lib.state_shardings(state, mesh))
+    placed = mesh_lib.put_batch(
+        {"ids": np.asarray(ids), "mask": np.asarray(mask), "rows": np.asarray(rows)}, mesh
+    )
+    out = routed_jit((graph, state), placed["ids"], placed["mask"], placed["rows"])
+    return np.asarray(out), state
+
+
+def test_sharded_routed_forward_matches_unsharded():
+    # Adapter weights carry logical axes (EMBED on D), so the lead's rules place them on a mesh.
     model = lang_model("bert")
     ids, mask = batch(b=4)
     rows = jnp.array([2, 0, 1, -1], jnp.int32)
     want = routed(model, ids, mask, rows)
-    mesh = mesh_lib.make_mesh(data=2, fsdp=2, tensor=2)
-    graph, state = nnx.split(model)
-    state = jax.device_put(state, mesh_lib.state_shardings(state, mesh))
+    got, state = routed_on_mesh(model, ids, mask, rows)
     kernel = state["bert"]["encoder"]["layer"][0]["output"]["dense"]["language_adapters"]
     assert kernel["down_kernel"][...].sharding.spec == jax.sharding.PartitionSpec(
         None, "fsdp", None
     )
-    placed = mesh_lib.put_batch(
-        {"ids": np.asarray(ids), "mask": np.asarray(mask), "rows": np.asarray(rows)}, mesh
-    )
-    got = np.asarray(routed_jit((graph, state), placed["ids"], placed["mask"], placed["rows"]))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -30,7 +30,15 @@ from langtune_jax.peft.adapters import (
 )
 from langtune_jax.peft.adapters.io import read_folder
 from langtune_jax.peft.lora import trainable_summary
-from tests.peft.adapters.test_apply import BERT_HF, LANGS, batch, make_model, randomize_up, routed
+from tests.peft.adapters.test_apply import (
+    BERT_HF,
+    LANGS,
+    batch,
+    make_model,
+    randomize_up,
+    routed,
+    routed_on_mesh,
+)
 
 
 def mlm_model(seed: int = 0, **overrides) -> nnx.Module:
@@ -243,9 +251,6 @@ def test_refused_on_llama_and_for_a_zero_width():
 def test_sharded_routed_forward_with_invertible_adapters_matches_unsharded():
     """The blocks' weights carry logical axes too: on a (data 2, fsdp 2, tensor 2) mesh the routed
     masked-LM forward equals the unsharded one."""
-    from langtune_jax.train import mesh as mesh_lib
-    from tests.peft.adapters.test_apply import routed_jit
-
     cfg = AdapterConfig(
         adapter_size=4, languages=LANGS, inv_adapter="nice", init="bert", modules_to_save=[]
     )
@@ -254,11 +259,5 @@ def test_sharded_routed_forward_with_invertible_adapters_matches_unsharded():
     ids, mask = batch(b=4)
     rows = jnp.array([2, 0, 1, -1], jnp.int32)
     want = routed(model, ids, mask, rows)
-    mesh = mesh_lib.make_mesh(data=2, fsdp=2, tensor=2)
-    graph, state = nnx.split(model)
-    state = jax.device_put(state, mesh_lib.state_shardings(state, mesh))
-    placed = mesh_lib.put_batch(
-        {"ids": np.asarray(ids), "mask": np.asarray(mask), "rows": np.asarray(rows)}, mesh
-    )
-    got = np.asarray(routed_jit((graph, state), placed["ids"], placed["mask"], placed["rows"]))
+    got, _ = routed_on_mesh(model, ids, mask, rows)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
