@@ -119,6 +119,19 @@ class PeftSection:
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     adapters: AdapterConfig = dataclasses.field(default_factory=AdapterConfig)
 
+    def unused_options(self) -> list[str]:
+        """Options of the method not chosen, set away from their defaults, as dotted keys
+        (``peft.adapters.reduction_factor`` with ``method: lora``): the run warns about each."""
+        unused = []
+        for name, config in (("lora", LoraConfig()), ("adapters", AdapterConfig())):
+            if name not in self.method.split("+"):
+                unused += [
+                    f"peft.{name}.{f.name}"
+                    for f in dataclasses.fields(config)
+                    if getattr(getattr(self, name), f.name) != getattr(config, f.name)
+                ]
+        return unused
+
     def __post_init__(self):
         if self.lora_languages is not None:
             if "lora" not in self.method:
@@ -335,6 +348,13 @@ class RunConfig:
                     "language twice (codes are case-insensitive: EN = en)"
                 )
             setattr(self.sampling, name, normalized)
+
+    def unused_options(self) -> list[str]:
+        """Dotted keys set away from their defaults that the chosen ``peft.method`` and
+        ``sampling.strategy`` do not read (the options of the other method, ``sampling.alpha``
+        with strategy inverse, ...). Legal, since one config may serve several runs through
+        ``--set``, but never silent: the run warns about them before it starts."""
+        return self.peft.unused_options() + self.sampling.unused_options()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe)."""

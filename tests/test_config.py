@@ -298,3 +298,50 @@ def test_train_signal_dynamic_weights_with_packed_lm_rows_are_refused(tmp_path):
         load_config(_write(tmp_path, BASE), sets)
     assert load_config(_write(tmp_path, BASE), [*sets, "sampling.dynamic.signal=eval"])
     assert load_config(_write(tmp_path, BASE), [*sets[1:]]).data.packing  # classification: exact
+
+
+@pytest.mark.parametrize(
+    "sets, unused",
+    [
+        (
+            ["peft.method=lora", "peft.adapters.reduction_factor=8"],
+            ["peft.adapters.reduction_factor"],
+        ),
+        (["peft.method=adapters", "peft.lora.r=4"], ["peft.lora.r"]),
+        (["peft.method=none", "peft.lora.r=4"], ["peft.lora.r"]),
+        (["peft.method=lora+adapters", "peft.lora.r=4", "peft.adapters.reduction_factor=8"], []),
+        (["sampling.strategy=inverse", "sampling.alpha=0.5"], ["sampling.alpha"]),
+        (["sampling.strategy=temperature", "sampling.alpha=0.5"], []),
+        (["sampling.strategy=natural", "sampling.weights={en: 1}"], ["sampling.weights"]),
+        (["sampling.strategy=unimax", "sampling.budget=100", "sampling.max_epochs=2"], []),
+        (["sampling.strategy=uniform", "sampling.dynamic.eta=2"], ["sampling.dynamic.eta"]),
+        (
+            [
+                "sampling.strategy=dynamic",
+                "sampling.dynamic.prior=temperature",
+                "sampling.alpha=0.5",
+            ],
+            [],
+        ),
+        (["sampling.strategy=dynamic", "sampling.alpha=0.5"], ["sampling.alpha"]),
+        (["sampling.strategy=inverse", "sampling.multipliers={en: 2}"], []),
+    ],
+)
+def test_options_the_run_does_not_read_are_listed(tmp_path, sets, unused):
+    """An option of the other method or strategy changes nothing: the run names it (warning)."""
+    assert load_config(_write(tmp_path, BASE), sets).unused_options() == unused
+
+
+def test_train_warns_about_unread_options_before_it_loads_anything(tmp_path, caplog):
+    from langtune_jax.train import train
+
+    cfg = load_config(
+        _write(tmp_path, BASE), ["sampling.alpha=0.5", "peft.adapters.reduction_factor=8"]
+    )
+    cfg.model.name_or_path = str(tmp_path / "no-such-model")
+    with caplog.at_level("WARNING"), pytest.raises(FileNotFoundError, match="no-such-model"):
+        train(cfg, tmp_path / "run")
+    (warning,) = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert "peft.adapters.reduction_factor, sampling.alpha are set but not read" in warning
+    assert "peft.method 'lora' and sampling.strategy 'natural'" in warning
+    assert not (tmp_path / "run").exists()

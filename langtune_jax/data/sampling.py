@@ -404,6 +404,25 @@ class SamplingConfig:
         opts.update({name: getattr(self, name) for name in _TAKES[self.static_strategy]})
         return opts
 
+    def unused_options(self) -> list[str]:
+        """Options set away from their defaults that this strategy does not read, as dotted
+        ``sampling.`` keys (the run warns about each: a value that changes nothing is a mistake
+        or a leftover). ``max_epochs``, ``multipliers`` and ``unit`` apply to every strategy."""
+        default = SamplingConfig()
+        unused = [
+            f"sampling.{name}"
+            for name in ("alpha", "budget", "weights")
+            if name not in _TAKES[self.static_strategy]
+            and getattr(self, name) != getattr(default, name)
+        ]
+        if self.strategy != "dynamic":
+            unused += [
+                f"sampling.dynamic.{f.name}"
+                for f in dataclasses.fields(DynamicConfig)
+                if getattr(self.dynamic, f.name) != getattr(default.dynamic, f.name)
+            ]
+        return unused
+
 
 # ----------------------------------------------------------------------------- dynamic weights
 

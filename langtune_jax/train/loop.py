@@ -174,6 +174,17 @@ def train(
 
 def _claimed(cfg: RunConfig, run_dir: Path, restart: bool, extend: bool) -> Path:
     """The run folder's checks and lock around :func:`_train`."""
+    if unused := cfg.unused_options():
+        log.warning(
+            "config: %s %s set but not read with peft.method %r and sampling.strategy %r; drop "
+            "%s or choose the method/strategy that reads %s",
+            ", ".join(unused),
+            "is" if len(unused) == 1 else "are",
+            cfg.peft.method,
+            cfg.sampling.strategy,
+            "it" if len(unused) == 1 else "them",
+            "it" if len(unused) == 1 else "them",
+        )
     run_folder.check_run_folder(run_dir)
     if not restart:
         run_folder.check_resume_config(run_dir, cfg, extend)
