@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from langtune_jax.data.config import DataConfig, SourceConfig
 from langtune_jax.data.errors import BadRow, DataError, MissingSplitError
@@ -35,6 +36,7 @@ from langtune_jax.data.readers import (
 )
 from langtune_jax.tasks import TASKS
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 # A stream is the rows of one file (or one Hugging Face split) with the language it implies.
 _Stream = tuple[str | None, str | None, Iterator[tuple[str, dict | BadRow]]]
 
@@ -285,9 +287,24 @@ def _check_label_kind(value, where: str, first: tuple[str, str] | None) -> tuple
 
 
 def infer_labels(split: SplitData, task: str) -> list[str]:
-    """Sorted label (or tag) vocabulary of a split; [] for causal LM."""
+    """Sorted label (or tag) vocabulary of a split (`label_order`); [] for causal LM."""
     if task == "sequence-classification":
-        return sorted({ex["label"] for rows in split.examples.values() for ex in rows})
+        return label_order({ex["label"] for rows in split.examples.values() for ex in rows})
     if task == "token-classification":
-        return sorted({t for rows in split.examples.values() for ex in rows for t in ex["tags"]})
+        return label_order(
+            {t for rows in split.examples.values() for ex in rows for t in ex["tags"]}
+        )
     return []
+
+
+def label_order(names: Iterable[str]) -> list[str]:
+    """Label names in vocabulary order: by value when every name is an integer, so integer labels
+    0..C-1 get ids 0..C-1 (as a transformers user's ``labels`` are), else in string order.
+
+    >>> label_order(["10", "2", "0", "1"])
+    ['0', '1', '2', '10']
+    """
+    names = sorted(set(names))
+    if names and all(_INTEGER.fullmatch(n) for n in names):
+        return sorted(names, key=int)
+    return names

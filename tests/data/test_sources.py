@@ -235,3 +235,22 @@ def test_read_rows_reads_by_format_and_refuses_hf_files(tmp_path):
     assert isinstance(rows[1][1], BadRow) and "malformed JSON" in rows[1][1].reason
     with pytest.raises(DataError, match="format hf needs a folder"):
         read_rows(SourceConfig(path=str(path), format="hf"), str(path))
+
+
+def test_integer_labels_get_their_own_value_as_id(tmp_path):
+    """Labels 0..11 in JSON numbers or CSV text: id i is label i, not string order (10 < 2)."""
+    from langtune_jax.data import infer_labels
+
+    rows = [{"text": f"t{i}", "label": i % 12, "language": "en"} for i in range(24)]
+    _jsonl(tmp_path / "train" / "en.jsonl", rows)
+    split = load_split(_cfg(tmp_path / "{split}"), "train", task=SC)
+    assert infer_labels(split, SC) == [str(i) for i in range(12)]
+    lines = "text,label\n" + "".join(f"t{i},{lab}\n" for i, lab in enumerate(["10", "-1", "2"]))
+    (tmp_path / "en.csv").write_text(lines, "utf-8")
+    csv = DataConfig(
+        sources=[SourceConfig(path=str(tmp_path / "en.csv"), splits=["train"], language="en")]
+    )
+    assert infer_labels(load_split(csv, "train", task=SC), SC) == ["-1", "2", "10"]
+    _jsonl(tmp_path / "mixed" / "train" / "en.jsonl", _rows("en", 1, "10") + _rows("en", 1, "2b"))
+    mixed = load_split(_cfg(tmp_path / "mixed" / "{split}"), "train", task=SC)
+    assert infer_labels(mixed, SC) == ["10", "2b"]  # not all integers: text order
