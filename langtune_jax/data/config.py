@@ -96,6 +96,17 @@ class SourceConfig:
             raise ValueError(f"data.sources[].format: unknown format {self.format!r}")
         if self.path.count("{language}") > 1:
             raise ValueError("data.sources[].path: '{language}' may appear once")
+        given = [name for name in ("language", "file_languages") if getattr(self, name)]
+        if "{language}" in self.path and given:
+            raise ValueError(
+                f"data.sources[].{given[0]}: the path's {{language}} already names each file's "
+                f"language; drop {given[0]} (or {{language}} from the path)"
+            )
+        if len(given) == 2:
+            raise ValueError(
+                "data.sources[].language gives every row one language, and file_languages gives "
+                "each file its own; set one of them"
+            )
 
 
 @dataclasses.dataclass
