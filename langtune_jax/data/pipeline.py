@@ -77,12 +77,22 @@ def _local_rows(global_batch: int, process_index: int, process_count: int) -> sl
 def check_eval_languages(split: str, languages: list[str], train_languages: list[str]) -> list[str]:
     """The one rule for which languages an evaluation split may hold: any. A language train lacks
     is evaluated zero-shot (through a fallback or language adapter, else the shared adapter; the
-    session checks that some adapter serves it before step 0).
+    session checks that some adapter serves it before step 0). A training language the split
+    lacks is warned about: it has no scores, and the split's statistics leave it out.
 
     Returns:
       The split's zero-shot languages (sorted), logged once per split.
     """
     unknown = sorted(set(languages) - set(train_languages))
+    missing = [lang for lang in train_languages if lang not in languages]
+    if missing:
+        log.warning(
+            "split %r has no rows of the training language(s) %s: they get no %s scores, and the "
+            "mean, worst and gap leave them out; add their rows to the split",
+            split,
+            ", ".join(map(repr, missing)),
+            split,
+        )
     if unknown:
         log.info(
             "split %r: language(s) %s not in train: evaluated zero-shot",

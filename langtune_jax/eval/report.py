@@ -268,7 +268,9 @@ def markdown_table(report: Mapping[str, Any], metrics: Sequence[str] | None = No
 
     Returns:
       A markdown table; fractions are shown x 100. ``overall`` pools every example, ``mean`` is
-      the unweighted mean over languages, ``gap`` is best minus worst (max - min).
+      the unweighted mean over languages, ``gap`` is best minus worst (max - min). A language
+      the split has no data for (``empty_languages``) gets a row of ``-`` and is named under
+      the table: the statistics leave it out.
     """
     metrics = list(metrics or report["metrics"])
     gaps = report["gaps"]
@@ -285,6 +287,8 @@ def markdown_table(report: Mapping[str, Any], metrics: Sequence[str] | None = No
         mark = " (source)" if lang == report.get("source_language") else ""
         mark += " (zero-shot)" if lang in report.get("zero_shot", ()) else ""
         rows.append([lang + mark, str(r["num_examples"]), *scores(r)])
+    for lang in report.get("empty_languages", ()):  # expected, but the split has none of it
+        rows.append([f"{lang} (no data)", "0", *scores({})])
     rows.append(["overall", str(report["overall"]["num_examples"]), *scores(report["overall"])])
     rows += [["mean", "", *statistic("mean")], ["gap (max-min)", "", *statistic("gap")]]
     if report.get("zero_shot"):
@@ -292,7 +296,13 @@ def markdown_table(report: Mapping[str, Any], metrics: Sequence[str] | None = No
         rows.append(["zero-shot mean", "", *statistic("zero_shot_mean")])
     if report.get("source_language") or report.get("zero_shot"):
         rows.append(["transfer gap", "", *statistic("transfer_gap")])
-    return markdown_rows(rows) + "\n\n" + _summary_line(report["task"], metrics[0], gaps)
+    summary = _summary_line(report["task"], metrics[0], gaps)
+    if report.get("empty_languages"):
+        summary += (
+            f"; no data for {', '.join(report['empty_languages'])} (left out of the mean, worst "
+            "and gap)"
+        )
+    return markdown_rows(rows) + "\n\n" + summary
 
 
 def _summary_line(task: str, metric: str, gaps: Mapping[str, Mapping[str, Any]]) -> str:

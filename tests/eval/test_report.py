@@ -118,6 +118,31 @@ def test_markdown_table_content():
     assert "best en" in table and "worst sw" in table
 
 
+def test_markdown_table_names_a_language_without_data():
+    """A language the split lacks (trained, expected) gets a row of '-' and a note: the mean,
+    worst and gap leave it out, and the table says so."""
+    report = make_report({"en": 0.9, "de": 0.75})
+    report["empty_languages"] = ["uk"]
+    table = markdown_table(report)
+    (row,) = [ln for ln in table.splitlines() if ln.startswith("| uk")]
+    assert [c.strip() for c in row.split("|")[1:-1]][:3] == ["uk (no data)", "0", "-"]
+    assert "no data for uk (left out of the mean, worst and gap)" in table
+    assert "no data" not in markdown_table(make_report({"en": 0.9, "de": 0.75}))
+
+
+def test_an_eval_split_without_a_training_language_is_warned_about(caplog):
+    from langtune_jax.data.pipeline import check_eval_languages
+
+    with caplog.at_level("WARNING"):
+        assert check_eval_languages("validation", ["en", "sw"], ["en", "uk", "sw"]) == []
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "split 'validation' has no rows of the training language(s) 'uk'" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert check_eval_languages("test", ["en", "qu"], ["en"]) == ["qu"]  # zero-shot: info
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def _fake_run(root, name, scores):
     """A run folder as training leaves it: a report per split in eval/<split>/."""
     write_report(root / name / "eval" / "test", make_report(scores), config_hash=name, step=10)
