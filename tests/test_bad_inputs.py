@@ -411,6 +411,13 @@ CASES: list[Case] = [
       lambda w: _train(w, {"eval.batch_size": 12}), ("'eval.batch_size'", "8 data-parallel")),
     C("plan-batch-devices", "`langtune plan` checks the batch size too", "preflight",
       lambda w: _plan(w, {"train.batch_size": 4}), ("'train.batch_size'", "8 data-parallel")),
+    C("lora-targets", "peft.lora.target_modules that match no module (Llama names on BERT)",
+      "preflight",
+      lambda w: _train(w, {"peft.lora.target_modules": ["q_proj", "v_proj"]}),
+      ("'peft.lora'", "['q_proj', 'v_proj'] matched no module", "query")),
+    C("plan-lora-targets", "`langtune plan` checks the PEFT targets too", "preflight",
+      lambda w: _plan(w, {"peft.lora.target_modules": ["querry"]}),
+      ("'peft.lora'", "['querry'] matched no module")),
     C("source-language", "eval.source_language not among the training languages", "preflight",
       lambda w: _train(w, {"eval.source_language": "fr"}), ("'eval.source_language'", "'fr'")),
     # --- evaluation splits, read and checked before step 0

@@ -349,6 +349,25 @@ def _sharding(var, mesh, rules):
     return jax.sharding.NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
 
 
+def abstract_model(
+    name_or_path: str | Path,
+    task: str | None = None,
+    *,
+    num_labels: int | None = None,
+    transform=None,
+) -> nnx.Module:
+    """The module tree a folder (or Hub id) describes, as shapes only: no weight is read.
+
+    For checks that need the model's structure before it loads (which modules a PEFT config
+    targets). ``transform(model) -> model`` runs on the abstract model inside the same
+    ``nnx.eval_shape``, so what it adds (LoRA, adapters) stays abstract too.
+    """
+    folder = resolve(name_or_path)
+    hf_config, module = _model_config(folder, task, {})
+    build = _builder(module, hf_config, task, 0, num_labels=num_labels)
+    return nnx.eval_shape(lambda: (transform or (lambda m: m))(build()))
+
+
 def _builder(module, hf_config: dict[str, Any], task: str | None, seed: int, **kw):
     """A function that builds the randomly initialised model (called abstractly, then jitted)."""
 

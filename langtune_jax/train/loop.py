@@ -49,6 +49,7 @@ from langtune_jax.train import run_folder
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.logging_utils import MetricsLogger, Progress
 from langtune_jax.train.optim import make_optimizer, segmented_schedule
+from langtune_jax.train.preflight import warn_unused_options
 from langtune_jax.train.runs import export_adapter
 from langtune_jax.train.session import (
     Session,
@@ -174,17 +175,7 @@ def train(
 
 def _claimed(cfg: RunConfig, run_dir: Path, restart: bool, extend: bool) -> Path:
     """The run folder's checks and lock around :func:`_train`."""
-    if unused := cfg.unused_options():
-        log.warning(
-            "config: %s %s set but not read with peft.method %r and sampling.strategy %r; drop "
-            "%s or choose the method/strategy that reads %s",
-            ", ".join(unused),
-            "is" if len(unused) == 1 else "are",
-            cfg.peft.method,
-            cfg.sampling.strategy,
-            "it" if len(unused) == 1 else "them",
-            "it" if len(unused) == 1 else "them",
-        )
+    warn_unused_options(cfg)
     run_folder.check_run_folder(run_dir)
     if not restart:
         run_folder.check_resume_config(run_dir, cfg, extend)

@@ -9,13 +9,18 @@ a run that starts. Each check is a small function raising :class:`~langtune_jax.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from flax import nnx
 
 from langtune_jax.config import ConfigError, RunConfig
 from langtune_jax.data import DataPipeline
 from langtune_jax.data.errors import MissingSplitError
 from langtune_jax.peft.adapters import resolve_library
 from langtune_jax.train import mesh as mesh_lib
+
+log = logging.getLogger("langtune_jax")
 
 
 def check_model_config(cfg: RunConfig) -> None:
@@ -40,8 +45,51 @@ def preflight(cfg: RunConfig, dataset: DataPipeline, mesh: Any) -> None:
     """
     check_batch_sizes(cfg, mesh)
     check_language_library(cfg)
+    check_peft_targets(cfg, dataset)
     check_eval_splits(cfg, dataset)
     check_source_language(cfg, dataset)
+
+
+def warn_unused_options(cfg: RunConfig) -> None:
+    """Warn about options that the chosen method and strategy do not read
+    (:meth:`RunConfig.unused_options`); ``langtune train`` and ``langtune plan`` both do."""
+    if unused := cfg.unused_options():
+        it = "it" if len(unused) == 1 else "them"
+        log.warning(
+            "config: %s %s set but not read with peft.method %r and sampling.strategy %r; drop "
+            "%s or choose the method/strategy that reads %s",
+            ", ".join(unused),
+            "is" if len(unused) == 1 else "are",
+            cfg.peft.method,
+            cfg.sampling.strategy,
+            it,
+            it,
+        )
+
+
+def check_peft_targets(cfg: RunConfig, dataset: DataPipeline) -> None:
+    """The PEFT config finds its modules in the model (``target_modules``, ``layers_to_transform``,
+    adapter layers and sites): applied to the model's shapes, before any weight is read."""
+    from langtune_jax.models.hub import abstract_model
+    from langtune_jax.train.session import apply_peft
+
+    if cfg.peft.method == "none":
+        return
+    num_labels = len(dataset.labels) if "classification" in cfg.model.task else None
+    try:
+        abstract_model(
+            cfg.model.name_or_path,
+            cfg.model.task,
+            num_labels=num_labels,
+            transform=lambda model: apply_peft(model, cfg, nnx.Rngs(0))[0],
+        )
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        section = "peft.lora" if cfg.peft.method == "lora" else "peft.adapters"
+        if cfg.peft.method == "lora+adapters":
+            section = "peft.lora / peft.adapters"
+        raise ConfigError(f"config key '{section}': {err}") from None
 
 
 def check_language_library(cfg: RunConfig) -> None:
