@@ -25,53 +25,38 @@ restart positions from segment_ids themselves. Packed classification adds segmen
 labels, example_mask (1 = a real segment) and segment_starts (each segment's first token, the one
 pooled) all [b, S]. Eval packs classification too; `features.unpack_segments` turns packed
 outputs back into one row per example for the per-language metrics.
+
+`DataPipeline` (here) reads, validates, tokenizes and caches the splits and makes the plan; it
+serves batches through its parts: `TrainBatching` (`langtune_jax.data.train_batching`: the train
+batches from the mixture), `EvalBatching` (`langtune_jax.data.eval_batching`: eval and probe
+batches in a fixed order), both on `Batching` (`langtune_jax.data.batching`: padding, masking,
+packing, each process's rows).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import grain
 import jax
 import numpy as np
 
 from langtune_jax.data import cache as cache_lib
 from langtune_jax.data.config import DataConfig
 from langtune_jax.data.errors import DataError, MissingSplitError
-from langtune_jax.data.features import (
-    Tokenized,
-    choose_bucket,
-    collate,
-    has_chat_template,
-    mask_tokens,
-    pack,
-    row_first,
-    segment_counts,
-    tokenize,
-)
+from langtune_jax.data.eval_batching import EvalBatching
+from langtune_jax.data.features import Tokenized, has_chat_template, tokenize
 from langtune_jax.data.holdout import hold_out_validation
-from langtune_jax.data.mixture import LanguageMixture, hash_key, permute
+from langtune_jax.data.mixture import LanguageMixture
 from langtune_jax.data.plan import SamplingPlan, WeightRecord, build_plan
 from langtune_jax.data.readers import class_names
 from langtune_jax.data.sampling import SamplingConfig
 from langtune_jax.data.sources import SplitData, infer_labels, load_split
+from langtune_jax.data.train_batching import TrainBatching
 from langtune_jax.tasks import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-
-
-def _local_rows(global_batch: int, process_index: int, process_count: int) -> slice:
-    if global_batch % process_count:
-        raise ValueError(
-            f"batch_size {global_batch} is not divisible by the {process_count} processes; "
-            "use a multiple of the process count"
-        )
-    per = global_batch // process_count
-    return slice(process_index * per, (process_index + 1) * per)
 
 
 def check_eval_languages(split: str, languages: list[str], train_languages: list[str]) -> list[str]:
@@ -136,15 +121,7 @@ def _check_task(task: str, data_cfg: DataConfig, tokenizer) -> None:
         )
 
 
-def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    pi = jax.process_index() if process_index is None else int(process_index)
-    pc = jax.process_count() if process_count is None else int(process_count)
-    if not 0 <= pi < pc:
-        raise ValueError(f"process_index {pi} outside [0, process_count={pc})")
-    return pi, pc
-
-
-class DataPipeline:
+class DataPipeline(TrainBatching, EvalBatching):
     """Loads, validates and tokenizes the data of a run once; then serves batches.
 
     Args:
@@ -326,177 +303,7 @@ class DataPipeline:
             notes=self.train.notes(),
         )
 
-    def _mask(self, batch: dict[str, np.ndarray], where: tuple[int, int], local: slice):
-        """Masked LM: BERT's corruption keyed by (seed, train 0 / eval 1, step, global row)."""
-        if self.task != "masked-lm":
-            return batch
-        keys = [(self.seed, *where, row) for row in range(local.start, local.stop)]
-        return mask_tokens(
-            batch,
-            keys,
-            mask_token_id=self.tokenizer.mask_token_id,
-            vocab_size=len(self.tokenizer),
-            probability=self.data_cfg.mlm_probability,
-        )
-
-    # ---------------------------------------------------------------- train
-
-    def set_weight_segments(self, segments: list[tuple[int, dict[str, float]]]) -> None:
-        """Piecewise weights: `(start_step, weights)` pairs, the first at step 0.
-
-        Train batch s then depends on (seed, s, segments) only; iterators made before the call
-        keep the old weights (make a new one from the step where the new weights start).
-        """
-        if not segments or segments[0][0] != 0:
-            raise ValueError("weight segments must start at step 0")
-        self._segments = [(int(s), dict(w)) for s, w in segments]
-        self._mixtures = {}
-
-    def weights_at(self, step: int) -> dict[str, float]:
-        """Per-draw probability of each language at global train step `step`."""
-        return dict(next(w for start, w in reversed(self._segments) if start <= step))
-
-    def mixture(self, block_size: int) -> LanguageMixture:
-        """The stateless mixture over training examples, shuffled in blocks of `block_size`
-        (the draws per step: weight segments start at multiples of it)."""
-        if block_size not in self._mixtures:
-            (_, first), *later = self._segments
-            self._mixtures[block_size] = LanguageMixture(
-                self.train.examples,
-                first,
-                seed=self.seed,
-                block_size=block_size,
-                segments=[(s * block_size, w) for s, w in later],
-            )
-        return self._mixtures[block_size]
-
-    def examples_per_step(self, batch_size: int) -> int:
-        """Mixture draws per global batch: batch_size, or with packing enough to fill the rows.
-
-        With packing: the expected example length under the mixture sets how many examples fit a
-        row (a fixed number, so step s still maps to a fixed index range); examples that do not
-        fit are dropped, counted by `packing_dropped`.
-        """
-        if not self.packing:
-            return batch_size
-        mean = sum(
-            self.probabilities[lang] * self.tokens[lang] / len(self.stores[lang])
-            for lang in self.languages
-        )
-        # 90% of the expected capacity: few drops, rows still mostly full.
-        return max(batch_size, int(0.9 * batch_size * self.data_cfg.max_length / max(mean, 1.0)))
-
-    @property
-    def packing(self) -> bool:
-        """Whether batches pack several examples per row (``data.packing``, every task)."""
-        return self.data_cfg.packing
-
-    @property
-    def num_segments(self) -> int | None:
-        """Segment slots per packed classification row: max_length // 2 (every tokenized example
-        has at least [CLS] and [SEP]), so the slot count never drops an example and never changes
-        shape. None for causal LM (its segments need no slots)."""
-        return self.data_cfg.max_length // 2 if self.task != "causal-lm" else None
-
-    def _draws(self, step: int, batch_size: int) -> tuple[list[tuple[Tokenized, int]], np.ndarray]:
-        m = self.examples_per_step(batch_size)
-        mix = self.mixture(m)
-        lang, ex = mix.locate(np.arange(step * m, (step + 1) * m, dtype=np.int64))  # [M]
-        # Mixture language ids index train.examples' keys (sorted) = self.languages.
-        stores = [self.stores[name] for name in mix.languages]
-        return [(stores[li], int(e)) for li, e in zip(lang.tolist(), ex.tolist())], lang
-
-    def _pack(self, rows: list[tuple[Tokenized, int]], batch_size: int):
-        """`pack` into `batch_size` rows of data.max_length with the pipeline's segment slots."""
-        return pack(
-            rows,
-            batch_size,
-            self.data_cfg.max_length,
-            pad_id=self.pad_id,
-            task=self.task,
-            num_segments=self.num_segments,
-        )
-
-    def _packed(self, step: int, batch_size: int):
-        rows, lang = self._draws(step, batch_size)
-        batch, placed, dropped = self._pack(rows, batch_size)
-        return batch, placed, dropped, lang
-
-    def _finish_packed(self, batch, placed, lang, local: slice) -> dict[str, np.ndarray]:
-        """Trim a packed global batch to its length bucket, take this process's rows, add the
-        language and mask keys (see the module docstring)."""
-        num_rows = batch["input_ids"].shape[0]
-        used = int(batch["attention_mask"].sum(1).max())
-        t = choose_bucket(used, self.buckets)
-        first = row_first(placed, num_rows)
-        per_segment = {"segment_starts", "segment_mask"}
-        if self.task == "sequence-classification":
-            per_segment.add("labels")  # [R, S]
-        out = {k: v[local] if k in per_segment else v[local, :t] for k, v in batch.items()}
-        # A packed row's language (for routing) is that of its first segment.
-        out["language_id"] = lang[np.maximum(first, 0)][local].astype(np.int32)
-        out["example_mask"] = (first[local] >= 0).astype(np.int32)
-        if self.num_segments is not None:
-            seg_lang = np.zeros((num_rows, self.num_segments), np.int32)
-            ok = placed[:, 0] >= 0
-            seg_lang[placed[ok, 0], placed[ok, 1]] = lang[ok]
-            out["segment_language"] = seg_lang[local]
-            mask = out.pop("segment_mask", None)
-            if mask is not None:  # sequence classification: one target per segment
-                out["example_mask"] = mask
-        return out
-
-    def packing_dropped(self, step: int, batch_size: int) -> int:
-        """Examples drawn for packed step `step` that fit in no row (0 without packing)."""
-        return self._packed(step, batch_size)[2] if self.packing else 0
-
-    def batch_at(
-        self,
-        step: int,
-        batch_size: int,
-        *,
-        process_index: int | None = None,
-        process_count: int | None = None,
-    ) -> dict[str, np.ndarray]:
-        """This process's rows of global train batch `step` (a pure function of seed and step).
-
-        Args:
-          step: the global step (0-based).
-          batch_size: the global batch size (rows over all processes).
-          process_index, process_count: default to jax.process_index() / process_count().
-        """
-        pi, pc = _processes(process_index, process_count)
-        local = _local_rows(batch_size, pi, pc)
-        if self.packing:
-            batch, placed, _, lang = self._packed(step, batch_size)
-            return self._finish_packed(batch, placed, lang, local)
-        rows, lang = self._draws(step, batch_size)
-        return self._padded(rows, lang, len(rows), local, mask_key=(0, step))
-
-    def train_batches(
-        self,
-        batch_size: int,
-        *,
-        start_step: int = 0,
-        process_index: int | None = None,
-        process_count: int | None = None,
-        prefetch: int = 4,
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Endless iterator of this process's train batches from `start_step` on.
-
-        Batches are built `prefetch` ahead by a grain background thread (0 = no prefetch).
-        """
-        pi, pc = _processes(process_index, process_count)
-        _local_rows(batch_size, pi, pc)  # fail early on a bad split
-        ds = grain.MapDataset.range(int(start_step), sys.maxsize).map(
-            functools.partial(
-                self.batch_at, batch_size=batch_size, process_index=pi, process_count=pc
-            )
-        )
-        opts = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
-        return iter(ds.to_iter_dataset(opts))
-
-    # ---------------------------------------------------------------- eval
+    # ---------------------------------------------------------------- eval splits
 
     def split(self, split: str) -> tuple[SplitData, dict[str, Tokenized]]:
         """A validated, tokenized evaluation split (cached). Labels outside the vocabulary are
@@ -546,155 +353,6 @@ class DataPipeline:
         except MissingSplitError:
             return False
         return True
-
-    def _order(self, split: str) -> list[tuple[str, int]]:
-        """Every (language, row) of an eval split: languages sorted, file order inside."""
-        data, stores = self.split(split)
-        if split not in self._eval_order:
-            self._eval_order[split] = [
-                (lang, r) for lang in data.languages for r in range(len(stores[lang]))
-            ]
-        return self._eval_order[split]
-
-    def _eval_packs(self, split: str, batch_size: int) -> list[int]:
-        """Start of every packed eval batch in the split's order (and the end, last)."""
-        key = (split, batch_size)
-        if key not in self._eval_packs_cache:
-            _, stores = self.split(split)
-            per_lang = {lang: store.lengths for lang, store in stores.items()}
-            lengths = [int(per_lang[lang][r]) for lang, r in self._order(split)]
-            sizes = segment_counts(lengths, batch_size, self.data_cfg.max_length, self.num_segments)
-            self._eval_packs_cache[key] = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        return self._eval_packs_cache[key]
-
-    def num_eval_batches(self, split: str, batch_size: int) -> int:
-        """Global eval batches that hold every example of `split` once."""
-        if self.packing and self.task != "causal-lm":
-            return len(self._eval_packs(split, batch_size)) - 1
-        data, _ = self.split(split)
-        return -(-sum(data.counts().values()) // batch_size)
-
-    def eval_batch_at(
-        self,
-        split: str,
-        k: int,
-        batch_size: int,
-        *,
-        process_index: int | None = None,
-        process_count: int | None = None,
-    ) -> dict[str, np.ndarray]:
-        """This process's rows of global eval batch k (languages sorted, file order inside).
-
-        With packing (classification tasks) the batch packs the next examples in order into
-        `batch_size` rows, as many as fit; nothing is dropped (see `unpack_segments`).
-        """
-        pi, pc = _processes(process_index, process_count)
-        local = _local_rows(batch_size, pi, pc)
-        _, stores = self.split(split)
-        order = self._order(split)
-        lang_index = {lang: i for i, lang in enumerate(self.all_languages)}
-        if self.packing and self.task != "causal-lm":
-            bounds = self._eval_packs(split, batch_size)
-            part = order[bounds[k] : bounds[k + 1]]
-            rows = [(stores[lang], r) for lang, r in part]
-            lang = np.array([lang_index[g] for g, _ in part], np.int32)
-            batch, placed, dropped = self._pack(rows, batch_size)
-            assert dropped == 0, "eval packing layout and pack() disagree"
-            return self._finish_packed(batch, placed, lang, local)
-        part = order[k * batch_size : (k + 1) * batch_size]
-        return self._ordered_batch(
-            stores, part, batch_size, process_index, process_count, mask_key=(1, k)
-        )
-
-    def _ordered_batch(self, stores, part, batch_size, process_index, process_count, *, mask_key):
-        """Rows `part` ([(language, row)], at most batch_size) as a padded, masked batch;
-        `mask_key` keys the masked-LM corruption (see `_mask`)."""
-        pi, pc = _processes(process_index, process_count)
-        local = _local_rows(batch_size, pi, pc)
-        real = len(part)
-        part = part + [part[0]] * (batch_size - real)  # filler rows, masked out by `_padded`
-        rows = [(stores[lang], r) for lang, r in part]
-        lang_index = {lang: i for i, lang in enumerate(self.all_languages)}
-        lang_ids = np.array([lang_index[lang] for lang, _ in part], np.int32)
-        return self._padded(rows, lang_ids, real, local, mask_key=mask_key)
-
-    def _padded(
-        self,
-        rows: list[tuple[Tokenized, int]],
-        lang_ids: np.ndarray,
-        real: int,
-        local: slice,
-        *,
-        mask_key: tuple[int, int],
-    ) -> dict[str, np.ndarray]:
-        """This process's rows of an unpacked global batch (train, eval and probe batches).
-
-        The rows are padded to the length bucket of the longest of all `rows` (so every process
-        pads alike), corrupted for masked LM by `mask_key` (see `_mask`), and given their
-        `language_id` ([B] `lang_ids`, indexing `all_languages`) and `example_mask`: rows after
-        the first `real` are fillers, with mask 0 and ignored labels.
-        """
-        lengths = [int(s.offsets[r + 1] - s.offsets[r]) for s, r in rows]
-        t = choose_bucket(max(lengths), self.buckets)
-        batch = collate(rows[local], t, pad_id=self.pad_id, task=self.task)
-        batch = self._mask(batch, mask_key, local)
-        mask = (np.arange(len(rows)) < real).astype(np.int32)[local]
-        if self.task == "sequence-classification":
-            batch["labels"] = np.where(mask > 0, batch["labels"], 0).astype(np.int32)
-        else:
-            batch["labels"] = np.where(mask[:, None] > 0, batch["labels"], IGNORE_INDEX).astype(
-                np.int32
-            )
-        batch["language_id"] = np.asarray(lang_ids)[local].astype(np.int32)
-        batch["example_mask"] = mask
-        return batch
-
-    def probe_batches(
-        self,
-        per_language: int,
-        batch_size: int,
-        *,
-        process_index: int | None = None,
-        process_count: int | None = None,
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of a fixed sample of the training split: `per_language` examples of each
-        language (all of a smaller one), chosen by a stateless permutation of the seed; the base
-        model's per-language loss is measured on them (dynamic weights)."""
-        order = []
-        for lang_id, lang in enumerate(self.languages):
-            n = len(self.stores[lang])
-            rows = permute(np.arange(min(per_language, n)), n, hash_key(self.seed, 3, lang_id))
-            order += [(lang, int(r)) for r in rows.tolist()]
-        for k in range(-(-len(order) // batch_size)):
-            part = order[k * batch_size : (k + 1) * batch_size]
-            yield self._ordered_batch(
-                self.stores, part, batch_size, process_index, process_count, mask_key=(2, k)
-            )
-
-    def eval_batches(
-        self,
-        split: str,
-        batch_size: int,
-        *,
-        process_index: int | None = None,
-        process_count: int | None = None,
-        prefetch: int = 2,
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Every example of `split` once, in fixed-size batches; the last batch is padded with
-        rows whose `example_mask` is 0."""
-        pi, pc = _processes(process_index, process_count)
-        n = self.num_eval_batches(split, batch_size)
-        ds = grain.MapDataset.range(n).map(
-            functools.partial(
-                self.eval_batch_at,
-                split,
-                batch_size=batch_size,
-                process_index=pi,
-                process_count=pc,
-            )
-        )
-        opts = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
-        return iter(ds.to_iter_dataset(opts))
 
 
 def train_batches(

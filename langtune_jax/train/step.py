@@ -255,7 +255,7 @@ def per_language_sums(
     A packed classification batch holds one loss per segment (``nll [B, S]``) and the language of
     each (``segment_language``), so every example counts for its own language. Otherwise a row
     is one example of ``language_id`` (``nll [B]`` or ``[B, T']``, summed per row). Packed LM rows,
-    whose tokens may be of several languages, must not be summed here (``train.loop`` asks for
+    whose tokens may be of several languages, must not be summed here (``train.start`` asks for
     no per-language sums then).
     """
     seg_lang = batch.get("segment_language")
