@@ -345,3 +345,20 @@ def test_train_warns_about_unread_options_before_it_loads_anything(tmp_path, cap
     assert "peft.adapters.reduction_factor, sampling.alpha are set but not read" in warning
     assert "peft.method 'lora' and sampling.strategy 'natural'" in warning
     assert not (tmp_path / "run").exists()
+
+
+def test_a_warmup_longer_than_the_run_is_kept_and_warned_about(tmp_path, caplog):
+    from langtune_jax.train.preflight import warn_config
+
+    cfg = load_config(_write(tmp_path, BASE), ["train.steps=60", "train.warmup_steps=100"])
+    with caplog.at_level("WARNING"):
+        warn_config(cfg)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "train.warmup_steps (100) is more than train.steps (60)" in warning
+    assert "ends near 60% of train.learning_rate" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        warn_config(
+            load_config(_write(tmp_path, BASE), ["train.steps=60", "train.warmup_steps=60"])
+        )
+    assert not caplog.records

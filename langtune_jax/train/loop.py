@@ -46,7 +46,7 @@ from langtune_jax.train.dynamic_weights import start_weights, update_weights
 from langtune_jax.train.evaluation import evaluate_on_cadence, final_reports
 from langtune_jax.train.logging_utils import MetricsLogger, Progress
 from langtune_jax.train.optim import segmented_schedule
-from langtune_jax.train.preflight import warn_unused_options
+from langtune_jax.train.preflight import warn_config
 from langtune_jax.train.session import build_session, maybe_initialize_distributed, resolve_run_dir
 from langtune_jax.train.start import (
     Run,
@@ -170,7 +170,7 @@ def train(
 
 def _claimed(cfg: RunConfig, run_dir: Path, restart: bool, extend: bool) -> Path:
     """The run folder's checks and lock around :func:`_train`."""
-    warn_unused_options(cfg)
+    warn_config(cfg)
     run_folder.check_run_folder(run_dir)
     if not restart:
         run_folder.check_resume_config(run_dir, cfg, extend)

@@ -19,9 +19,11 @@ from langtune_jax.config import TrainConfig
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
     """Learning rate per step: linear warm-up to ``learning_rate``, then constant/linear/cosine.
 
-    Linear and cosine decay reach 0 at ``cfg.steps``.
+    Linear and cosine decay reach 0 at ``cfg.steps``. A warm-up longer than the run is kept, as
+    transformers' schedules keep it: the rate rises by ``learning_rate / warmup_steps`` per step
+    for the whole run and never peaks (the run warns about it before step 0).
     """
-    warmup = min(cfg.warmup_steps, cfg.steps)
+    warmup = cfg.warmup_steps
     decay_steps = max(cfg.steps - warmup, 1)
     if cfg.schedule == "constant":
         after = optax.constant_schedule(cfg.learning_rate)

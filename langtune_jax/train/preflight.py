@@ -50,9 +50,11 @@ def preflight(cfg: RunConfig, dataset: DataPipeline, mesh: Any) -> None:
     check_source_language(cfg, dataset)
 
 
-def warn_unused_options(cfg: RunConfig) -> None:
+def warn_config(cfg: RunConfig) -> None:
     """Warn about options that the chosen method and strategy do not read
-    (:meth:`RunConfig.unused_options`); ``langtune train`` and ``langtune plan`` both do."""
+    (:meth:`RunConfig.unused_options`) and about a warm-up longer than the run;
+    ``langtune train`` and ``langtune plan`` both do."""
+    warn_long_warmup(cfg)
     if unused := cfg.unused_options():
         it = "it" if len(unused) == 1 else "them"
         log.warning(
@@ -64,6 +66,20 @@ def warn_unused_options(cfg: RunConfig) -> None:
             cfg.sampling.strategy,
             it,
             it,
+        )
+
+
+def warn_long_warmup(cfg: RunConfig) -> None:
+    """Warn when the warm-up outlasts the run: the learning rate never reaches its peak."""
+    warmup, steps = cfg.train.warmup_steps, cfg.train.steps
+    if warmup > steps:
+        log.warning(
+            "train.warmup_steps (%d) is more than train.steps (%d): the learning rate rises for "
+            "the whole run and ends near %.0f%% of train.learning_rate (as in transformers); lower "
+            "train.warmup_steps for a full warm-up",
+            warmup,
+            steps,
+            100 * steps / warmup,
         )
 
 

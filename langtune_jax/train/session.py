@@ -361,9 +361,9 @@ def sampling_plan(cfg: RunConfig) -> data_lib.SamplingPlan:
     Runs the same pre-step-0 checks as training (on this machine's devices), so a plan that
     prints is a run that starts.
     """
-    from langtune_jax.train.preflight import check_model_config, preflight, warn_unused_options
+    from langtune_jax.train.preflight import check_model_config, preflight, warn_config
 
-    warn_unused_options(cfg)
+    warn_config(cfg)
     mesh = _mesh(cfg)
     check_model_config(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
