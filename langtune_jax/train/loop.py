@@ -385,8 +385,19 @@ def _write_run_files(run_dir, cfg, plan_dict, fp, labels, segments, start) -> No
         },
     )
     dropped = run_folder.truncate_metrics(run_dir, start)
-    if dropped:
-        log.info("metrics.jsonl: dropped %d records written after step %d", dropped, start)
+    if dropped and start == 0:
+        log.info(
+            "metrics.jsonl: an earlier attempt saved no checkpoint; training starts over from "
+            "step 0 (its %d records are dropped and written again)",
+            dropped,
+        )
+    elif dropped:
+        log.info(
+            "metrics.jsonl: dropped %d records written after the checkpoint of step %d (or by "
+            "the final reports); they are written again",
+            dropped,
+            start,
+        )
 
 
 def _mesh_line(mesh) -> str:

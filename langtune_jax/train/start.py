@@ -79,7 +79,18 @@ def restore(session: Session, ckpt: Checkpointer) -> Restored:
     )
     if state is not None:
         split.trainable, opt_state, split.mutable = state
-        log.info("resumed from %s at step %d", ckpt.directory, start)
+        steps = session.cfg.train.steps
+        if start >= steps:
+            log.info(
+                "the run in %s is already trained to step %d of %d: nothing to train; the final "
+                "evaluation and the export run again (--extend with a larger train.steps trains "
+                "on, --restart starts over)",
+                session.run_dir,
+                start,
+                steps,
+            )
+        else:
+            log.info("resumed from %s at step %d of %d", ckpt.directory, start, steps)
     return Restored(opt_state, shardings, fp, start, history, record)
 
 

@@ -103,7 +103,7 @@ def test_all_checkpoints_unreadable_is_refused(assets, tmp_path, capsys):
 # ------------------------------------------------------------------ train.steps, --extend
 
 
-def test_changed_steps_is_refused_unless_extend(assets, tmp_path, capsys):
+def test_changed_steps_is_refused_unless_extend(assets, tmp_path, capsys, caplog):
     path, run = tmp_path / "cfg.yaml", tmp_path / "run"
     dump_config(_config(assets), path)
     assert _langtune(capsys, "train", path, "--run-dir", run)[0] == 0
@@ -128,6 +128,12 @@ def test_changed_steps_is_refused_unless_extend(assets, tmp_path, capsys):
     ]
     train_steps = [r["step"] for r in _records(run) if r["kind"] == "train"]
     assert train_steps == [2, 4, 6, 8]
+    # Rerunning the finished run says so: nothing to train, the final reports run again.
+    with caplog.at_level(logging.INFO, logger="langtune_jax"):
+        assert _langtune(capsys, *extend)[0] == 0
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "already trained to step 8 of 8: nothing to train" in said
+    assert [r["step"] for r in _records(run) if r["kind"] == "train"] == [2, 4, 6, 8]
     # The second segment's linear decay starts again at the peak: lr(6) = 1e-2 * (1 - 2/4).
     lr6 = next(r["learning_rate"] for r in _records(run) if r["step"] == 6)
     assert lr6 == pytest.approx(5e-3)
