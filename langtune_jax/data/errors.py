@@ -23,8 +23,12 @@ class BadRow(Exception):
       where: ``"file:line"`` (or ``"file:row i"``) of the row.
       reason: what is wrong with it and the fix, for people.
       language: the row's language when known (skipped rows are counted per language).
+      header: for a missing column, what is wrong with a tabular file's header (CSV, Parquet:
+        every row has the header's columns, so the file, not the row, is at fault).
     """
 
-    def __init__(self, where: str, reason: str, language: str | None = None):
+    def __init__(
+        self, where: str, reason: str, language: str | None = None, header: str | None = None
+    ):
         super().__init__(f"{where}: {reason}")
-        self.where, self.reason, self.language = where, reason, language
+        self.where, self.reason, self.language, self.header = where, reason, language, header

@@ -351,10 +351,12 @@ def required_column(row: dict, name: str, where: str, field: str) -> Any:
       BadRow: the column is missing or null.
     """
     if name not in row or row[name] is None:
+        columns = ", ".join(map(repr, row)) or "no columns"
+        fix = f"set data.sources[].{field} to the right column"
         raise BadRow(
             where,
-            f"missing column {name!r} (row has {', '.join(map(repr, row)) or 'no columns'}); "
-            f"set data.sources[].{field} to the right column",
+            f"missing column {name!r} (row has {columns}); {fix}",
+            header=None if name in row else f"the header has no column {name!r} ({columns}); {fix}",
         )
     return row[name]
 

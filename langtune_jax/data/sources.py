@@ -171,6 +171,12 @@ def _streams(
     return [(path, src.language or file_lang, read_rows(src, path)) for path, file_lang in files]
 
 
+def _tabular(src: SourceConfig, path: str) -> bool:
+    """Whether a file's rows all have its header's columns (CSV, TSV, Parquet)."""
+    kind = src.format if src.format != "auto" else str(path).rsplit(".", 1)[-1].lower()
+    return kind in ("csv", "tsv", "parquet")
+
+
 class _SplitReader:
     """Collects the validated examples of one split, stream by stream."""
 
@@ -215,6 +221,8 @@ class _SplitReader:
                 if self.label_set is not None:
                     check_label(ex, self.label_set, self.task)
             except BadRow as err:
+                if err.header and path is not None and _tabular(src, path):
+                    raise DataError(f"{path}:1: {err.header}") from None
                 self.bad(err, lang)
                 continue
             kept += 1
