@@ -46,6 +46,7 @@ from langtune_jax.peft.lora import (
     trainable_filter,
     trainable_summary,
     unmerge_lora,
+    write_labels,
 )
 from langtune_jax.peft.targets import find_targets, named_modules
 
@@ -82,6 +83,7 @@ __all__ = [
     "merged_view",
     "named_modules",
     "read_labels",
+    "write_labels",
     "remove_adapters",
     "save_adapters",
     "save_language_library",

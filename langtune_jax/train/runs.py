@@ -54,7 +54,10 @@ def export_adapter(session: Session, folder: Path) -> None:
             model, folder, base_model_name_or_path=base, label_names=session.label_names
         )
     if "adapters" in method:
-        peft_lib.save_adapters(model, folder / "bottleneck" if "lora" in method else folder)
+        target = folder / "bottleneck" if "lora" in method else folder
+        peft_lib.save_adapters(model, target)
+        if session.label_names and jax.process_index() == 0:
+            peft_lib.write_labels(target, session.label_names)
         adapters = peft_lib.get_adapter_config(model)
         if adapters.languages is not None and adapters.language_adapters is None:
             # Per-language adapters trained in this run: also a library a task run can stack on.

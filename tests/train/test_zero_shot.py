@@ -65,6 +65,10 @@ def test_zero_shot_language_is_evaluated_and_marked(assets, tmp_path, peft):
     assert g["transfer_gap"] == pytest.approx(seen - acc["sw"])
     assert g["transfer_gaps"] == {"sw": pytest.approx(seen - acc["sw"])}
     assert g["gap"] == pytest.approx(max(acc.values()) - min(acc.values()))
+    # Both kinds of adapter folder carry the class names (labels.json), in label-id order.
+    from langtune_jax.peft import read_labels
+
+    assert read_labels(run / "adapter") == report["label_names"]
 
 
 @pytest.mark.slow  # heavy (>15 s on 2 cores): make test-slow, run by CI after make test

@@ -93,6 +93,7 @@ from langtune_jax.peft.lora.peft_format import (
     import_peft,
     merge_and_save,
     read_labels,
+    write_labels,
 )
 from langtune_jax.peft.lora.routing import (
     adapter_routing,
@@ -118,6 +119,7 @@ __all__ = [
     "merge_lora",
     "merged_view",
     "read_labels",
+    "write_labels",
     "resolve_config",
     "set_adapter",
     "trainable_filter",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,15 +165,23 @@ def export_peft(
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
         if label_names:
-            names = [str(n) for n in label_names]
-            labels = {
-                "labels": names,
-                "id2label": {str(i): n for i, n in enumerate(names)},
-                "label2id": {n: i for i, n in enumerate(names)},
-            }
-            (folder / LABELS_NAME).write_text(json.dumps(labels, indent=2) + "\n")
+            write_labels(folder, label_names)
         make_readable(folder)
     return folder
+
+
+def write_labels(folder: str | Path, label_names: Sequence[str]) -> Path:
+    """Write ``labels.json`` (names in label-id order, ``id2label``, ``label2id``) into an adapter
+    folder; :func:`read_labels` reads it back."""
+    names = [str(n) for n in label_names]
+    labels = {
+        "labels": names,
+        "id2label": {str(i): n for i, n in enumerate(names)},
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+    path = Path(folder) / LABELS_NAME
+    path.write_text(json.dumps(labels, indent=2) + "\n")
+    return path
 
 
 def read_labels(folder: str | Path) -> list[str] | None:
