@@ -28,6 +28,7 @@ from langtune_jax.data.errors import BadRow, DataError, MissingSplitError
 from langtune_jax.data.readers import (
     check_label,
     example_from_row,
+    file_format,
     normalize_language,
     read_hf,
     read_rows,
@@ -171,12 +172,6 @@ def _streams(
     return [(path, src.language or file_lang, read_rows(src, path)) for path, file_lang in files]
 
 
-def _tabular(src: SourceConfig, path: str) -> bool:
-    """Whether a file's rows all have its header's columns (CSV, TSV, Parquet)."""
-    kind = src.format if src.format != "auto" else str(path).rsplit(".", 1)[-1].lower()
-    return kind in ("csv", "tsv", "parquet")
-
-
 class _SplitReader:
     """Collects the validated examples of one split, stream by stream."""
 
@@ -221,7 +216,9 @@ class _SplitReader:
                 if self.label_set is not None:
                     check_label(ex, self.label_set, self.task)
             except BadRow as err:
-                if err.header and path is not None and _tabular(src, path):
+                # CSV and Parquet rows all have the header's columns: the file is at fault.
+                tabular = path is not None and file_format(src, path) in ("csv", "parquet")
+                if err.header and tabular:
                     raise DataError(f"{path}:1: {err.header}") from None
                 self.bad(err, lang)
                 continue

@@ -87,16 +87,15 @@ def check_peft_targets(cfg: RunConfig, dataset: DataPipeline) -> None:
     """The PEFT config finds its modules in the model (``target_modules``, ``layers_to_transform``,
     adapter layers and sites): applied to the model's shapes, before any weight is read."""
     from langtune_jax.models.hub import abstract_model
-    from langtune_jax.train.session import apply_peft
+    from langtune_jax.train.session import apply_peft, num_labels
 
     if cfg.peft.method == "none":
         return
-    num_labels = len(dataset.labels) if "classification" in cfg.model.task else None
     try:
         abstract_model(
             cfg.model.name_or_path,
             cfg.model.task,
-            num_labels=num_labels,
+            num_labels=num_labels(cfg, dataset),
             transform=lambda model: apply_peft(model, cfg, nnx.Rngs(0))[0],
         )
     except ValueError as err:

@@ -318,8 +318,12 @@ def _mesh(cfg: RunConfig) -> Mesh:
         raise ConfigError(f"config section 'mesh': {err}") from None
 
 
+def num_labels(cfg: RunConfig, dataset: data_lib.DataPipeline) -> int | None:
+    """Classes of the task head: the data's label vocabulary (classification tasks), else None."""
+    return len(dataset.labels) if "classification" in cfg.model.task else None
+
+
 def _load_model(cfg: RunConfig, mesh, dataset) -> nnx.Module:
-    num_labels = len(dataset.labels) if "classification" in cfg.model.task else None
     dtype = jnp.bfloat16 if cfg.model.compute_dtype() == "bfloat16" else jnp.float32
     param_dtype = jnp.bfloat16 if cfg.model.param_dtype == "bfloat16" else jnp.float32
     return from_pretrained(
@@ -327,7 +331,7 @@ def _load_model(cfg: RunConfig, mesh, dataset) -> nnx.Module:
         task=cfg.model.task,
         dtype=dtype,
         param_dtype=param_dtype,
-        num_labels=num_labels,
+        num_labels=num_labels(cfg, dataset),
         mesh=mesh,
         seed=cfg.run.seed,
         rng_impl=cfg.train.rng_impl,
