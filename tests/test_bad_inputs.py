@@ -167,6 +167,7 @@ class Case:
       trains: the error comes after training steps (divergence, a full disk); the run folder may
         gain files, but nothing that existed before changes and no checkpoint is written.
       patch: (module attribute path, factory of a replacement) applied while the case runs.
+      cwd: run from the world's folder (for mistakes about relative paths).
     """
 
     name: str
@@ -177,6 +178,14 @@ class Case:
     subprocess: bool = False
     trains: bool = False
     patch: tuple[str, Callable] | None = None
+    cwd: bool = False
+
+
+def _config_in_subfolder(w: World) -> list[str]:
+    """configs/run.yaml naming the data as seen from the world's folder (``data/{split}``)."""
+    data = json.loads(json.dumps(w.base))
+    data["data"]["sources"] = [{"path": "data/{split}"}]
+    return ["train", str(w.write("configs/run.yaml", yaml.safe_dump(data)))]
 
 
 def _bad_train_row(line: str, rel: str = "data/train/es.jsonl"):
@@ -369,6 +378,11 @@ CASES: list[Case] = [
       "config",
       lambda w: _train(w, {"data.sources": [{"path": "x/{split}/{language}.jsonl", "language": "xx"}]}),
       ("data.sources[0]", "language", "drop language")),
+    C("config-relative-path", "a relative data path written from the current directory, in a "
+      "config that lies in a subfolder (paths in a config resolve against its folder)", "config",
+      _config_in_subfolder,
+      ("data.sources[0].path", "'data/{split}'", "config file's folder", "'../data/{split}'"),
+      cwd=True),
     C("config-no-sources", "data.sources is empty", "config",
       lambda w: _train(w, {"data.sources": []}), ("data.sources is empty",)),
     C("weights-same-language", "sampling.weights names a language twice (`EN`, `en`)", "config",
@@ -615,6 +629,8 @@ def _run(case: Case, argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input(case: Case, tmp_path, micro_model, capsys, monkeypatch):
     w = World(tmp_path, micro_model)
+    if case.cwd:
+        monkeypatch.chdir(tmp_path)
     argv = case.setup(w)
     before = _snapshot(tmp_path)
     had_run_dir = w.run_dir.exists()

@@ -32,7 +32,7 @@ from langtune_jax.data.errors import DataError
 from langtune_jax.data.features import Tokenized
 from langtune_jax.data.sources import SplitData
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the count of truncated rows per language
 _ARRAYS = ("input_ids", "offsets", "token_type_ids", "token_labels", "labels")
 
 
@@ -55,9 +55,12 @@ class CachedRows(Sequence):
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of a fast tokenizer: its serialised pipeline, special tokens and chat template."""
-    backend = (
-        tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else ""
-    )
+    backend = ""
+    if hasattr(tokenizer, "backend_tokenizer"):
+        # Truncation and padding are per-call state that transformers leaves on the backend
+        # after a call: not part of what the tokenizer is.
+        state = json.loads(tokenizer.backend_tokenizer.to_str())
+        backend = json.dumps(state | {"truncation": None, "padding": None}, sort_keys=True)
     specials = {
         name: getattr(tokenizer, name, None)
         for name in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id")
@@ -122,7 +125,7 @@ def save_split(
         for i, lang in enumerate(languages)
         for field in _ARRAYS
         if getattr(stores[lang], field) is not None
-    }
+    } | {f"{i}.truncated": np.asarray(stores[lang].truncated) for i, lang in enumerate(languages)}
     meta = {
         "languages": languages,
         "labels": labels,
@@ -148,7 +151,10 @@ def load_split(folder: Path, name: str) -> tuple[SplitData, dict[str, Tokenized]
     with np.load(folder / f"{name}.npz") as npz:
         arrays = {k: npz[k] for k in npz.files}
     stores = {
-        lang: Tokenized(**{f: arrays.get(f"{i}.{f}") for f in _ARRAYS})
+        lang: Tokenized(
+            **{f: arrays.get(f"{i}.{f}") for f in _ARRAYS},
+            truncated=int(arrays.get(f"{i}.truncated", 0)),
+        )
         for i, lang in enumerate(meta["languages"])
     }
     fields = dict(meta["split"])

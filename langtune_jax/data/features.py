@@ -39,6 +39,7 @@ class Tokenized:
       token_type_ids: like input_ids, or None when the tokenizer gives none.
       token_labels: like input_ids (token classification and causal LM), or None.
       labels: [n] int32 (sequence classification), or None.
+      truncated: how many rows were longer than ``max_length`` and lost their end.
     """
 
     input_ids: np.ndarray
@@ -46,6 +47,7 @@ class Tokenized:
     token_type_ids: np.ndarray | None = None
     token_labels: np.ndarray | None = None
     labels: np.ndarray | None = None
+    truncated: int = 0
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -140,11 +142,14 @@ class _Rows:
     types: list[list[int]] = dataclasses.field(default_factory=list)
     token_labels: list[list[int]] = dataclasses.field(default_factory=list)
     labels: list[int] = dataclasses.field(default_factory=list)
+    truncated: int = 0
 
     def encode(self, *texts, **options):
         """``tokenizer(*texts, **options)`` truncated to max_length; its input ids (and token
         type ids, when the tokenizer gives them) are appended. Returns the encoding."""
         enc = self.tokenizer(*texts, truncation=True, max_length=self.max_length, **options)
+        # A fast tokenizer keeps what truncation cut in each encoding's `overflowing`.
+        self.truncated += sum(bool(e.overflowing) for e in enc.encodings or ())
         self.ids += enc["input_ids"]
         if "token_type_ids" in enc:
             self.types += enc["token_type_ids"]
@@ -158,6 +163,7 @@ class _Rows:
             token_type_ids=_ragged(self.types)[0] if self.types else None,
             token_labels=_ragged(self.token_labels)[0] if self.token_labels else None,
             labels=np.asarray(self.labels, dtype=np.int32) if self.labels else None,
+            truncated=self.truncated,
         )
 
 
@@ -189,9 +195,10 @@ def _masked_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
 
 def _lm_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
     """Causal LM rows (see `_causal_rows`): no token type ids."""
-    ids, labels = _causal_rows(part, rows.tokenizer, rows.max_length)
+    ids, labels, truncated = _causal_rows(part, rows.tokenizer, rows.max_length)
     rows.ids += ids
     rows.token_labels += labels
+    rows.truncated += truncated
 
 
 _ADD_ROWS = {
@@ -221,13 +228,13 @@ def _causal_rows(part, tokenizer, max_length):
         heads.append([] if templated else bos)
     enc_p = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     enc_r = tokenizer(responses, add_special_tokens=False)["input_ids"]
-    ids, labels = [], []
+    ids, labels, truncated = [], [], 0
     for p, r, head in zip(enc_p, enc_r, heads):
-        row = (head + p + r + eos)[:max_length]
-        lab = ([IGNORE_INDEX] * (len(head) + len(p)) + r + eos)[:max_length]
-        ids.append(row)
-        labels.append(lab)
-    return ids, labels
+        full = head + p + r + eos
+        truncated += len(full) > max_length
+        ids.append(full[:max_length])
+        labels.append(([IGNORE_INDEX] * (len(head) + len(p)) + r + eos)[:max_length])
+    return ids, labels, truncated
 
 
 def choose_bucket(length: int, buckets: Sequence[int]) -> int:

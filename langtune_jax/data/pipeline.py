@@ -87,6 +87,20 @@ def check_eval_languages(split: str, languages: list[str], train_languages: list
     return unknown
 
 
+def truncation_note(split: str, stores: dict[str, Tokenized], max_length: int) -> str | None:
+    """A sentence on the examples of a split that ``data.max_length`` cut, or None if none was."""
+    cut = {lang: store.truncated for lang, store in stores.items() if store.truncated}
+    if not cut:
+        return None
+    total = sum(len(store) for store in stores.values())
+    per_lang = ", ".join(f"{lang} {n:,}" for lang, n in sorted(cut.items()))
+    return (
+        f"split {split!r}: {sum(cut.values()):,} of {total:,} examples are longer than "
+        f"data.max_length={max_length} tokens and were cut to it ({per_lang}); raise "
+        "data.max_length to keep them whole"
+    )
+
+
 def check_targets(split: str, stores: dict[str, Tokenized], task: str, max_length: int) -> None:
     """Every language of a split keeps at least one trainable target after truncation.
 
@@ -106,6 +120,12 @@ def check_targets(split: str, stores: dict[str, Tokenized], task: str, max_lengt
                 f"truncation to data.max_length={max_length}; raise data.max_length or shorten "
                 "the prompts"
             )
+
+
+def _warn_truncated(split: str, stores: dict[str, Tokenized], max_length: int) -> None:
+    note = truncation_note(split, stores, max_length)
+    if note:
+        log.warning(note)
 
 
 def _check_task(task: str, data_cfg: DataConfig, tokenizer) -> None:
@@ -247,9 +267,11 @@ class DataPipeline(TrainBatching, EvalBatching):
         held = self._hold_out() if data_cfg.validation_fraction > 0 else None
         self.stores = self._tokenize(self.train)
         check_targets("train", self.stores, task, data_cfg.max_length)
+        # Train's truncated rows are a note of the plan, which prints at the start of training.
         self._save("train", self.train, self.stores)
         if held is not None:
             self._eval_cache["validation"] = (held, self._tokenize(held))
+            _warn_truncated("validation", self._eval_cache["validation"][1], data_cfg.max_length)
             self._save("validation", *self._eval_cache["validation"])
 
     def _hold_out(self) -> SplitData:
@@ -300,7 +322,8 @@ class DataPipeline(TrainBatching, EvalBatching):
             tokens=self.tokens,
             skipped=self.train.skipped,
             skipped_reasons=self.train.reasons,
-            notes=self.train.notes(),
+            notes=self.train.notes()
+            + [n for n in [truncation_note("train", self.stores, self.data_cfg.max_length)] if n],
         )
 
     # ---------------------------------------------------------------- eval splits
@@ -328,6 +351,7 @@ class DataPipeline(TrainBatching, EvalBatching):
             self._add_zero_shot(check_eval_languages(split, data.languages, self.languages))
             stores = self._tokenize(data)
             check_targets(split, stores, self.task, self.data_cfg.max_length)
+            _warn_truncated(split, stores, self.data_cfg.max_length)
             self._eval_cache[split] = (data, stores)
             self._save(split, *self._eval_cache[split])
         return self._eval_cache[split]

@@ -104,3 +104,49 @@ def test_packing_segments_positions_and_labels(tokenizer):
     # overflow is dropped and counted, never silently
     _, _, dropped = pack(rows, num_rows=1, length=16, pad_id=0)
     assert dropped >= 1
+
+
+def test_truncated_rows_are_counted_for_every_task(tokenizer):
+    """`Tokenized.truncated` counts the rows that max_length cut, against the untruncated
+    tokenizer (sequence pairs, pre-split words, masked LM) and the causal row layout."""
+    texts = ["the cat sat on the mat", "el gato", "la casa es grande y blanca", "a dog"]
+    full = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    seq = tokenize(
+        [{"text": t, "label": "a"} for t in texts],
+        tokenizer,
+        task="sequence-classification",
+        max_length=6,
+        label_to_id={"a": 0},
+    )
+    assert seq.truncated == sum(n > 6 for n in full) == 2
+    pair = tokenize(
+        [{"text": "el gato", "text_pair": "la casa es grande", "label": "a"}],
+        tokenizer,
+        task="sequence-classification",
+        max_length=6,
+        label_to_id={"a": 0},
+    )
+    assert pair.truncated == 1
+    words = [t.split() for t in texts]
+    tags = tokenize(
+        [{"tokens": w, "tags": ["O"] * len(w)} for w in words],
+        tokenizer,
+        task="token-classification",
+        max_length=6,
+        label_to_id={"O": 0},
+    )
+    ref = tokenizer(words, is_split_into_words=True)["input_ids"]
+    assert tags.truncated == sum(len(r) > 6 for r in ref)
+    mlm = tokenize([{"text": t} for t in texts], tokenizer, task="masked-lm", max_length=6)
+    assert mlm.truncated == seq.truncated
+    # Causal rows: BOS + prompt + response + EOS; exactly max_length is not cut.
+    r = tokenizer("the cat", add_special_tokens=False)["input_ids"]
+    exact = 1 + len(r) + 1
+    causal = tokenize(
+        [{"prompt": "", "response": "the cat"}, {"prompt": "el gato", "response": "the cat"}],
+        tokenizer,
+        task="causal-lm",
+        max_length=exact,
+    )
+    assert causal.truncated == 1 and causal.lengths.tolist() == [exact, exact]
+    assert tokenize([{"text": "a dog"}], tokenizer, task="masked-lm", max_length=64).truncated == 0

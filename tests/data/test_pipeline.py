@@ -343,3 +343,43 @@ def test_token_classification_packing_eval_holds_every_example(tmp_path, tokeniz
         out = unpack_segments({**e, "predictions": e["labels"]}, "token-classification")
         got += [tuple(row[row != -100]) for row in out["labels"]]
     assert sorted(got) == want and len(got) == 7
+
+
+def test_truncated_examples_are_a_plan_note_and_survive_the_cache(tmp_path, tokenizer, caplog):
+    """Examples cut at data.max_length are counted per language in the plan's notes (train) and
+    warned about when an eval split is read; the count comes back from the tokenized cache."""
+    _write(tmp_path)
+    cfg = DataConfig(
+        sources=[SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")], max_length=6
+    )
+    kwargs = dict(task="sequence-classification", seed=0, total_samples=64)
+    cache = tmp_path / "cache"
+    pipe = DataPipeline(cfg, SamplingConfig(), tokenizer, cache_dir=cache, **kwargs)
+    cut = {lang: s.truncated for lang, s in pipe.stores.items()}
+    lengths = {
+        lang: [len(tokenizer(ex["text"])["input_ids"]) for ex in pipe.train.examples[lang]]
+        for lang in pipe.languages
+    }
+    assert cut == {lang: sum(n > 6 for n in ns) for lang, ns in lengths.items()}
+    assert all(cut.values())
+    (note,) = [n for n in pipe.plan.notes if "data.max_length=6" in n]
+    total = sum(len(r) for r in pipe.train.examples.values())
+    assert f"{sum(cut.values()):,} of {total:,} examples" in note
+    assert all(f"{lang} {n:,}" in note for lang, n in cut.items())
+    assert note in pipe.plan.table()
+    with caplog.at_level("WARNING", logger="langtune_jax.data.pipeline"):
+        pipe.split("validation")
+    assert any(
+        "split 'validation'" in r.message and "data.max_length=6" in r.message
+        for r in caplog.records
+    )
+    # The same tokenizer object, after truncating calls, still has the cache's fingerprint.
+    again = DataPipeline(cfg, SamplingConfig(), tokenizer, cache_dir=cache, **kwargs)
+    assert type(again.train.examples["en"]).__name__ == "CachedRows"  # read from the cache
+    assert {lang: s.truncated for lang, s in again.stores.items()} == cut
+    assert note in again.plan.notes
+    roomy = DataConfig(sources=cfg.sources, max_length=64)
+    assert not any(
+        "max_length" in n
+        for n in DataPipeline(roomy, SamplingConfig(), tokenizer, **kwargs).plan.notes
+    )
