@@ -2,8 +2,8 @@
 
 A run config is a tree of small dataclasses, one per concern, each owned by the module that reads it
 (``LoraConfig`` lives in ``peft/lora/config.py``, ``SamplingConfig`` in ``data/sampling.py`` ...). This file
-only composes them into :class:`RunConfig` and converts plain YAML data into that tree, generically,
-from the type hints:
+only composes them into :class:`RunConfig` and reads the files; :mod:`langtune_jax.config_convert`
+converts plain YAML data into that tree, generically, from the type hints:
 
 * unknown keys are errors that name the full dotted key and list the valid ones;
 * values are checked against the hint (``int``, ``float``, ``str``, ``bool``, ``X | None``,
@@ -15,32 +15,31 @@ from the type hints:
 Overrides use dotted keys, as on the command line: ``--set train.steps=200
 sampling.strategy=temperature``; the value is parsed as YAML (``[q_proj, v_proj]``, ``null``, ``1e-3``)
 and a number indexes a list (``data.sources.0.path=...``). Relative input paths in a config file
-resolve against the file's folder (:func:`load_config`). :mod:`langtune_jax.config_reference` lists
+resolve against the file's folder (:func:`load_config`, :mod:`langtune_jax.config_paths`). :mod:`langtune_jax.config_reference` lists
 every key with its type, default and doc (``langtune config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
-import os
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from langtune_jax.config_convert import (  # noqa: F401 (public here too)
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    parse_override,
+)
+from langtune_jax.config_paths import resolve_paths
 from langtune_jax.data import DataConfig, SamplingConfig
 from langtune_jax.peft.adapters import AdapterConfig
 from langtune_jax.peft.lora import LoraConfig
 from langtune_jax.tasks import Task
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message that names the key and the fix."""
 
 
 @dataclasses.dataclass
@@ -364,310 +363,6 @@ class RunConfig:
         """Short stable hash of the resolved config (runs with equal hashes are comparable)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-
-# ----------------------------------------------------------------------------- conversion
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
-        return f"{origin.__name__}[{args}]"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return f"a mapping ({tp.__name__})"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the type hint ``tp``; returns the converted value.
-
-    Raises:
-      ConfigError: naming ``key``, the expected type and the value.
-    """
-    if tp is Any:
-        return value
-    wrong = ConfigError(
-        f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
-    )
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise wrong
-        return from_dict(tp, value, prefix=key)
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(
-                f"config key '{key}': {value!r} is not valid; choose {_type_name(tp)}"
-            )
-        return value
-    if origin in (typing.Union, types.UnionType):
-        return _convert_union(value, tp, key, wrong)
-    if origin in (list, dict):
-        return _convert_container(value, tp, key, wrong)
-    return _convert_scalar(value, tp, wrong)
-
-
-def _convert_union(value: Any, tp: Any, key: str, wrong: ConfigError) -> Any:
-    """``X | Y | None``: the first member that takes ``value``; a lone member's own error."""
-    args = typing.get_args(tp)
-    if value is None:
-        if type(None) in args:
-            return None
-        raise wrong
-    errors = []
-    for arg in args:
-        if arg is type(None):
-            continue
-        try:
-            return _convert(value, arg, key)
-        except ConfigError as err:
-            errors.append(err)
-    if len(errors) == 1:
-        raise errors[0]
-    raise wrong
-
-
-def _convert_container(value: Any, tp: Any, key: str, wrong: ConfigError) -> Any:
-    """``list[T]`` (a tuple is taken as a list) and ``dict[K, V]``, item by item."""
-    if typing.get_origin(tp) is list:
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise wrong
-        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    key_tp, val_tp = typing.get_args(tp) or (str, Any)
-    if not isinstance(value, dict):
-        raise wrong
-    return {
-        _convert(k, key_tp, f"{key}.<key>"): _convert(v, val_tp, f"{key}.{k}")
-        for k, v in value.items()
-    }
-
-
-def _convert_scalar(value: Any, tp: Any, wrong: ConfigError) -> Any:
-    """``bool``, ``int`` (not a bool), ``float`` (an int or a number-like string), ``str``, or
-    any other class by ``isinstance``."""
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-3" (no dot) as a string; accept what Python reads as a number.
-            try:
-                return float(value)
-            except ValueError:
-                raise wrong from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong
-        return float(value)
-    if isinstance(tp, type) and not isinstance(value, tp):  # bool, str and other classes
-        raise wrong
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a plain mapping, checking keys and types recursively.
-
-    Args:
-      cls: the dataclass type.
-      data: plain data (from YAML).
-      prefix: dotted key of this section, used in error messages.
-
-    Raises:
-      ConfigError: unknown key, wrong type, or a failed ``__post_init__`` check.
-    """
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    where = f"'{prefix}'" if prefix else "the top level"
-    for name in data:
-        if name not in fields:
-            raise ConfigError(
-                f"unknown config key '{_join(prefix, name)}' in {where}; valid keys: "
-                + ", ".join(sorted(fields))
-            )
-    for name, field in fields.items():
-        required = (
-            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        )
-        if required and name not in data:
-            raise ConfigError(f"missing required config key '{_join(prefix, name)}' in {where}")
-    kwargs = {
-        name: _convert(value, hints[name], _join(prefix, name)) for name, value in data.items()
-    }
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"config section {where}: {err}") from None
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else str(name)
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """Split one ``a.b.0.c=value`` override into its key parts and its YAML-parsed value."""
-    if "=" not in item:
-        raise ConfigError(
-            f"override {item!r} must look like section.key=value (e.g. train.steps=100)"
-        )
-    dotted, raw = item.split("=", 1)
-    parts = [p for p in dotted.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"override {item!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
-    return parts, value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place.
-
-    A numeric part indexes a list: ``data.sources.0.path=x`` sets the first source's path, and the
-    index one past the end appends an item (``data.sources.1.path=y`` adds a second source).
-    """
-    for item in overrides:
-        parts, value = parse_override(item)
-        node: Any = data
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            here = ".".join(parts[: i + 1])
-            if isinstance(node, list):
-                node, part = _list_slot(node, part, item, ".".join(parts[:i]))
-            elif not isinstance(node, dict):
-                raise ConfigError(
-                    f"override {item!r}: '{'.'.join(parts[:i])}' is a value, not a section"
-                )
-            if last:
-                node[part] = value
-                break
-            child = node[part] if isinstance(node, list) else node.get(part)
-            if child is None:
-                child = [] if parts[i + 1].isdigit() else {}
-                node[part] = child
-            if not isinstance(child, (dict, list)):
-                raise ConfigError(f"override {item!r}: '{here}' is a value, not a section")
-            node = child
-    return data
-
-
-def _list_slot(items: list, part: str, item: str, where: str) -> tuple[list, int]:
-    """``(items, index)`` for a numeric key part; the index one past the end appends a slot."""
-    if not part.isdigit():
-        raise ConfigError(
-            f"override {item!r}: '{where}' is a list; index its items by number "
-            f"(e.g. {where}.0.{part})"
-        )
-    index = int(part)
-    if index > len(items):
-        raise ConfigError(
-            f"override {item!r}: '{where}' has {len(items)} item(s); use an index up to "
-            f"{len(items) - 1}, or {len(items)} to append one"
-        )
-    if index == len(items):
-        items.append(None)
-    return items, index
-
-
-# ----------------------------------------------------------------------------- relative paths
-
-
-def _local_path(value: str, base: Path, *, hub_name_possible: bool, key: str) -> str:
-    """``value`` as an absolute path under ``base``, or unchanged when it is a Hub name.
-
-    A relative value that exists under ``base`` (placeholders ``{split}``/``{language}`` read as
-    globs) or starts with ``./``, ``../`` or ``~`` is a path. Otherwise, where a Hub name is
-    possible (a model id, a Hub dataset), the value is left as given.
-
-    Raises:
-      ConfigError: a path (``key``) that is not a Hub name matches nothing under ``base`` but
-        something under the current directory.
-    """
-    expanded = os.path.expanduser(value)
-    if os.path.isabs(expanded):
-        return expanded
-    joined = os.path.abspath(os.path.join(base, expanded))
-    if not hub_name_possible:
-        _check_base(key, value, base)
-    if not hub_name_possible or value.startswith(("./", "../", "~")):
-        return joined
-    return joined if _matches(joined) else value
-
-
-def _matches(path: str) -> bool:
-    return bool(glob.glob(path.replace("{split}", "*").replace("{language}", "*")))
-
-
-def _check_base(key: str, value: str, base: Path) -> None:
-    """Refuse a relative path that names nothing under the config's folder but something under
-    the current directory: the user meant the current directory (the usual mistake)."""
-    cwd = Path.cwd()
-    if Path(base).resolve() == cwd.resolve() or _matches(os.path.join(base, value)):
-        return
-    if _matches(os.path.join(cwd, value)):
-        fixed = os.path.relpath(os.path.join(cwd, value), base)
-        raise ConfigError(
-            f"{key}: {value!r} matches nothing under the config file's folder {base} (relative "
-            f"paths in a config file resolve against its folder), but it does under the current "
-            f"directory: write {fixed!r} or an absolute path"
-        )
-
-
-def resolve_paths(data: dict[str, Any], base: str | Path) -> dict[str, Any]:
-    """Make the input paths of plain config data absolute, relative to ``base``, in place.
-
-    Input paths are ``model.name_or_path``, ``model.tokenizer``, ``data.sources[].path`` and
-    ``peft.adapters.language_adapters`` (the library, or each language's folder); a
-    model or ``format: hf`` dataset that names no local folder stays a Hub id. ``run.output_dir``
-    (where runs are written) stays relative to the current directory.
-    """
-    base = Path(base)
-    model = data.get("model")
-    if isinstance(model, dict):
-        for key in ("name_or_path", "tokenizer"):
-            if isinstance(model.get(key), str) and model[key]:
-                model[key] = _local_path(
-                    model[key], base, hub_name_possible=True, key=f"model.{key}"
-                )
-    section = data.get("data")
-    sources = section.get("sources") if isinstance(section, dict) else None
-    for i, src in enumerate(sources if isinstance(sources, list) else []):
-        if isinstance(src, dict) and isinstance(src.get("path"), str) and src["path"]:
-            hub = src.get("format") == "hf"
-            src["path"] = _local_path(
-                src["path"], base, hub_name_possible=hub, key=f"data.sources[{i}].path"
-            )
-    peft = data.get("peft")
-    adapters = peft.get("adapters") if isinstance(peft, dict) else None
-    library = adapters.get("language_adapters") if isinstance(adapters, dict) else None
-    if isinstance(library, str) and library:  # a language adapter library (MAD-X)
-        adapters["language_adapters"] = _local_path(
-            library, base, hub_name_possible=False, key="peft.adapters.language_adapters"
-        )
-    elif isinstance(library, dict):
-        for lang, folder in library.items():
-            if isinstance(folder, str) and folder:
-                library[lang] = _local_path(
-                    folder,
-                    base,
-                    hub_name_possible=False,
-                    key=f"peft.adapters.language_adapters.{lang}",
-                )
-    return data
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
