@@ -205,7 +205,7 @@ def _claim_run_folder(run_dir: Path, restart: bool) -> run_folder.RunLock:
 def _train(cfg: RunConfig, run_dir: Path, extend: bool) -> Path:
     """A run in a claimed folder: set up, restore, write the run files, loop, final reports."""
     primary = jax.process_index() == 0
-    session = build_session(cfg, run_dir)
+    session = build_session(cfg, run_dir, resuming=run_folder.has_checkpoint(run_dir))
     with contextlib.closing(checkpointer(run_dir, cfg.train)) as ckpt:
         restored = restore(session, ckpt)
         tx, plan_dict, segments = schedule_and_plan(

@@ -56,6 +56,12 @@ def is_run_folder(run_dir: Path) -> bool:
     return (run_dir / RUN_FILE).is_file() or (run_dir / "checkpoints").is_dir()
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir/checkpoints`` holds a step folder (training will resume from one)."""
+    folder = run_dir / "checkpoints"
+    return folder.is_dir() and any(p.is_dir() and p.name.isdigit() for p in folder.iterdir())
+
+
 def check_run_folder(run_dir: Path) -> None:
     """Refuse a ``--run-dir`` that exists and holds files that are not a langtune run.
 

@@ -176,8 +176,9 @@ def check_zero_shot(
                 f"{bare[0]}: {adapters.languages[0]}}}) or peft.adapters.default_fallback to one "
                 f"of {adapters.languages}, or keep shared_task_adapter: true"
             )
-    for z in dataset.zero_shot:
-        log.info("language %r is not in train: evaluated zero-shot", z)
+        for z, r in zip(dataset.zero_shot, rows):  # the data pipeline said they are zero-shot
+            served = f"the {adapters.languages[r]!r} adapter" if r >= 0 else "the shared adapter"
+            log.info("zero-shot language %r is evaluated through %s", z, served)
     return list(dataset.zero_shot)
 
 
@@ -232,15 +233,20 @@ class Session:
 
 
 class _NoFreshHeadNote(logging.Filter):
-    """Drops the loader's "newly initialised" note while a trained run is reopened: its heads are
-    restored from the run's checkpoint right after loading."""
+    """Drops the loader's "newly initialised" note while a trained run is reopened or resumed:
+    its heads are restored from the run's checkpoint right after loading."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "newly initialised" not in str(record.msg)
 
 
 def build_session(
-    cfg: RunConfig, run_dir: Path, *, check: bool = True, reopened: bool = False
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    check: bool = True,
+    reopened: bool = False,
+    resuming: bool = False,
 ) -> Session:
     """Mesh, tokenizer, data, model + PEFT, split state placed on the mesh.
 
@@ -251,6 +257,8 @@ def build_session(
         data is read and before the model is loaded.
       reopened: rebuilding a trained run (eval, export, generate): training-time warnings and
         notes (chat-template fallback, freshly initialised heads) are not repeated.
+      resuming: training resumes from a checkpoint of the run, which restores the heads: the
+        loader's "newly initialised" note is not shown.
     """
     from langtune_jax.train.preflight import check_model_config, eval_splits, preflight
 
@@ -264,7 +272,7 @@ def build_session(
     )
     if check:
         preflight(cfg, dataset, mesh)
-    quiet = _NoFreshHeadNote() if reopened else None
+    quiet = _NoFreshHeadNote() if reopened or resuming else None
     hub_log = logging.getLogger("langtune_jax.models.hub")
     if quiet:
         hub_log.addFilter(quiet)

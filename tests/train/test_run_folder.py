@@ -129,10 +129,13 @@ def test_changed_steps_is_refused_unless_extend(assets, tmp_path, capsys, caplog
     train_steps = [r["step"] for r in _records(run) if r["kind"] == "train"]
     assert train_steps == [2, 4, 6, 8]
     # Rerunning the finished run says so: nothing to train, the final reports run again.
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="langtune_jax"):
         assert _langtune(capsys, *extend)[0] == 0
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "already trained to step 8 of 8: nothing to train" in said
+    # The heads come from the run's checkpoint: no "newly initialised" note from the loader.
+    assert "newly initialised" not in said
     assert [r["step"] for r in _records(run) if r["kind"] == "train"] == [2, 4, 6, 8]
     # The second segment's linear decay starts again at the peak: lr(6) = 1e-2 * (1 - 2/4).
     lr6 = next(r["learning_rate"] for r in _records(run) if r["step"] == 6)
