@@ -117,7 +117,22 @@ def _add_train(sub, common: list[argparse.ArgumentParser]) -> None:
 def _add_eval(sub, common: list[argparse.ArgumentParser]) -> None:
     e = sub.add_parser("eval", parents=common, help="per-language evaluation of a trained run")
     e.add_argument("run_dir", help="a run folder written by `langtune train`")
-    e.add_argument("--split", default=None, help="split to evaluate (default: eval.split)")
+    e.add_argument(
+        "--split",
+        default=None,
+        help="split to evaluate (default: eval.split); with --data, the report's name "
+        "(default: the file's stem)",
+    )
+    e.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="evaluate this file, folder or glob instead of a split of the run's data (read with "
+        "the columns of the run's first source; {language} in it names the language)",
+    )
+    e.add_argument(
+        "--language", default=None, help="with --data: the language of every row of that file"
+    )
 
 
 def _add_plan(sub, common: list[argparse.ArgumentParser]) -> None:
@@ -323,7 +338,7 @@ def _config_reference(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from langtune_jax.train import evaluate_run
 
-    evaluate_run(Path(args.run_dir), split=args.split)
+    evaluate_run(Path(args.run_dir), split=args.split, data=args.data, language=args.language)
 
 
 def _export(args: argparse.Namespace) -> None:

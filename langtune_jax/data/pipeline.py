@@ -35,6 +35,7 @@ packing, each process's rows).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +44,7 @@ import jax
 import numpy as np
 
 from langtune_jax.data import cache as cache_lib
-from langtune_jax.data.config import DataConfig
+from langtune_jax.data.config import DataConfig, SourceConfig
 from langtune_jax.data.errors import DataError, MissingSplitError
 from langtune_jax.data.eval_batching import EvalBatching
 from langtune_jax.data.features import Tokenized, has_chat_template, tokenize
@@ -203,6 +204,7 @@ class DataPipeline(TrainBatching, EvalBatching):
         self._eval_cache: dict[str, tuple[SplitData, dict[str, Tokenized]]] = {}
         self._eval_order: dict[str, list[tuple[str, int]]] = {}
         self._eval_packs_cache: dict[tuple[str, int], list[int]] = {}
+        self._external: dict[str, DataConfig] = {}  # splits of other sources (`add_split`)
         self._mixtures: dict[int, LanguageMixture] = {}
         self._cache = (
             Path(cache_dir) / cache_lib.data_fingerprint(data_cfg, task, tokenizer)
@@ -334,7 +336,8 @@ class DataPipeline(TrainBatching, EvalBatching):
         evaluated zero-shot: they join `zero_shot` (and `all_languages`) in first-seen order."""
         if split == "train":
             return self.train, self.stores
-        if split not in self._eval_cache and self._cache is not None:
+        external = self._external.get(split)
+        if split not in self._eval_cache and self._cache is not None and external is None:
             cached = cache_lib.load_split(self._cache, split)
             if cached is not None:
                 self._eval_cache[split] = cached[:2]
@@ -347,14 +350,24 @@ class DataPipeline(TrainBatching, EvalBatching):
                 if self.task in ("sequence-classification", "token-classification")
                 else None
             )
-            data = load_split(self.data_cfg, split, task=self.task, labels=labels)
+            data = load_split(external or self.data_cfg, split, task=self.task, labels=labels)
             self._add_zero_shot(check_eval_languages(split, data.languages, self.languages))
             stores = self._tokenize(data)
             check_targets(split, stores, self.task, self.data_cfg.max_length)
             _warn_truncated(split, stores, self.data_cfg.max_length)
             self._eval_cache[split] = (data, stores)
-            self._save(split, *self._eval_cache[split])
+            if external is None:  # the cache's fingerprint covers the run's own sources only
+                self._save(split, *self._eval_cache[split])
         return self._eval_cache[split]
+
+    def add_split(self, name: str, source: SourceConfig) -> None:
+        """Serve split ``name`` from ``source`` (``langtune eval --data``), read and checked with
+        the run's data options and label vocabulary; it is not written to the tokenized cache."""
+        if name == "train" or name in self._eval_cache or name in self._external:
+            raise DataError(f"split {name!r} is already part of this run's data; pick another name")
+        self._external[name] = dataclasses.replace(
+            self.data_cfg, sources=[source], split_names={}, validation_fraction=0.0
+        )
 
     def _add_zero_shot(self, languages: list[str]) -> None:
         self.zero_shot += [lang for lang in languages if lang not in self.zero_shot]

@@ -338,7 +338,7 @@ def file_format(src: SourceConfig, path: str) -> str:
 # Row -> example
 
 
-def required_column(row: dict, name: str, where: str, field: str) -> Any:
+def required_column(row: dict, name: str, where: str, field: str, also: str = "") -> Any:
     """The value of column `name` of a row.
 
     Args:
@@ -346,13 +346,14 @@ def required_column(row: dict, name: str, where: str, field: str) -> Any:
       name: the column.
       where: ``"file:line"`` of the row.
       field: the `SourceConfig` field naming the column (told to the user as the fix).
+      also: another fix, appended to that one.
 
     Raises:
       BadRow: the column is missing or null.
     """
     if name not in row or row[name] is None:
         columns = ", ".join(map(repr, row)) or "no columns"
-        fix = f"set data.sources[].{field} to the right column"
+        fix = f"set data.sources[].{field} to the right column{also}"
         raise BadRow(
             where,
             f"missing column {name!r} (row has {columns}); {fix}",

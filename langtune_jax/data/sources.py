@@ -242,7 +242,14 @@ class _SplitReader:
 
     def _row_language(self, row: dict, src: SourceConfig, fixed: str | None, where: str) -> str:
         if fixed is None:
-            lang = required_column(row, src.language_column, where, "language_column")
+            lang = required_column(
+                row,
+                src.language_column,
+                where,
+                "language_column",
+                ", or data.sources[].language for a source of one language (langtune eval "
+                "--data: --language)",
+            )
             if not isinstance(lang, str) or not lang.strip():
                 raise BadRow(where, f"empty language in {src.language_column!r}")
             return self.language(lang)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,12 +137,38 @@ def _chosen_step(ckpt, run_dir: Path, cfg: RunConfig, step: int | None, best: bo
     return step
 
 
-def evaluate_run(run_dir: Path, split: str | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path,
+    split: str | None = None,
+    data: str | Path | None = None,
+    language: str | None = None,
+) -> dict[str, Any]:
     """``langtune eval``: per-language report of a trained run on a split, written to
-    ``eval/<split>/``."""
+    ``eval/<split>/``.
+
+    Args:
+      run_dir: the run folder.
+      split: a split of the run's data (default ``eval.split``); with ``data``, the name of
+        the report (default: the file's stem).
+      data: evaluate this file, folder or glob instead (``--data``): read with the run's first
+        source's columns and format options, its labels checked against the run's vocabulary.
+        ``{language}`` in it, ``language`` or the language column gives the language.
+      language: the language of every row of ``data`` (``--language``).
+
+    Raises:
+      ConfigError: ``data`` matches no file, or ``split`` names one of the run's own splits
+        (its report would be overwritten with other data).
+    """
+    source = None
+    if data is not None:
+        source, split = _other_source(run_dir, str(data), split, language)
+    elif language is not None:
+        raise ConfigError("--language needs --data (the language of the rows of that file)")
     cfg, session = load_run(run_dir)
     split = split or cfg.eval.split
-    if not session.dataset.has_split(split):
+    if source is not None:
+        session.dataset.add_split(split, source)
+    elif not session.dataset.has_split(split):
         raise ValueError(f"the data of {run_dir} has no split {split!r}")
     result = evaluate(session, split)
     if jax.process_index() == 0:
@@ -160,6 +187,34 @@ def evaluate_run(run_dir: Path, split: str | None = None) -> dict[str, Any]:
         )
         print(eval_lib.markdown_table(result))
     return result
+
+
+def _other_source(run_dir: Path, data: str, name: str | None, language: str | None):
+    """The source and report name of ``langtune eval --data``, checked before the model loads."""
+    cfg = _saved_config(run_dir)
+    path = str(Path(data).expanduser().absolute())
+    if not glob.glob(path.replace("{language}", "*")):
+        raise ConfigError(f"--data {data}: no file matches it")
+    name = name or re.sub(r"[^A-Za-z0-9_\-]", "_", Path(data.replace("{language}", "")).stem)
+    own = {"train", "validation", "test", cfg.eval.split, *cfg.eval.final_splits}
+    if name in own | set(cfg.data.split_names.values()):
+        raise ConfigError(
+            f"--split {name!r}: the run's data has a split of that name, and its report "
+            f"(eval/{name}/) would be overwritten with other data; name the report with another "
+            "--split"
+        )
+    first = cfg.data.sources[0]
+    source = dataclasses.replace(
+        first,
+        path=path,
+        format=first.format if first.format != "hf" else "auto",
+        hf_config=None,
+        hf_split="{split}",
+        splits=[name],
+        language=language,
+        file_languages={},
+    )
+    return source, name
 
 
 def export_run(

@@ -205,3 +205,53 @@ def test_adapterhub_export_of_a_lora_run_is_refused(trained, tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 1
     assert "peft.method=lora" in err and "--format peft" in err
     assert not (tmp_path / "hub").exists()
+
+
+def test_eval_data_scores_another_file_like_the_same_rows_in_a_split(trained, tmp_path, capsys):
+    """``langtune eval --data FILE``: the run's validation rows written as one CSV score exactly
+    as the validation split does, per language; ``--language`` names a file's one language;
+    the run's own split names are refused (their reports would be overwritten); the file is
+    not cached in the run folder."""
+    import csv
+
+    import yaml
+
+    assert _langtune(capsys, "eval", trained, "--split", "validation")[0] == 0
+    want = json.loads((trained / "eval/validation/report.json").read_text())["per_language"]
+    saved = yaml.safe_load((trained / "config.yaml").read_text())  # the run's data folder
+    folder = Path(saved["data"]["sources"][0]["path"]).parent
+    rows = [json.loads(x) for lang in LANGS for x in (folder / f"validation/{lang}.jsonl").open()]
+    other = tmp_path / "other.csv"
+    with other.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label", "language"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("text", "label", "language")} for r in rows)
+    rc, out, err = _langtune(capsys, "eval", trained, "--data", other)
+    assert rc == 0, err
+    got = json.loads((trained / "eval/other/report.json").read_text())["per_language"]
+    for lang in LANGS:
+        assert got[lang] == want[lang], lang
+    first = next(iter(LANGS))
+    one = tmp_path / "one_language.csv"
+    with one.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(
+            {"text": r["text"], "label": r["label"]} for r in rows if r["language"] == first
+        )
+    rc, _, err = _langtune(capsys, "eval", trained, "--data", one)
+    assert rc == 2 and "--language" in err and "'language'" in err
+    rc, _, err = _langtune(
+        capsys, "eval", trained, "--data", one, "--language", first, "--split", "one"
+    )
+    assert rc == 0, err
+    got = json.loads((trained / "eval/one/report.json").read_text())["per_language"]
+    assert got[first]["accuracy"] == want[first]["accuracy"]
+    rc, _, err = _langtune(capsys, "eval", trained, "--data", other, "--split", "validation")
+    assert rc == 2 and "eval/validation/" in err and "another --split" in err
+    assert (
+        _langtune(capsys, "eval", trained, "--data", tmp_path / "nope.csv")[2].count("no file") == 1
+    )
+    assert not list((trained / "data_cache").rglob("other*")) and not list(
+        (trained / "data_cache").rglob("one*")
+    )
