@@ -24,7 +24,7 @@ from langtune_jax.models.llama.generate import Completion, generate_completions
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.optim import make_optimizer
 from langtune_jax.train.run_folder import read_json
-from langtune_jax.train.session import Session, build_session, evaluate
+from langtune_jax.train.session import Session, build_session, check_zero_shot, evaluate
 
 
 def base_model_id(name_or_path: str) -> str:
@@ -168,6 +168,8 @@ def evaluate_run(
     split = split or cfg.eval.split
     if source is not None:
         session.dataset.add_split(split, source)
+        # Its new languages need an adapter or a fallback, as the run's own splits did.
+        check_zero_shot(session.model, session.dataset, [split])
     elif not session.dataset.has_split(split):
         raise ValueError(f"the data of {run_dir} has no split {split!r}")
     result = evaluate(session, split)
