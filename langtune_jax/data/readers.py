@@ -72,15 +72,23 @@ def _has_surrogates(value: Any) -> bool:
 
 
 def read_jsonl(path: str) -> Iterator[tuple[str, dict | BadRow]]:
-    """The rows of a JSON Lines file, one object per line (blank lines skipped, a BOM allowed).
+    """The rows of a JSON Lines file, one object per line (blank lines skipped, a BOM allowed),
+    or of a JSON file that holds one array of objects (``[{...}, {...}]``, e.g. pandas'
+    ``to_json(orient="records")``).
 
     Args:
       path: the file.
 
     Yields:
-      ``("file:line", row)``; a `BadRow` in place of a line that is not UTF-8, not JSON or not
-      an object.
+      ``("file:line", row)`` (``"file:item i"`` in an array); a `BadRow` in place of a line
+      that is not UTF-8, not JSON or not an object.
+
+    Raises:
+      DataError: an array file that is not valid JSON (where it breaks).
     """
+    if _starts_with_array(path):
+        yield from _read_json_array(path)
+        return
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
@@ -96,12 +104,41 @@ def read_jsonl(path: str) -> Iterator[tuple[str, dict | BadRow]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                yield where, BadRow(where, f"malformed JSON ({e.msg} at column {e.colno})")
+                hint = ""
+                if lineno == 1 and line.strip() == "{":  # one pretty-printed object
+                    hint = "; a JSON file holds one object per line, or one array of objects"
+                yield where, BadRow(where, f"malformed JSON ({e.msg} at column {e.colno}){hint}")
                 continue
             if not isinstance(row, dict):
                 yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
                 continue
             yield where, row
+
+
+def _starts_with_array(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096).removeprefix(_BOM).lstrip()
+    return head.startswith(b"[")
+
+
+def _read_json_array(path: str) -> Iterator[tuple[str, dict | BadRow]]:
+    with open(path, "rb") as f:
+        raw = f.read().removeprefix(_BOM)
+    try:
+        items = json.loads(raw.decode("utf-8"))  # it starts with '[': a list, or an error
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: invalid UTF-8 at byte {e.start} ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}); the file starts "
+            "with '[' and is read as one JSON array of objects"
+        ) from None
+    for i, row in enumerate(items, start=1):
+        where = f"{path}:item {i}"
+        if isinstance(row, dict):
+            yield where, row
+        else:
+            yield where, BadRow(where, f"expected a JSON object, got {type(row).__name__}")
 
 
 def read_csv(path: str, delimiter: str | None = None) -> Iterator[tuple[str, dict | BadRow]]:

@@ -254,3 +254,42 @@ def test_integer_labels_get_their_own_value_as_id(tmp_path):
     _jsonl(tmp_path / "mixed" / "train" / "en.jsonl", _rows("en", 1, "10") + _rows("en", 1, "2b"))
     mixed = load_split(_cfg(tmp_path / "mixed" / "{split}"), "train", task=SC)
     assert infer_labels(mixed, SC) == ["10", "2b"]  # not all integers: text order
+
+
+def test_a_json_array_file_reads_like_json_lines(tmp_path):
+    """A .json file holding one array of objects (pandas' orient="records", pretty-printed or
+    not, with a BOM) gives the rows its JSON Lines twin gives; a non-object item is a bad row
+    named by its item number; a broken array is one error with its line; a pretty-printed single
+    object gets the hint about the two layouts."""
+    from langtune_jax.data.errors import BadRow
+    from langtune_jax.data.readers import read_rows
+
+    rows = _rows("en", 3) + _rows("sw", 2)
+    _jsonl(tmp_path / "lines" / "train.jsonl", rows)
+    (tmp_path / "array").mkdir()
+    array = tmp_path / "array" / "train.json"
+    array.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows, indent=2).encode())
+    lines = load_split(_cfg(tmp_path / "lines" / "{split}.jsonl"), "train", task=SC)
+    got = load_split(_cfg(tmp_path / "array" / "{split}.json"), "train", task=SC)
+    assert got.counts() == lines.counts() == {"en": 3, "sw": 2}
+    strip = lambda exs: [{k: v for k, v in ex.items() if k != "where"} for ex in exs]  # noqa: E731
+    for lang in ("en", "sw"):
+        assert strip(got.examples[lang]) == strip(lines.examples[lang])
+    assert got.examples["sw"][1]["where"] == f"{array}:item 5"
+
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([rows[0], ["not", "an", "object"]]), encoding="utf-8")
+    out = list(read_rows(SourceConfig(path=str(mixed)), str(mixed)))
+    assert out[0] == (f"{mixed}:item 1", rows[0])
+    assert isinstance(out[1][1], BadRow) and out[1][0] == f"{mixed}:item 2"
+    assert "expected a JSON object, got list" in out[1][1].reason
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n  {"text": "a"},\n  {"text": }\n]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken.json:3: malformed JSON .*one JSON array"):
+        list(read_rows(SourceConfig(path=str(broken)), str(broken)))
+
+    pretty = tmp_path / "one.json"
+    pretty.write_text(json.dumps(rows[0], indent=2), encoding="utf-8")
+    (first,) = [r for _, r in read_rows(SourceConfig(path=str(pretty)), str(pretty))][:1]
+    assert isinstance(first, BadRow) and "one array of objects" in first.reason
