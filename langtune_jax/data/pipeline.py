@@ -53,7 +53,7 @@ from langtune_jax.data.mixture import LanguageMixture
 from langtune_jax.data.plan import SamplingPlan, WeightRecord, build_plan
 from langtune_jax.data.readers import class_names
 from langtune_jax.data.sampling import SamplingConfig
-from langtune_jax.data.sources import SplitData, infer_labels, load_split
+from langtune_jax.data.sources import SplitData, infer_labels, load_split, overlap_note
 from langtune_jax.data.train_batching import TrainBatching
 from langtune_jax.tasks import IGNORE_INDEX
 
@@ -125,6 +125,12 @@ def check_targets(split: str, stores: dict[str, Tokenized], task: str, max_lengt
 
 def _warn_truncated(split: str, stores: dict[str, Tokenized], max_length: int) -> None:
     note = truncation_note(split, stores, max_length)
+    if note:
+        log.warning(note)
+
+
+def _warn_overlap(split: str, data: SplitData, train: SplitData) -> None:
+    note = overlap_note(split, data, train)
     if note:
         log.warning(note)
 
@@ -274,6 +280,7 @@ class DataPipeline(TrainBatching, EvalBatching):
         if held is not None:
             self._eval_cache["validation"] = (held, self._tokenize(held))
             _warn_truncated("validation", self._eval_cache["validation"][1], data_cfg.max_length)
+            _warn_overlap("validation", held, self.train)
             self._save("validation", *self._eval_cache["validation"])
 
     def _hold_out(self) -> SplitData:
@@ -355,6 +362,7 @@ class DataPipeline(TrainBatching, EvalBatching):
             stores = self._tokenize(data)
             check_targets(split, stores, self.task, self.data_cfg.max_length)
             _warn_truncated(split, stores, self.data_cfg.max_length)
+            _warn_overlap(split, data, self.train)
             self._eval_cache[split] = (data, stores)
             if external is None:  # the cache's fingerprint covers the run's own sources only
                 self._save(split, *self._eval_cache[split])

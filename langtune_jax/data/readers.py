@@ -73,7 +73,7 @@ def _has_surrogates(value: Any) -> bool:
 
 def read_jsonl(path: str) -> Iterator[tuple[str, dict | BadRow]]:
     """The rows of a JSON Lines file, one object per line (blank lines skipped, a BOM allowed),
-    or of a JSON file that holds one array of objects (``[{...}, {...}]``, e.g. pandas'
+    or of a ``.json`` file that holds one array of objects (``[{...}, {...}]``, e.g. pandas'
     ``to_json(orient="records")``).
 
     Args:
@@ -86,7 +86,7 @@ def read_jsonl(path: str) -> Iterator[tuple[str, dict | BadRow]]:
     Raises:
       DataError: an array file that is not valid JSON (where it breaks).
     """
-    if _starts_with_array(path):
+    if path.endswith(".json") and _starts_with_array(path):
         yield from _read_json_array(path)
         return
     with open(path, "rb") as f:

@@ -85,6 +85,40 @@ class SplitData:
         return {lang: len(rows) for lang, rows in sorted(self.examples.items())}
 
 
+_NOT_INPUT = ("where", "label", "tags")
+
+
+def input_key(ex: dict) -> str:
+    """What the model sees of an example (its labels and location left out), as a string."""
+    return json.dumps(
+        {k: v for k, v in ex.items() if k not in _NOT_INPUT}, sort_keys=True, default=str
+    )
+
+
+def overlap_note(split: str, data: SplitData, train: SplitData) -> str | None:
+    """A sentence on the examples of an evaluation split whose input is also a training input
+    of the same language (scores on them are not held out), or None. Train restored from the
+    tokenized cache has no raw rows and is not compared."""
+    shared, total = {}, 0
+    for lang, rows in data.examples.items():
+        total += len(rows)
+        seen = train.examples.get(lang)
+        if not rows or not seen or not isinstance(seen, list):
+            continue
+        keys = {input_key(ex) for ex in seen}
+        n = sum(input_key(ex) in keys for ex in rows)
+        if n:
+            shared[lang] = n
+    if not shared:
+        return None
+    per_lang = ", ".join(f"{lang} {n:,}" for lang, n in sorted(shared.items()))
+    return (
+        f"split {split!r}: {sum(shared.values()):,} of {total:,} examples have the input of a "
+        f"training example of their language ({per_lang}), so their scores are not held out; "
+        "remove them from one of the two splits"
+    )
+
+
 def load_split(
     data_cfg: DataConfig, split: str, *, task: str, labels: list[str] | None = None
 ) -> SplitData:

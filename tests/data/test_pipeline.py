@@ -383,3 +383,30 @@ def test_truncated_examples_are_a_plan_note_and_survive_the_cache(tmp_path, toke
         "max_length" in n
         for n in DataPipeline(roomy, SamplingConfig(), tokenizer, **kwargs).plan.notes
     )
+
+
+def test_eval_examples_that_are_training_inputs_are_warned_about(tmp_path, tokenizer, caplog):
+    """An evaluation example whose input (not its label) equals a training input of its
+    language is counted per language in a warning when the split is read; a text that only
+    another language's training data has is not an overlap; no overlap, no warning."""
+
+    def rows(lang, texts):
+        return [{"text": t, "label": LABELS[i % 3], "language": lang} for i, t in enumerate(texts)]
+
+    def write(split, lang, texts):
+        (tmp_path / split).mkdir(exist_ok=True)
+        path = tmp_path / split / f"{lang}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows(lang, texts)))
+
+    write("train", "en", ["a dog ran", "the cat sat", "el gato"])
+    write("train", "es", ["la casa es grande", "mvua inanyesha"])
+    write("validation", "en", ["the cat sat", "a dog ran", "something new"])  # 2 (other labels)
+    write("validation", "es", ["el gato", "la casa es grande"])  # 1: "el gato" is en's
+    write("test", "en", ["fresh text"])
+    cfg = DataConfig(sources=[SourceConfig(path=f"{tmp_path}/{{split}}/{{language}}.jsonl")])
+    pipe = DataPipeline(cfg, SamplingConfig(), tokenizer, task="sequence-classification", seed=0)
+    with caplog.at_level("WARNING", logger="langtune_jax.data.pipeline"):
+        pipe.split("validation")
+        pipe.split("test")
+    (msg,) = [r.message for r in caplog.records if "not held out" in r.message]
+    assert msg.startswith("split 'validation': 3 of 5 examples") and "(en 2, es 1)" in msg
