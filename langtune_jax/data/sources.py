@@ -25,14 +25,12 @@ from collections.abc import Iterable, Iterator
 
 from langtune_jax.data.config import DataConfig, SourceConfig
 from langtune_jax.data.errors import BadRow, DataError, MissingSplitError
+from langtune_jax.data.examples import check_label, example_from_row, required_column
 from langtune_jax.data.readers import (
-    check_label,
-    example_from_row,
     file_format,
     normalize_language,
     read_hf,
     read_rows,
-    required_column,
     source_files,
 )
 from langtune_jax.tasks import TASKS
