@@ -18,7 +18,7 @@ Real lengths (``--lengths FILE`` or ``--lengths real`` = ``scripts/real_lengths.
 all-MiniLM-L6-v2 token lengths of the issue-15 real-data set): example lengths are drawn from the
 histogram and *real* (non-padding) tokens/s is reported for
 
-- ``jax-packed``: ``data.features.pack`` fills ``batch`` rows of ``seq`` tokens with as many
+- ``jax-packed``: ``data.packing.pack`` fills ``batch`` rows of ``seq`` tokens with as many
   examples as the pipeline draws per packed step (block-diagonal attention, per-segment pooling);
 - ``jax-bucketed``: ``batch`` examples padded to the smallest default length bucket that fits
   (``DataConfig(max_length=seq).buckets()``: seq/8, seq/4, seq/2, seq);
@@ -118,7 +118,8 @@ def _real_batches(a, mode: str, n: int) -> list[tuple[dict, int]]:
     """(batch, real tokens) per step for a real-length mode (numpy; torch converts)."""
 
     from langtune_jax.data.config import DataConfig
-    from langtune_jax.data.features import choose_bucket, collate, pack
+    from langtune_jax.data.features import choose_bucket, collate
+    from langtune_jax.data.packing import pack
 
     mean = json.load(open(REAL_LENGTHS if a.lengths == "real" else a.lengths))["mean_length"]
     # as DataPipeline.examples_per_step: 90% of the expected row capacity

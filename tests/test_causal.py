@@ -23,7 +23,8 @@ import torch
 from flax import nnx
 
 from langtune_jax.config import load_config
-from langtune_jax.data.features import collate, pack, tokenize
+from langtune_jax.data.features import collate, tokenize
+from langtune_jax.data.packing import pack
 from langtune_jax.models import from_pretrained
 from langtune_jax.models.llama.generate import encode_prompts
 from langtune_jax.tasks import IGNORE_INDEX

@@ -2,15 +2,9 @@
 
 from langtune_jax.data.config import DataConfig, SourceConfig
 from langtune_jax.data.errors import DataError, MissingSplitError
-from langtune_jax.data.features import (
-    Tokenized,
-    choose_bucket,
-    collate,
-    pack,
-    tokenize,
-    unpack_segments,
-)
+from langtune_jax.data.features import Tokenized, choose_bucket, collate, tokenize
 from langtune_jax.data.mixture import LanguageMixture, apportion, permute
+from langtune_jax.data.packing import pack, unpack_segments
 from langtune_jax.data.pipeline import DataPipeline, eval_batches, train_batches
 from langtune_jax.data.plan import PlanRow, SamplingPlan, WeightRecord, build_plan, dynamic_lines
 from langtune_jax.data.sampling import (

@@ -13,14 +13,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from langtune_jax.data.features import (
-    Tokenized,
-    choose_bucket,
-    collate,
-    mask_tokens,
-    pack,
-    row_first,
-)
+from langtune_jax.data.features import Tokenized, choose_bucket, collate, mask_tokens
+from langtune_jax.data.packing import pack, row_first
 from langtune_jax.tasks import IGNORE_INDEX
 
 

@@ -4,7 +4,7 @@ probe sample of train.
 Eval batch `k` holds the split's examples ``k*B .. k*B+B-1`` in one fixed order (languages sorted,
 file order inside); the last batch is filled with rows whose `example_mask` is 0. With packing
 (classification tasks) a batch packs the next examples in that order, as many as fit
-(`features.segment_counts` fixes the layout up front), so nothing is dropped. `probe_batches`
+(`packing.segment_counts` fixes the layout up front), so nothing is dropped. `probe_batches`
 serves a fixed per-language sample of train in padded batches too (never packed): the base
 model's loss per language, for dynamic weights.
 """
@@ -18,8 +18,8 @@ import grain
 import numpy as np
 
 from langtune_jax.data.batching import Batching, local_rows, processes
-from langtune_jax.data.features import segment_counts
 from langtune_jax.data.mixture import hash_key, permute
+from langtune_jax.data.packing import segment_counts
 
 
 class EvalBatching(Batching):

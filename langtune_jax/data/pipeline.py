@@ -23,7 +23,7 @@ segment_ids [b, T] (1, 2, ... per example, 0 = padding): attention stays within 
 restart positions from segment_ids themselves. Packed classification adds segment_language
 [b, S] (each segment's language id; S = `num_segments`); sequence classification then has
 labels, example_mask (1 = a real segment) and segment_starts (each segment's first token, the one
-pooled) all [b, S]. Eval packs classification too; `features.unpack_segments` turns packed
+pooled) all [b, S]. Eval packs classification too; `packing.unpack_segments` turns packed
 outputs back into one row per example for the per-language metrics.
 
 `DataPipeline` (here) reads, validates, tokenizes and caches the splits and makes the plan; it

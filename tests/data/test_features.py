@@ -3,7 +3,7 @@
 import numpy as np
 
 from langtune_jax.data import choose_bucket, collate, pack, tokenize
-from langtune_jax.data.features import row_first
+from langtune_jax.data.packing import row_first
 from langtune_jax.tasks import IGNORE_INDEX
 
 

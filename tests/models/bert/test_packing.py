@@ -1,6 +1,6 @@
 """Packed encoder rows equal unpacked ones: per-example losses and predictions, BERT and XLM-R.
 
-Several examples share a row (``data.features.pack``); attention is block-diagonal from the
+Several examples share a row (``data.packing.pack``); attention is block-diagonal from the
 segment ids, positions restart per segment (RoBERTa's pad offset included), token types follow
 their segment, and sequence heads pool each segment's first token. With dropout off every
 example's loss and prediction must equal the same example run alone in a padded row.
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from langtune_jax.data.features import Tokenized, collate, pack, unpack_segments
+from langtune_jax.data.features import Tokenized, collate
+from langtune_jax.data.packing import pack, unpack_segments
 from langtune_jax.models import bert as bert_lib
 from langtune_jax.tasks import IGNORE_INDEX
 from langtune_jax.train.step import forward, per_language_sums, task_loss, token_nll
