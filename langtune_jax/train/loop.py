@@ -47,6 +47,7 @@ from langtune_jax.train.evaluation import evaluate_on_cadence, final_reports
 from langtune_jax.train.logging_utils import MetricsLogger, Progress
 from langtune_jax.train.optim import segmented_schedule
 from langtune_jax.train.preflight import warn_config
+from langtune_jax.train.run_lock import RunLock
 from langtune_jax.train.session import build_session, maybe_initialize_distributed, resolve_run_dir
 from langtune_jax.train.start import (
     Run,
@@ -187,9 +188,9 @@ def _claimed(cfg: RunConfig, run_dir: Path, restart: bool, extend: bool) -> Path
             run_dir.rmdir()  # a run refused before it wrote anything leaves no empty folder
 
 
-def _claim_run_folder(run_dir: Path, restart: bool) -> run_folder.RunLock:
+def _claim_run_folder(run_dir: Path, restart: bool) -> RunLock:
     """Process 0 moves an old run aside (``--restart``) and takes the folder's lock."""
-    lock = run_folder.RunLock(run_dir)
+    lock = RunLock(run_dir)
     if jax.process_index() == 0:
         if restart:
             run_folder.move_aside(run_dir)

@@ -7,7 +7,7 @@
    is refused.
 2. :func:`check_resume_config` — the saved ``config.yaml`` against the new config, before any data
    is read: only cadence, ``train.steps`` (with ``--extend``) and evaluation may change.
-3. :class:`RunLock` — ``train.lock`` holds the pid and host of the process training in the folder; a
+3. :class:`~langtune_jax.train.run_lock.RunLock` — ``train.lock`` holds the pid and host of the process training in the folder; a
    second process stops at once; a lock left by a dead process on this host is taken over with a
    warning.
 4. :func:`fingerprint` / :func:`check_fingerprint` — what the saved state depends on (per-language
@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -99,83 +98,6 @@ def move_aside(run_dir: Path) -> Path | None:
     run_dir.rename(target)
     log.warning("--restart: moved the previous run in %s to %s", run_dir, target)
     return target
-
-
-# ----------------------------------------------------------------------------- lock
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-class RunLock:
-    """``RUN_DIR/train.lock``: held by the one process training in a run folder.
-
-    The lock file is made complete under a temporary name and hard-linked into place, so it is
-    created atomically and never read half-written.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK_FILE
-        self._held = False
-
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`RunFolderRefused` when a live process holds it."""
-        me = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        }
-        tmp = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps(me), encoding="utf-8")
-        try:
-            for _ in range(3):
-                try:
-                    os.link(tmp, self.path)
-                except FileExistsError:
-                    self._take_over_if_stale()
-                    continue
-                self._held = True
-                return
-            raise RunFolderRefused(f"could not take the lock {self.path}; retry")
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _take_over_if_stale(self) -> None:
-        try:
-            holder = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError):
-            holder = {}
-        pid, host = holder.get("pid"), holder.get("host")
-        here = socket.gethostname()
-        if isinstance(pid, int) and host == here and not _alive(pid):
-            log.warning(
-                "taking over the stale lock %s of process %d on %s, which is gone (killed?)",
-                self.path,
-                pid,
-                host,
-            )
-            self.path.unlink(missing_ok=True)
-            return
-        raise RunFolderRefused(
-            f"{self.path.parent} is in use: process {pid} on {host} is training in it (since "
-            f"{holder.get('since')}); wait for it to finish, or if that process is gone, delete "
-            f"{self.path}"
-        )
-
-    def release(self) -> None:
-        """Remove the lock file if this process holds it."""
-        if self._held:
-            self.path.unlink(missing_ok=True)
-            self._held = False
 
 
 # ----------------------------------------------------------------------------- fingerprint
