@@ -53,7 +53,13 @@ from langtune_jax.data.mixture import LanguageMixture
 from langtune_jax.data.plan import SamplingPlan, WeightRecord, build_plan
 from langtune_jax.data.readers import class_names
 from langtune_jax.data.sampling import SamplingConfig
-from langtune_jax.data.sources import SplitData, infer_labels, load_split, overlap_note
+from langtune_jax.data.sources import (
+    SplitData,
+    infer_labels,
+    input_keys,
+    load_split,
+    overlap_note,
+)
 from langtune_jax.data.train_batching import TrainBatching
 from langtune_jax.tasks import IGNORE_INDEX
 
@@ -123,14 +129,7 @@ def check_targets(split: str, stores: dict[str, Tokenized], task: str, max_lengt
             )
 
 
-def _warn_truncated(split: str, stores: dict[str, Tokenized], max_length: int) -> None:
-    note = truncation_note(split, stores, max_length)
-    if note:
-        log.warning(note)
-
-
-def _warn_overlap(split: str, data: SplitData, train: SplitData) -> None:
-    note = overlap_note(split, data, train)
+def _warn(note: str | None) -> None:
     if note:
         log.warning(note)
 
@@ -211,6 +210,7 @@ class DataPipeline(TrainBatching, EvalBatching):
         self._eval_order: dict[str, list[tuple[str, int]]] = {}
         self._eval_packs_cache: dict[tuple[str, int], list[int]] = {}
         self._external: dict[str, DataConfig] = {}  # splits of other sources (`add_split`)
+        self._train_inputs: dict[str, set[str]] | None = None  # `input_keys` of train, once
         self._mixtures: dict[int, LanguageMixture] = {}
         self._cache = (
             Path(cache_dir) / cache_lib.data_fingerprint(data_cfg, task, tokenizer)
@@ -279,8 +279,12 @@ class DataPipeline(TrainBatching, EvalBatching):
         self._save("train", self.train, self.stores)
         if held is not None:
             self._eval_cache["validation"] = (held, self._tokenize(held))
-            _warn_truncated("validation", self._eval_cache["validation"][1], data_cfg.max_length)
-            _warn_overlap("validation", held, self.train)
+            _warn(
+                truncation_note(
+                    "validation", self._eval_cache["validation"][1], data_cfg.max_length
+                )
+            )
+            self._warn_overlap("validation", held)
             self._save("validation", *self._eval_cache["validation"])
 
     def _hold_out(self) -> SplitData:
@@ -361,12 +365,18 @@ class DataPipeline(TrainBatching, EvalBatching):
             self._add_zero_shot(check_eval_languages(split, data.languages, self.languages))
             stores = self._tokenize(data)
             check_targets(split, stores, self.task, self.data_cfg.max_length)
-            _warn_truncated(split, stores, self.data_cfg.max_length)
-            _warn_overlap(split, data, self.train)
+            _warn(truncation_note(split, stores, self.data_cfg.max_length))
+            self._warn_overlap(split, data)
             self._eval_cache[split] = (data, stores)
             if external is None:  # the cache's fingerprint covers the run's own sources only
                 self._save(split, *self._eval_cache[split])
         return self._eval_cache[split]
+
+    def _warn_overlap(self, split: str, data: SplitData) -> None:
+        """Warn about `data`'s examples that are training inputs (train's keys made once)."""
+        if self._train_inputs is None:
+            self._train_inputs = input_keys(self.train)
+        _warn(overlap_note(split, data, self._train_inputs))
 
     def add_split(self, name: str, source: SourceConfig) -> None:
         """Serve split ``name`` from ``source`` (``langtune eval --data``), read and checked with

@@ -86,24 +86,37 @@ class SplitData:
 _NOT_INPUT = ("where", "label", "tags")
 
 
-def input_key(ex: dict) -> str:
-    """What the model sees of an example (its labels and location left out), as a string."""
+def _key(ex: dict, leave_out: tuple[str, ...]) -> str:
     return json.dumps(
-        {k: v for k, v in ex.items() if k not in _NOT_INPUT}, sort_keys=True, default=str
+        {k: v for k, v in ex.items() if k not in leave_out}, sort_keys=True, default=str
     )
 
 
-def overlap_note(split: str, data: SplitData, train: SplitData) -> str | None:
+def input_key(ex: dict) -> str:
+    """What the model sees of an example (its labels and location left out), as a string."""
+    return _key(ex, _NOT_INPUT)
+
+
+def input_keys(split: SplitData) -> dict[str, set[str]]:
+    """Per language, the `input_key` of every example of a split. Rows restored from the
+    tokenized cache are not raw examples and give none."""
+    return {
+        lang: {input_key(ex) for ex in rows}
+        for lang, rows in split.examples.items()
+        if isinstance(rows, list)
+    }
+
+
+def overlap_note(split: str, data: SplitData, train_inputs: dict[str, set[str]]) -> str | None:
     """A sentence on the examples of an evaluation split whose input is also a training input
-    of the same language (scores on them are not held out), or None. Train restored from the
-    tokenized cache has no raw rows and is not compared."""
+    of the same language (``train_inputs``: `input_keys` of train; scores on them are not held
+    out), or None."""
     shared, total = {}, 0
     for lang, rows in data.examples.items():
         total += len(rows)
-        seen = train.examples.get(lang)
-        if not rows or not seen or not isinstance(seen, list):
+        keys = train_inputs.get(lang)
+        if not rows or not keys:
             continue
-        keys = {input_key(ex) for ex in seen}
         n = sum(input_key(ex) in keys for ex in rows)
         if n:
             shared[lang] = n
@@ -255,9 +268,7 @@ class _SplitReader:
                 self.bad(err, lang)
                 continue
             kept += 1
-            key = json.dumps(
-                {k: v for k, v in ex.items() if k != "where"}, sort_keys=True, default=str
-            )
+            key = _key(ex, ("where",))  # an exact duplicate: labels count
             seen = self.seen.setdefault(lang, set())
             if key in seen:
                 self.duplicates[lang] += 1
