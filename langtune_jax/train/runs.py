@@ -191,13 +191,18 @@ def evaluate_run(
     return result
 
 
+def _safe_name(text: str) -> str:
+    """``text`` with every character but letters, digits, ``_`` and ``-`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", text)
+
+
 def _other_source(run_dir: Path, data: str, name: str | None, language: str | None):
     """The source and report name of ``langtune eval --data``, checked before the model loads."""
     cfg = _saved_config(run_dir)
     path = str(Path(data).expanduser().absolute())
     if not glob.glob(path.replace("{language}", "*")):
         raise ConfigError(f"--data {data}: no file matches it")
-    name = name or re.sub(r"[^A-Za-z0-9_\-]", "_", Path(data.replace("{language}", "")).stem)
+    name = name or _safe_name(Path(data.replace("{language}", "")).stem)
     own = {"train", "validation", "test", cfg.eval.split, *cfg.eval.final_splits}
     if name in own | set(cfg.data.split_names.values()):
         raise ConfigError(
@@ -250,7 +255,7 @@ def export_run(
         peft_lib.adapters.export_adapterhub(
             model,
             out,
-            adapter_name=re.sub(r"[^A-Za-z0-9_\-]", "_", cfg.run.name),
+            adapter_name=_safe_name(cfg.run.name),
             label_names=session.label_names,
         )
     elif fmt == "peft":
