@@ -78,9 +78,12 @@ class Batching:
             num_segments=self.num_segments,
         )
 
-    def _finish_packed(self, batch, placed, lang, local: slice) -> dict[str, np.ndarray]:
+    def _finish_packed(
+        self, batch, placed, lang, local: slice, *, index: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Trim a packed global batch to its length bucket, take this process's rows, add the
-        language and mask keys (see `langtune_jax.data.pipeline`'s docstring)."""
+        language and mask keys (see `langtune_jax.data.pipeline`'s docstring); with `index`
+        (eval batches: each example's position in the split's order) also `segment_example`."""
         num_rows = batch["input_ids"].shape[0]
         used = int(batch["attention_mask"].sum(1).max())
         t = choose_bucket(used, self.buckets)
@@ -97,6 +100,10 @@ class Batching:
             ok = placed[:, 0] >= 0
             seg_lang[placed[ok, 0], placed[ok, 1]] = lang[ok]
             out["segment_language"] = seg_lang[local]
+            if index is not None:
+                seg_index = np.full((num_rows, self.num_segments), -1, np.int32)
+                seg_index[placed[ok, 0], placed[ok, 1]] = index[ok]
+                out["segment_example"] = seg_index[local]
             mask = out.pop("segment_mask", None)
             if mask is not None:  # sequence classification: one target per segment
                 out["example_mask"] = mask

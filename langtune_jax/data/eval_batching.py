@@ -2,7 +2,9 @@
 probe sample of train.
 
 Eval batch `k` holds the split's examples ``k*B .. k*B+B-1`` in one fixed order (languages sorted,
-file order inside); the last batch is filled with rows whose `example_mask` is 0. With packing
+file order inside); the last batch is filled with rows whose `example_mask` is 0. Each row carries
+its position in that order as `example_index` (-1 for a filler; packed: `segment_example` per
+segment slot), so per-example predictions map back to their examples. With packing
 (classification tasks) a batch packs the next examples in that order, as many as fit
 (`packing.segment_counts` fixes the layout up front), so nothing is dropped. `probe_batches`
 serves a fixed per-language sample of train in padded batches too (never packed): the base
@@ -46,6 +48,11 @@ class EvalBatching(Batching):
             self._eval_packs_cache[key] = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         return self._eval_packs_cache[key]
 
+    def eval_order(self, split: str) -> list[tuple[str, int]]:
+        """Every example of an eval split as ``(language, row)``; an eval batch's
+        ``example_index`` (packed: ``segment_example``) indexes this list, -1 for fillers."""
+        return list(self._order(split))
+
     def num_eval_batches(self, split: str, batch_size: int) -> int:
         """Global eval batches that hold every example of `split` once."""
         if self.packing and self.task != "causal-lm":
@@ -79,11 +86,15 @@ class EvalBatching(Batching):
             lang = np.array([lang_index[g] for g, _ in part], np.int32)
             batch, placed, dropped = self._pack(rows, batch_size)
             assert dropped == 0, "eval packing layout and pack() disagree"
-            return self._finish_packed(batch, placed, lang, local)
+            index = np.arange(bounds[k], bounds[k + 1], dtype=np.int32)
+            return self._finish_packed(batch, placed, lang, local, index=index)
         part = order[k * batch_size : (k + 1) * batch_size]
-        return self._ordered_batch(
+        batch = self._ordered_batch(
             stores, part, batch_size, process_index, process_count, mask_key=(1, k)
         )
+        index = np.arange(k * batch_size, (k + 1) * batch_size, dtype=np.int32)
+        batch["example_index"] = np.where(index < len(order), index, -1)[local]
+        return batch
 
     def probe_batches(
         self,

@@ -173,17 +173,22 @@ def unpack_segments(host: dict[str, np.ndarray], task: str) -> dict[str, np.ndar
       task: sequence-classification or token-classification.
 
     Returns:
-      predictions, labels, language_id, example_mask with one entry (row) per segment slot, as
-      an unpacked eval batch has them; token rows are padded with -100 to T.
+      predictions, labels, language_id, example_mask (and example_index, from an eval batch's
+      segment_example) with one entry (row) per segment slot, as an unpacked eval batch has
+      them; token rows are padded with -100 to T.
     """
     lang = host["segment_language"]  # [R, S]
+    index = host.get("segment_example")  # [R, S] eval batches: position in the split's order
     if task == "sequence-classification":
-        return {
+        out = {
             "predictions": host["predictions"].reshape(-1),
             "labels": host["labels"].reshape(-1),
             "language_id": lang.reshape(-1),
             "example_mask": host["example_mask"].reshape(-1),
         }
+        if index is not None:
+            out["example_index"] = index.reshape(-1)
+        return out
     seg = host["segment_ids"]  # [R, T]
     r, s = np.nonzero(np.arange(1, lang.shape[1] + 1)[None, :] <= seg.max(1)[:, None])
     t = seg.shape[1]
@@ -194,9 +199,12 @@ def unpack_segments(host: dict[str, np.ndarray], task: str) -> dict[str, np.ndar
         n = int(where.sum())
         preds[i, :n] = host["predictions"][row][where]
         labels[i, :n] = host["labels"][row][where]
-    return {
+    out = {
         "predictions": preds,
         "labels": labels,
         "language_id": lang[r, s],
         "example_mask": np.ones(len(r), np.int32),
     }
+    if index is not None:
+        out["example_index"] = index[r, s]
+    return out

@@ -40,6 +40,13 @@ from langtune_jax.eval.plots import (
     plot_sampling_vs_data,
     plot_weight_segments,
 )
+from langtune_jax.eval.predictions import (
+    PREDICTION_TASKS,
+    PREDICTIONS_FILE,
+    PredictionLog,
+    one_class_note,
+    write_predictions,
+)
 from langtune_jax.eval.report import (
     find_report,
     history_entry,
@@ -49,6 +56,11 @@ from langtune_jax.eval.report import (
 )
 
 __all__ = [
+    "PREDICTIONS_FILE",
+    "PREDICTION_TASKS",
+    "PredictionLog",
+    "one_class_note",
+    "write_predictions",
     "METRICS",
     "PRIMARY_METRIC",
     "SCALAR_METRICS",

@@ -103,6 +103,7 @@ def write_report(
     history: Sequence[Mapping[str, Any]] | None = None,
     run_name: str | None = None,
     metric: str | None = None,
+    files: Mapping[str, Path] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and the PNG plots into ``out_dir`` (created).
 
@@ -120,6 +121,8 @@ def write_report(
       run_name: the run's name, shown by :func:`compare_runs` (default there: the folder name).
       metric: the headline metric of the plots and the table's summary line (e.g. the config's
         ``eval.metric``); default the report's primary metric.
+      files: other files already written into ``out_dir`` that the report lists under
+        ``files`` (e.g. ``{"predictions": path}``).
 
     Returns:
       ``{"report": path, "table": path, "bars": path[, "sampling", "curves"]}``.
@@ -131,6 +134,7 @@ def write_report(
     history = list(history) if history is not None else None
     paths = {"report": out / REPORT_FILE, "table": out / TABLE_FILE}
     paths.update(_write_plots(out, report, metric, plan, history))
+    paths.update(files or {})
     columns = [metric] + [m for m in report["metrics"] if m != metric]
     paths["table"].write_text(markdown_table(report, columns) + "\n")
     full = {

@@ -3,7 +3,7 @@
 Every ``train.eval_every`` steps the headline metrics of ``eval.split`` are logged and kept in
 the eval history (saved with each checkpoint; with ``train.best_metric`` they pick the best
 checkpoint). After the last step: the reports of ``eval.split`` and ``eval.final_splits``
-(``eval/<split>/``), the weight plot of dynamic sampling, and the exported adapter.
+(``eval/<split>/``, with ``predictions.jsonl`` for classification tasks), the weight plot of dynamic sampling, and the exported adapter.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax
 from langtune_jax import eval as eval_lib
 from langtune_jax.train import run_folder
 from langtune_jax.train.runs import export_adapter
-from langtune_jax.train.session import evaluate
+from langtune_jax.train.session import evaluate, prediction_log, save_predictions
 from langtune_jax.train.start import Run
 
 log = logging.getLogger("langtune_jax")
@@ -66,15 +66,20 @@ def final_reports(run: Run) -> None:
         if not session.dataset.has_split(split_name):
             log.warning("no %r split in the data: skipped in the final report", split_name)
             continue
-        result = evaluate(session, split_name, run.eval_step)
+        predictions = prediction_log(session)
+        result = evaluate(session, split_name, run.eval_step, predictions=predictions)
         final = {run_folder.FINAL_FLAG: True, **_headline(result)}  # dropped on a rerun
         run.logger.log_eval(step, split_name, final, result)
         curve = None
         if split_name == cfg.eval.split:  # the curves end with this final evaluation
             curve = [*run.history, eval_lib.history_entry(result, step)]
         if jax.process_index() == 0:
+            out = run_dir / "eval" / split_name
+            files = {}
+            if predictions is not None:
+                files["predictions"] = save_predictions(session, split_name, predictions, out)
             eval_lib.write_report(
-                run_dir / "eval" / split_name,
+                out,
                 result,
                 config_hash=cfg.hash(),
                 step=step,
@@ -82,6 +87,7 @@ def final_reports(run: Run) -> None:
                 history=curve,
                 run_name=cfg.run.name,
                 metric=cfg.eval.metric,
+                files=files,
             )
             print(f"[{cfg.run.name}] {split_name}:\n{eval_lib.markdown_table(result)}")
     weights = session.dataset.weights

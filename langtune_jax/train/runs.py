@@ -24,7 +24,14 @@ from langtune_jax.models.llama.generate import Completion, generate_completions
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.optim import make_optimizer
 from langtune_jax.train.run_folder import read_json
-from langtune_jax.train.session import Session, build_session, check_zero_shot, evaluate
+from langtune_jax.train.session import (
+    Session,
+    build_session,
+    check_zero_shot,
+    evaluate,
+    prediction_log,
+    save_predictions,
+)
 
 
 def base_model_id(name_or_path: str) -> str:
@@ -144,7 +151,7 @@ def evaluate_run(
     language: str | None = None,
 ) -> dict[str, Any]:
     """``langtune eval``: per-language report of a trained run on a split, written to
-    ``eval/<split>/``.
+    ``eval/<split>/`` (with ``predictions.jsonl``, one line per example, for classification).
 
     Args:
       run_dir: the run folder.
@@ -172,13 +179,18 @@ def evaluate_run(
         check_zero_shot(session.model, session.dataset, [split])
     elif not session.dataset.has_split(split):
         raise ValueError(f"the data of {run_dir} has no split {split!r}")
-    result = evaluate(session, split)
+    predictions = prediction_log(session)
+    result = evaluate(session, split, predictions=predictions)
     if jax.process_index() == 0:
+        out = run_dir / "eval" / split
         # The training-time history of this split's report stays (its curves still describe
         # the run).
-        previous = read_json(run_dir / "eval" / split / REPORT_FILE) or {}
+        previous = read_json(out / REPORT_FILE) or {}
+        files = {}
+        if predictions is not None:
+            files["predictions"] = save_predictions(session, split, predictions, out)
         eval_lib.write_report(
-            run_dir / "eval" / split,
+            out,
             result,
             config_hash=cfg.hash(),
             step=None,
@@ -186,6 +198,7 @@ def evaluate_run(
             history=previous.get("history"),
             run_name=cfg.run.name,
             metric=cfg.eval.metric,
+            files=files,
         )
         print(eval_lib.markdown_table(result))
     return result

@@ -387,8 +387,15 @@ def sampling_plan(cfg: RunConfig) -> data_lib.SamplingPlan:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any]:
-    """Per-language metrics of the current state on a data split (all rows, padding excluded)."""
+def evaluate(
+    session: Session,
+    split_name: str,
+    eval_step=None,
+    *,
+    predictions: eval_lib.PredictionLog | None = None,
+) -> dict[str, Any]:
+    """Per-language metrics of the current state on a data split (all rows, padding excluded);
+    with ``predictions``, every example's prediction is added to that log too."""
     cfg = session.cfg
     languages = session.dataset.all_languages
     session.dataset.split(split_name)  # may add zero-shot languages (`langtune eval --split`)
@@ -418,9 +425,38 @@ def evaluate(session: Session, split_name: str, eval_step=None) -> dict[str, Any
         if "segment_language" in host:  # packed classification: one entry per example again
             host = data_lib.unpack_segments(host, cfg.model.task)
         acc.update(host)
+        if predictions is not None:
+            predictions.add(host)
     return acc.compute(
         source_language=cfg.eval.source_language, zero_shot=session.dataset.zero_shot
     )
+
+
+def prediction_log(session: Session) -> eval_lib.PredictionLog | None:
+    """An empty log for :func:`evaluate` when the run's task has per-example predictions."""
+    task = session.cfg.model.task
+    if task not in eval_lib.PREDICTION_TASKS:
+        return None
+    return eval_lib.PredictionLog(task, session.label_names)
+
+
+def save_predictions(
+    session: Session, split_name: str, predictions: eval_lib.PredictionLog, out_dir: Path
+) -> Path:
+    """Write ``out_dir/predictions.jsonl`` from a filled log (process 0 only calls this) and
+    warn when the model predicts one class for every example of the split."""
+    stores = session.dataset.split(split_name)[1]
+    tokenizer = session.tokenizer
+
+    def text_of(language: str, row: int) -> str:
+        store = stores[language]
+        return tokenizer.decode(store.input_ids[store.row(row)], skip_special_tokens=True)
+
+    rows = predictions.rows(session.dataset.eval_order(split_name), text_of)
+    note = eval_lib.one_class_note(rows, split_name)
+    if note:
+        log.warning(note)
+    return eval_lib.write_predictions(out_dir / eval_lib.PREDICTIONS_FILE, rows)
 
 
 def language_losses(session: Session, batches, eval_step) -> dict[str, float]:

@@ -112,6 +112,10 @@ def test_realised_shares_follow_the_plan(pipe):
 
 def test_eval_covers_every_example_once_with_masked_padding(pipe):
     batches = list(pipe.eval_batches("validation", 8, process_index=0, process_count=1))
+    index = np.concatenate([b["example_index"] for b in batches])
+    mask = np.concatenate([b["example_mask"] for b in batches])
+    n = len(pipe.eval_order("validation"))
+    assert index[mask > 0].tolist() == list(range(n)) and (index[mask == 0] == -1).all()
     n = sum(max(1, int(v * 0.5)) for v in SIZES.values())  # 30 + 15 + 2 + 4 = 51
     assert len(batches) == -(-n // 8)
     mask = np.concatenate([b["example_mask"] for b in batches])
@@ -308,6 +312,12 @@ def test_sequence_classification_packing_pipeline(tmp_path, tokenizer):
     assert sum(int(e["example_mask"].sum()) for e in ev) == 51
     langs = np.concatenate([e["segment_language"][e["example_mask"] > 0] for e in ev])
     assert np.bincount(langs).tolist() == [int(n * 0.5) for _, n in sorted(SIZES.items())]
+    # each packed segment names its example's place in the split's order (worst fit reorders)
+    index = np.concatenate([e["segment_example"][e["example_mask"] > 0] for e in ev])
+    assert sorted(index.tolist()) == list(range(51)) and index.tolist() != list(range(51))
+    order = pipe.eval_order("validation")
+    assert [pipe.all_languages[g] for g in langs] == [order[i][0] for i in index]
+    assert (np.concatenate([e["segment_example"][e["example_mask"] == 0] for e in ev]) == -1).all()
 
 
 def test_token_classification_packing_eval_holds_every_example(tmp_path, tokenizer):
@@ -338,11 +348,21 @@ def test_token_classification_packing_eval_holds_every_example(tmp_path, tokeniz
         for row, m in zip(e["labels"], e["example_mask"])
         if m
     )
-    got = []
+    got, index = [], []
     for e in pipe.eval_batches("validation", 2, process_index=0, process_count=1):
         out = unpack_segments({**e, "predictions": e["labels"]}, "token-classification")
         got += [tuple(row[row != -100]) for row in out["labels"]]
+        index += out["example_index"].tolist()
     assert sorted(got) == want and len(got) == 7
+    # unpacked rows keep their place in the split's order: the unpacked pipeline's rows there
+    assert sorted(index) == list(range(7))
+    by_index = dict(zip(index, got))
+    assert [by_index[i] for i in range(7)] == [
+        tuple(row[row != -100])
+        for e in plain.eval_batches("validation", 2, process_index=0, process_count=1)
+        for row, m in zip(e["labels"], e["example_mask"])
+        if m
+    ]
 
 
 def test_truncated_examples_are_a_plan_note_and_survive_the_cache(tmp_path, tokenizer, caplog):

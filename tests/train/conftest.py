@@ -22,6 +22,7 @@ RUN_FOLDER_FILES = (
     "plan.json",
     "metrics.jsonl",
     "eval/validation/report.json",
+    "eval/validation/predictions.jsonl",
     "adapter/adapter_config.json",
     "adapter/adapter_model.safetensors",
 )

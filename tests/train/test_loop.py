@@ -40,6 +40,15 @@ def test_run_folder_and_exact_resume(assets, tmp_path):
         assert (full / name).exists(), name
     report = json.loads((full / "eval/validation/report.json").read_text())
     assert set(report["per_language"]) == set(LANGS)
+    # one prediction per validation example (8 simulated devices), agreeing with the report
+    rows = [json.loads(line) for line in (full / "eval/validation/predictions.jsonl").open()]
+    assert report["files"]["predictions"] == "predictions.jsonl"
+    for lang, scores in report["per_language"].items():
+        mine = [r for r in rows if r["language"] == lang]
+        assert [r["index"] for r in mine] == list(range(scores["num_examples"]))
+        assert {r["label"] for r in mine} <= {"neg", "pos"} and all(r["text"] for r in mine)
+        accuracy = sum(r["correct"] for r in mine) / len(mine)
+        assert accuracy == pytest.approx(scores["accuracy"])
     records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [2, 4, 6]
     assert all(np.isfinite(r["loss"]) for r in records if r["kind"] == "train")
