@@ -279,6 +279,52 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def paired(records: list[dict], a: str, b: str) -> str:
+    """Seed-paired differences A - B of the mean and the gap, for ``framework:strategy`` A and B.
+
+    Both sides' runs of one seed share the data split and the seed, so the per-seed difference
+    removes the between-seed noise that the ranges of the table include. Prints each seed, the
+    mean difference with its standard error, and on how many seeds A is ahead.
+    """
+
+    def runs_of(spec: str) -> dict[int, dict]:
+        fw, _, strategy = spec.partition(":")
+        found = {
+            r["seed"]: r["f1"] for r in records if (r["framework"], r["strategy"]) == (fw, strategy)
+        }
+        if not found:
+            raise SystemExit(f"--paired: no runs of {spec!r} (framework:strategy) in the files")
+        return found
+
+    ra, rb = runs_of(a), runs_of(b)
+    seeds = sorted(set(ra) & set(rb))
+    if len(seeds) < 2:
+        raise SystemExit(f"--paired: {a!r} and {b!r} share {len(seeds)} seed(s); need two or more")
+    lines = ["| seed | mean A | mean B | mean A-B | gap A | gap B | gap A-B |", "|---" * 7 + "|"]
+    diffs = {"mean": [], "gap": []}
+    for seed in seeds:
+        cells = []
+        for what in ("mean", "gap"):
+            va, vb = (
+                float(np.mean(list(f.values())))
+                if what == "mean"
+                else max(f.values()) - min(f.values())
+                for f in (ra[seed], rb[seed])
+            )
+            diffs[what].append(va - vb)
+            cells += [f"{va:.4f}", f"{vb:.4f}", f"{va - vb:+.4f}"]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    for what, better in (("mean", np.greater), ("gap", np.less)):
+        d = np.asarray(diffs[what])
+        se = float(d.std(ddof=1) / np.sqrt(len(d)))
+        ahead = int(better(d, 0).sum())
+        lines.append(
+            f"{what} A-B: {d.mean():+.4f} +- {se:.4f} (standard error, {len(d)} seeds); "
+            f"A ahead on {ahead} of {len(d)}"
+        )
+    return f"A = {a}\nB = {b}\n" + "\n".join(lines)
+
+
 def print_table(rows: list[dict]) -> str:
     langs = list(rows[0]["per_language"])
     head = ["framework", "strategy", "seeds", *langs, "mean", "mean range", "gap", "gap range"]
@@ -352,9 +398,18 @@ def main() -> None:
     p.add_argument(
         "--table", type=Path, nargs="+", help="only print the table of these result files (merged)"
     )
+    p.add_argument(
+        "--paired",
+        nargs=2,
+        metavar=("A", "B"),
+        help="with --table: seed-paired differences of A and B (each framework:strategy)",
+    )
     args = p.parse_args()
     if args.table:
         records = [r for f in args.table for r in json.loads(f.read_text())["runs"]]
+        if args.paired:
+            print(paired(records, *args.paired))
+            return
         print(print_table(summarize(sorted(records, key=lambda r: r["framework"] != "peft"))))
         return
 
