@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = (
         _add_train,
         _add_eval,
+        _add_predict,
         _add_plan,
         _add_config_command,
         _add_export,
@@ -133,6 +134,31 @@ def _add_eval(sub, common: list[argparse.ArgumentParser]) -> None:
     e.add_argument(
         "--language", default=None, help="with --data: the language of every row of that file"
     )
+
+
+def _add_predict(sub, common: list[argparse.ArgumentParser]) -> None:
+    pr = sub.add_parser(
+        "predict",
+        parents=common,
+        help="a classification run's predictions on new, unlabelled data (JSON Lines)",
+    )
+    pr.add_argument("run_dir", help="a run folder written by `langtune train`")
+    pr.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="file, folder or glob to predict, read with the columns of the run's first source "
+        "(labels, if any, are ignored: score labelled data with `langtune eval --data`); "
+        "{language} in it names the language",
+    )
+    pr.add_argument("--language", default=None, help="the language of every row of --data")
+    pr.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="JSON Lines file to write (default: RUN_DIR/predictions/<data's stem>.jsonl)",
+    )
+    pr.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
 
 
 def _add_plan(sub, common: list[argparse.ArgumentParser]) -> None:
@@ -341,6 +367,15 @@ def _eval(args: argparse.Namespace) -> None:
     evaluate_run(Path(args.run_dir), split=args.split, data=args.data, language=args.language)
 
 
+def _predict(args: argparse.Namespace) -> None:
+    from langtune_jax.train.predict import predict_run
+
+    out = Path(args.out) if args.out else None
+    predict_run(
+        Path(args.run_dir), args.data, language=args.language, out=out, overwrite=args.overwrite
+    )
+
+
 def _export(args: argparse.Namespace) -> None:
     from langtune_jax.train import export_run
 
@@ -378,6 +413,7 @@ _COMMANDS = {
     "plan": _plan,
     "config": _config_reference,
     "eval": _eval,
+    "predict": _predict,
     "export": _export,
     "compare": _compare,
     "generate": _generate,

@@ -68,22 +68,25 @@ def example_from_row(row: dict, src: SourceConfig, task: str, where: str) -> dic
         ex = {"text": _text(row, src.text_column, where, "text_column"), "text_pair": None}
         if src.text_pair_column:
             ex["text_pair"] = _text(row, src.text_pair_column, where, "text_pair_column")
-        label = required_column(row, src.label_column, where, "label_column")
-        if isinstance(label, str) and not label.strip():
-            raise BadRow(where, f"empty label in column {src.label_column!r}")
-        ex["label"] = str(label)
+        ex["label"] = None  # label_column None: unlabelled rows (`langtune predict`)
+        if src.label_column is not None:
+            label = required_column(row, src.label_column, where, "label_column")
+            if isinstance(label, str) and not label.strip():
+                raise BadRow(where, f"empty label in column {src.label_column!r}")
+            ex["label"] = str(label)
     elif task == "token-classification":
         tokens = required_column(row, src.tokens_column, where, "tokens_column")
-        tags = required_column(row, src.tags_column, where, "tags_column")
         if isinstance(tokens, str):
             tokens = tokens.split()
-        if isinstance(tags, str):
-            tags = tags.split()
-        tokens, tags = list(tokens), [str(t) for t in tags]
+        tokens = list(tokens)
         if not tokens:
             raise BadRow(where, f"empty token list in column {src.tokens_column!r}")
-        if len(tokens) != len(tags):
-            raise BadRow(where, f"{len(tokens)} tokens but {len(tags)} tags")
+        tags = None  # tags_column None: unlabelled rows (`langtune predict`)
+        if src.tags_column is not None:
+            tags = required_column(row, src.tags_column, where, "tags_column")
+            tags = [str(t) for t in (tags.split() if isinstance(tags, str) else tags)]
+            if len(tokens) != len(tags):
+                raise BadRow(where, f"{len(tokens)} tokens but {len(tags)} tags")
         ex = {"tokens": [str(t) for t in tokens], "tags": tags}
     elif task == "causal-lm":
         ex = _causal_example(row, src, where)
@@ -117,7 +120,10 @@ def _causal_example(row: dict, src: SourceConfig, where: str) -> dict:
 
 
 def check_label(ex: dict, labels: set[str], task: str) -> None:
-    """Raises a bad-row error when the example's label (or a tag) is not in `labels`."""
+    """Raises a bad-row error when the example's label (or a tag) is not in `labels`;
+    unlabelled rows (label or tags None) pass."""
+    if ex.get("label" if task == "sequence-classification" else "tags") is None:
+        return
     if task == "sequence-classification" and ex["label"] not in labels:
         raise BadRow(
             ex["where"],

@@ -171,7 +171,8 @@ def _sequence_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
     """Text (and text pair) rows; the label id per row."""
     pairs = [ex.get("text_pair") for ex in part]
     rows.encode([ex["text"] for ex in part], pairs if any(p is not None for p in pairs) else None)
-    rows.labels += [label_to_id[ex["label"]] for ex in part]
+    # An unlabelled row (`langtune predict`) holds class 0 in place of a label: never scored.
+    rows.labels += [0 if ex["label"] is None else label_to_id[ex["label"]] for ex in part]
 
 
 def _token_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
@@ -180,8 +181,10 @@ def _token_rows(rows: _Rows, part: Sequence[dict], label_to_id) -> None:
     for b, ex in enumerate(part):
         row, prev = [], None
         for w in enc.word_ids(b):
-            # Only the first sub-token of a word carries its tag.
-            row.append(IGNORE_INDEX if w is None or w == prev else label_to_id[ex["tags"][w]])
+            # Only the first sub-token of a word carries its tag (unlabelled rows: tag 0 marks
+            # the positions `langtune predict` reads, never scored).
+            tag = 0 if ex["tags"] is None or w is None else label_to_id[ex["tags"][w]]
+            row.append(IGNORE_INDEX if w is None or w == prev else tag)
             prev = w
         rows.token_labels.append(row)
 

@@ -173,8 +173,8 @@ def unpack_segments(host: dict[str, np.ndarray], task: str) -> dict[str, np.ndar
       task: sequence-classification or token-classification.
 
     Returns:
-      predictions, labels, language_id, example_mask (and example_index, from an eval batch's
-      segment_example) with one entry (row) per segment slot, as an unpacked eval batch has
+      predictions, labels, language_id, example_mask (and scores, and example_index from an
+      eval batch's segment_example) with one entry (row) per segment slot, as an unpacked eval batch has
       them; token rows are padded with -100 to T.
     """
     lang = host["segment_language"]  # [R, S]
@@ -188,17 +188,22 @@ def unpack_segments(host: dict[str, np.ndarray], task: str) -> dict[str, np.ndar
         }
         if index is not None:
             out["example_index"] = index.reshape(-1)
+        if "scores" in host:
+            out["scores"] = host["scores"].reshape(-1)
         return out
     seg = host["segment_ids"]  # [R, T]
     r, s = np.nonzero(np.arange(1, lang.shape[1] + 1)[None, :] <= seg.max(1)[:, None])
     t = seg.shape[1]
     preds = np.full((len(r), t), IGNORE_INDEX, np.int64)
     labels = np.full((len(r), t), IGNORE_INDEX, np.int64)
+    scores = np.zeros((len(r), t), np.float32) if "scores" in host else None
     for i, (row, slot) in enumerate(zip(r, s)):
         where = seg[row] == slot + 1
         n = int(where.sum())
         preds[i, :n] = host["predictions"][row][where]
         labels[i, :n] = host["labels"][row][where]
+        if scores is not None:
+            scores[i, :n] = host["scores"][row][where]
     out = {
         "predictions": preds,
         "labels": labels,
@@ -207,4 +212,6 @@ def unpack_segments(host: dict[str, np.ndarray], task: str) -> dict[str, np.ndar
     }
     if index is not None:
         out["example_index"] = index[r, s]
+    if scores is not None:
+        out["scores"] = scores
     return out

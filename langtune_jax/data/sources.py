@@ -256,7 +256,7 @@ class _SplitReader:
                     raise row
                 lang = self._row_language(row, src, fixed, where)
                 ex = example_from_row(row, src, self.task, where)
-                if self.task == "sequence-classification":
+                if self.task == "sequence-classification" and src.label_column is not None:
                     label_kind = _check_label_kind(row[src.label_column], where, label_kind)
                 if self.label_set is not None:
                     check_label(ex, self.label_set, self.task)

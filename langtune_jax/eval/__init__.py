@@ -45,6 +45,9 @@ from langtune_jax.eval.predictions import (
     PREDICTIONS_FILE,
     PredictionLog,
     one_class_note,
+    prediction_log,
+    save_predictions,
+    split_rows,
     write_predictions,
 )
 from langtune_jax.eval.report import (
@@ -60,6 +63,9 @@ __all__ = [
     "PREDICTION_TASKS",
     "PredictionLog",
     "one_class_note",
+    "prediction_log",
+    "save_predictions",
+    "split_rows",
     "write_predictions",
     "METRICS",
     "PRIMARY_METRIC",

@@ -17,7 +17,7 @@ import jax
 from langtune_jax import eval as eval_lib
 from langtune_jax.train import run_folder
 from langtune_jax.train.runs import export_adapter
-from langtune_jax.train.session import evaluate, prediction_log, save_predictions
+from langtune_jax.train.session import evaluate
 from langtune_jax.train.start import Run
 
 log = logging.getLogger("langtune_jax")
@@ -66,7 +66,7 @@ def final_reports(run: Run) -> None:
         if not session.dataset.has_split(split_name):
             log.warning("no %r split in the data: skipped in the final report", split_name)
             continue
-        predictions = prediction_log(session)
+        predictions = eval_lib.prediction_log(session.cfg.model.task, session.label_names)
         result = evaluate(session, split_name, run.eval_step, predictions=predictions)
         final = {run_folder.FINAL_FLAG: True, **_headline(result)}  # dropped on a rerun
         run.logger.log_eval(step, split_name, final, result)
@@ -77,7 +77,9 @@ def final_reports(run: Run) -> None:
             out = run_dir / "eval" / split_name
             files = {}
             if predictions is not None:
-                files["predictions"] = save_predictions(session, split_name, predictions, out)
+                files["predictions"] = eval_lib.save_predictions(
+                    out, predictions, session.dataset, split_name, session.tokenizer
+                )
             eval_lib.write_report(
                 out,
                 result,

@@ -29,8 +29,6 @@ from langtune_jax.train.session import (
     build_session,
     check_zero_shot,
     evaluate,
-    prediction_log,
-    save_predictions,
 )
 
 
@@ -86,7 +84,7 @@ def load_run(
       step: restore this checkpoint step (default: the newest readable one).
       best: restore the checkpoint with the best ``train.best_metric``.
     """
-    cfg = _saved_config(run_dir)
+    cfg = saved_config(run_dir)
     # The saved config holds the training job's process id and coordinator; evaluating or
     # exporting later is a new job, multi-host only if its own environment says so.
     cfg.mesh = dataclasses.replace(
@@ -111,7 +109,7 @@ def load_run(
     return cfg, session
 
 
-def _saved_config(run_dir: Path) -> RunConfig:
+def saved_config(run_dir: Path) -> RunConfig:
     config_path = run_dir / "config.yaml"
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is a file, not a run folder")
@@ -168,7 +166,7 @@ def evaluate_run(
     """
     source = None
     if data is not None:
-        source, split = _other_source(run_dir, str(data), split, language)
+        source, split = other_source(run_dir, str(data), split, language)
     elif language is not None:
         raise ConfigError("--language needs --data (the language of the rows of that file)")
     cfg, session = load_run(run_dir)
@@ -179,7 +177,7 @@ def evaluate_run(
         check_zero_shot(session.model, session.dataset, [split])
     elif not session.dataset.has_split(split):
         raise ValueError(f"the data of {run_dir} has no split {split!r}")
-    predictions = prediction_log(session)
+    predictions = eval_lib.prediction_log(session.cfg.model.task, session.label_names)
     result = evaluate(session, split, predictions=predictions)
     if jax.process_index() == 0:
         out = run_dir / "eval" / split
@@ -188,7 +186,9 @@ def evaluate_run(
         previous = read_json(out / REPORT_FILE) or {}
         files = {}
         if predictions is not None:
-            files["predictions"] = save_predictions(session, split, predictions, out)
+            files["predictions"] = eval_lib.save_predictions(
+                out, predictions, session.dataset, split, session.tokenizer
+            )
         eval_lib.write_report(
             out,
             result,
@@ -209,15 +209,19 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "_", text)
 
 
-def _other_source(run_dir: Path, data: str, name: str | None, language: str | None):
-    """The source and report name of ``langtune eval --data``, checked before the model loads."""
-    cfg = _saved_config(run_dir)
+def other_source(
+    run_dir: Path, data: str, name: str | None, language: str | None, *, report: bool = True
+):
+    """The source and split name of ``langtune eval --data`` (``report``: the name must not be
+    one of the run's own splits, whose report it would overwrite) or ``langtune predict``,
+    checked before the model loads."""
+    cfg = saved_config(run_dir)
     path = str(Path(data).expanduser().absolute())
     if not glob.glob(path.replace("{language}", "*")):
         raise ConfigError(f"--data {data}: no file matches it")
     name = name or _safe_name(Path(data.replace("{language}", "")).stem)
     own = {"train", "validation", "test", cfg.eval.split, *cfg.eval.final_splits}
-    if name in own | set(cfg.data.split_names.values()):
+    if report and name in own | set(cfg.data.split_names.values()):
         raise ConfigError(
             f"--split {name!r}: the run's data has a split of that name, and its report "
             f"(eval/{name}/) would be overwritten with other data; name the report with another "
@@ -258,7 +262,7 @@ def export_run(
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export --out {out} is a file, not a folder; pass a folder to write to")
-    _check_export_format(run_dir, _saved_config(run_dir).peft.method, fmt)
+    _check_export_format(run_dir, saved_config(run_dir).peft.method, fmt)
     cfg, session = load_run(run_dir, step=step, best=best)
     model = session.split.merge()
     if fmt == "adapterhub" and peft_lib.adapters.has_language_adapters(model):

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -397,7 +398,25 @@ def evaluate(
     """Per-language metrics of the current state on a data split (all rows, padding excluded);
     with ``predictions``, every example's prediction is added to that log too."""
     cfg = session.cfg
-    languages = session.dataset.all_languages
+    outputs = eval_outputs(session, split_name, eval_step)
+    acc = eval_lib.PerLanguageAccumulator(
+        cfg.model.task, session.dataset.all_languages, label_names=session.label_names
+    )
+    for host in outputs:
+        acc.update(host)
+        if predictions is not None:
+            predictions.add(host)
+    return acc.compute(
+        source_language=cfg.eval.source_language, zero_shot=session.dataset.zero_shot
+    )
+
+
+def eval_outputs(session: Session, split_name: str, eval_step=None) -> Iterator[dict[str, Any]]:
+    """The eval step's outputs with their batch, gathered from every host as numpy, one dict
+    per eval batch of ``split_name`` (packed batches unpacked to one entry per example)."""
+    from jax.experimental import multihost_utils
+
+    cfg = session.cfg
     session.dataset.split(split_name)  # may add zero-shot languages (`langtune eval --split`)
     if len(session.dataset.all_languages) != session.routing_size:
         languages = session.dataset.all_languages
@@ -412,11 +431,6 @@ def evaluate(
             param_shardings=session.shardings,
             routing=session.routing,
         )
-    acc = eval_lib.PerLanguageAccumulator(
-        cfg.model.task, languages, label_names=session.label_names
-    )
-    from jax.experimental import multihost_utils
-
     for local in session.dataset.eval_batches(split_name, batch_size=cfg.eval.batch_size):
         batch = mesh_lib.put_batch(local, session.mesh)
         out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
@@ -424,39 +438,7 @@ def evaluate(
         host = {k: np.asarray(v) for k, v in host.items()}
         if "segment_language" in host:  # packed classification: one entry per example again
             host = data_lib.unpack_segments(host, cfg.model.task)
-        acc.update(host)
-        if predictions is not None:
-            predictions.add(host)
-    return acc.compute(
-        source_language=cfg.eval.source_language, zero_shot=session.dataset.zero_shot
-    )
-
-
-def prediction_log(session: Session) -> eval_lib.PredictionLog | None:
-    """An empty log for :func:`evaluate` when the run's task has per-example predictions."""
-    task = session.cfg.model.task
-    if task not in eval_lib.PREDICTION_TASKS:
-        return None
-    return eval_lib.PredictionLog(task, session.label_names)
-
-
-def save_predictions(
-    session: Session, split_name: str, predictions: eval_lib.PredictionLog, out_dir: Path
-) -> Path:
-    """Write ``out_dir/predictions.jsonl`` from a filled log (process 0 only calls this) and
-    warn when the model predicts one class for every example of the split."""
-    stores = session.dataset.split(split_name)[1]
-    tokenizer = session.tokenizer
-
-    def text_of(language: str, row: int) -> str:
-        store = stores[language]
-        return tokenizer.decode(store.input_ids[store.row(row)], skip_special_tokens=True)
-
-    rows = predictions.rows(session.dataset.eval_order(split_name), text_of)
-    note = eval_lib.one_class_note(rows, split_name)
-    if note:
-        log.warning(note)
-    return eval_lib.write_predictions(out_dir / eval_lib.PREDICTIONS_FILE, rows)
+        yield host
 
 
 def language_losses(session: Session, batches, eval_step) -> dict[str, float]:

@@ -325,8 +325,8 @@ def make_eval_step(
     """Build the jitted eval step: ``eval(trainable, mutable, frozen, batch) -> outputs``.
 
     Outputs per task (batch-sharded arrays):
-      * classification: ``predictions`` (argmax class ids, ``[B]`` or ``[B, T]``), and the
-        per-example loss ``nll_sum [B]`` over ``token_count [B]`` counted targets;
+      * classification: ``predictions`` (argmax class ids, ``[B]`` or ``[B, T]``), their
+        softmax probability ``scores`` (same shape), and the per-example loss ``nll_sum [B]`` over ``token_count [B]`` counted targets;
       * causal-lm, masked-lm: per-example ``nll_sum [B]``, ``token_count [B]`` and ``correct [B]``
         (argmax
         hits), from which perplexity and token accuracy are accumulated.
@@ -338,8 +338,10 @@ def make_eval_step(
         logits = forward(model, batch, routing).logits
         nll_sum, count = example_losses(logits, batch, task)
         if task not in ("causal-lm", "masked-lm"):
+            probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
             return {
                 "predictions": jnp.argmax(logits, axis=-1).astype(jnp.int32),
+                "scores": probs.max(axis=-1),
                 "nll_sum": nll_sum,
                 "token_count": count,
             }

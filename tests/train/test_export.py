@@ -255,3 +255,45 @@ def test_eval_data_scores_another_file_like_the_same_rows_in_a_split(trained, tm
     assert not list((trained / "data_cache").rglob("other*")) and not list(
         (trained / "data_cache").rglob("one*")
     )
+
+
+def test_predict_on_unlabelled_rows_gives_eval_predictions(trained, tmp_path, capsys):
+    """``langtune predict``: the validation rows without their labels get the predictions and
+    scores that ``langtune eval`` wrote for them (predictions.jsonl); an existing --out is
+    refused without --overwrite; a causal-LM run is refused before its model loads."""
+    import yaml
+
+    assert _langtune(capsys, "eval", trained, "--split", "validation")[0] == 0
+    lines = (trained / "eval/validation/predictions.jsonl").read_text().splitlines()
+    evaluated = [json.loads(line) for line in lines]
+    saved = yaml.safe_load((trained / "config.yaml").read_text())
+    folder = Path(saved["data"]["sources"][0]["path"]).parent
+    rows = [json.loads(x) for lang in LANGS for x in (folder / f"validation/{lang}.jsonl").open()]
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({"text": r["text"], "language": r["language"]}) + "\n"
+                           for r in rows))  # fmt: skip
+    rc, out, err = _langtune(capsys, "predict", trained, "--data", new)
+    assert rc == 0, err
+    path = trained / "predictions" / "new.jsonl"
+    assert f"wrote {len(rows)} predictions" in out and str(path) in out
+    got = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(got) == len(evaluated) == len(rows)
+    for g, e in zip(got, evaluated):
+        assert "label" not in g and "correct" not in g
+        assert (g["language"], g["index"], g["text"], g["prediction"]) == (
+            e["language"], e["index"], e["text"], e["prediction"]
+        )  # fmt: skip
+        assert g["score"] == pytest.approx(e["score"], abs=1e-4) and 0.5 <= g["score"] <= 1
+    rc, _, err = _langtune(capsys, "predict", trained, "--data", new)
+    assert rc == 2 and "--overwrite" in err and err.count("\n") == 1
+    assert _langtune(capsys, "predict", trained, "--data", new, "--overwrite")[0] == 0
+    custom = tmp_path / "out" / "p.jsonl"
+    assert _langtune(capsys, "predict", trained, "--data", new, "--out", custom)[0] == 0
+    assert custom.read_text() == path.read_text()
+
+    causal = tmp_path / "causal_run"
+    causal.mkdir()
+    saved["model"]["task"] = "causal-lm"
+    (causal / "config.yaml").write_text(yaml.safe_dump(saved))
+    rc, _, err = _langtune(capsys, "predict", causal, "--data", new)
+    assert rc == 2 and "classification run" in err and "langtune generate" in err
