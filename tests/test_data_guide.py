@@ -157,6 +157,28 @@ def test_each_config_of_the_guide_runs(layout, tmp_path, monkeypatch, capsys):
     if layout in TRAINED:
         (report,) = (tmp_path / "runs").glob("*/eval/validation/report.json")
         assert set(json.loads(report.read_text())["per_language"]) == set(LANGS)
+    if layout == "bio":  # the trained tagger labels words without tags: `langtune predict`
+        _predict_untagged_words(report.parent, folder, tmp_path, capsys)
+
+
+def _predict_untagged_words(eval_dir, folder, tmp_path, capsys):
+    """Validation rows without their tags get one tag (and score) per word, the tags that the
+    validation report's predictions.jsonl holds for the same rows."""
+    run_dir = eval_dir.parents[1]
+    rows = [
+        {"tokens": json.loads(line)["tokens"]}
+        for line in (folder / "data" / "validation" / f"{LANGS[0]}.jsonl").open()
+    ]
+    _jsonl(tmp_path / f"words_{LANGS[0]}.jsonl", rows)
+    data = str(tmp_path / "words_{language}.jsonl")
+    assert main(["predict", str(run_dir), "--data", data]) == 0, capsys.readouterr().err
+    got = [json.loads(x) for x in (run_dir / "predictions" / "words_.jsonl").open()]
+    want = [json.loads(x) for x in (eval_dir / "predictions.jsonl").open()]
+    want = [w for w in want if w["language"] == LANGS[0]]
+    assert len(got) == len(want) == len(rows)
+    for g, w, row in zip(got, want, rows):
+        assert len(g["predictions"]) == len(g["scores"]) == len(row["tokens"])
+        assert g["predictions"] == w["predictions"] and "labels" not in g
 
 
 def test_the_python_example_runs(monkeypatch, capsys):
