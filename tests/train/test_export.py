@@ -297,3 +297,34 @@ def test_predict_on_unlabelled_rows_gives_eval_predictions(trained, tmp_path, ca
     (causal / "config.yaml").write_text(yaml.safe_dump(saved))
     rc, _, err = _langtune(capsys, "predict", causal, "--data", new)
     assert rc == 2 and "classification run" in err and "langtune generate" in err
+
+
+def test_packed_eval_predictions_are_the_unpacked_ones(trained):
+    """Packing reorders examples across rows (worst fit); predictions.jsonl must not: the same
+    run's validation predictions with eval packing on equal those without it."""
+    import dataclasses
+
+    from langtune_jax import eval as eval_lib
+    from langtune_jax.train.runs import load_run
+    from langtune_jax.train.session import evaluate
+
+    _, session = load_run(trained)
+    dataset = session.dataset
+
+    def rows():
+        log = eval_lib.prediction_log("sequence-classification", session.label_names)
+        result = evaluate(session, "validation", predictions=log)
+        return result, eval_lib.split_rows(log, dataset, "validation", session.tokenizer)
+
+    plain_result, plain = rows()
+    dataset.data_cfg = dataclasses.replace(dataset.data_cfg, packing=True)
+    assert "segment_example" in next(iter(dataset.eval_batches("validation", batch_size=16)))
+    packed_result, packed = rows()
+    assert packed_result["per_language"] == plain_result["per_language"]
+    assert [(r["language"], r["index"], r["text"]) for r in packed] == [
+        (r["language"], r["index"], r["text"]) for r in plain
+    ]
+    for p, u in zip(packed, plain):
+        assert p["score"] == pytest.approx(u["score"], abs=1e-4)
+        if abs(u["score"] - 0.5) > 1e-3:
+            assert p["prediction"] == u["prediction"]
