@@ -15,7 +15,8 @@ from pathlib import Path
 from langtune_jax import data as data_lib
 from langtune_jax.config import ConfigError
 from langtune_jax.train import run_folder
-from langtune_jax.train.session import Session, language_losses
+from langtune_jax.train.scoring import language_losses
+from langtune_jax.train.session import Session
 from langtune_jax.train.start import Run
 
 

@@ -17,7 +17,7 @@ import jax
 from langtune_jax import eval as eval_lib
 from langtune_jax.train import run_folder
 from langtune_jax.train.runs import export_adapter
-from langtune_jax.train.session import evaluate
+from langtune_jax.train.scoring import evaluate
 from langtune_jax.train.start import Run
 
 log = logging.getLogger("langtune_jax")

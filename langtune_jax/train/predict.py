@@ -22,7 +22,8 @@ import jax
 from langtune_jax import eval as eval_lib
 from langtune_jax.config import ConfigError
 from langtune_jax.train.runs import load_run, other_source, saved_config
-from langtune_jax.train.session import check_zero_shot, eval_outputs
+from langtune_jax.train.scoring import eval_outputs
+from langtune_jax.train.session import check_zero_shot
 
 log = logging.getLogger("langtune_jax")
 

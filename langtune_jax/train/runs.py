@@ -24,12 +24,8 @@ from langtune_jax.models.llama.generate import Completion, generate_completions
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.optim import make_optimizer
 from langtune_jax.train.run_folder import read_json
-from langtune_jax.train.session import (
-    Session,
-    build_session,
-    check_zero_shot,
-    evaluate,
-)
+from langtune_jax.train.scoring import evaluate
+from langtune_jax.train.session import Session, build_session, check_zero_shot
 
 
 def base_model_id(name_or_path: str) -> str:

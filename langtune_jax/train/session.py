@@ -1,8 +1,8 @@
 """Setting up a run: hosts, mesh, data, model + PEFT, and the trainable / frozen / mutable split.
 
 :func:`build_session` is shared by training (:mod:`langtune_jax.train.loop`) and by the commands that
-reopen a finished run (:mod:`langtune_jax.train.runs`: eval, export, generate); :func:`evaluate`
-computes the per-language metrics of a session's current state on one data split.
+reopen a finished run (:mod:`langtune_jax.train.runs`: eval, export, generate, predict);
+:mod:`langtune_jax.train.scoring` scores a session's current state on a data split.
 """
 
 from __future__ import annotations
@@ -11,24 +11,21 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from langtune_jax import data as data_lib
-from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
 from langtune_jax.config import ConfigError, RunConfig
 from langtune_jax.models import from_pretrained, load_tokenizer
 from langtune_jax.models.common import set_remat
 from langtune_jax.train import mesh as mesh_lib
-from langtune_jax.train.step import Routing, SplitModel, make_eval_step, split_model
+from langtune_jax.train.step import Routing, SplitModel, split_model
 
 if TYPE_CHECKING:  # transformers is imported when a tokenizer is loaded, not with this module
     from transformers import PreTrainedTokenizerBase
@@ -120,7 +117,7 @@ def warn_frozen_fresh(model: nnx.Module, trainable: Any) -> None:
         )
 
 
-def _routing(model: nnx.Module, languages: list[str]) -> Routing | None:
+def language_routing(model: nnx.Module, languages: list[str]) -> Routing | None:
     """Per-language routing for the step (bottleneck rows and / or per-language LoRA adapters),
     or None when the model has neither."""
     contexts = []
@@ -298,7 +295,7 @@ def build_session(
         model=model,
         split=split,
         shardings=shardings,
-        routing=_routing(model, dataset.all_languages),
+        routing=language_routing(model, dataset.all_languages),
         routing_size=len(dataset.all_languages),
     )
 
@@ -383,82 +380,3 @@ def sampling_plan(cfg: RunConfig) -> data_lib.SamplingPlan:
     dataset = _pipeline(cfg, tokenizer)
     preflight(cfg, dataset, mesh)
     return dataset.plan
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def evaluate(
-    session: Session,
-    split_name: str,
-    eval_step=None,
-    *,
-    predictions: eval_lib.PredictionLog | None = None,
-) -> dict[str, Any]:
-    """Per-language metrics of the current state on a data split (all rows, padding excluded);
-    with ``predictions``, every example's prediction is added to that log too."""
-    cfg = session.cfg
-    outputs = eval_outputs(session, split_name, eval_step)
-    acc = eval_lib.PerLanguageAccumulator(
-        cfg.model.task, session.dataset.all_languages, label_names=session.label_names
-    )
-    for host in outputs:
-        acc.update(host)
-        if predictions is not None:
-            predictions.add(host)
-    return acc.compute(
-        source_language=cfg.eval.source_language, zero_shot=session.dataset.zero_shot
-    )
-
-
-def eval_outputs(session: Session, split_name: str, eval_step=None) -> Iterator[dict[str, Any]]:
-    """The eval step's outputs with their batch, gathered from every host as numpy, one dict
-    per eval batch of ``split_name`` (packed batches unpacked to one entry per example)."""
-    from jax.experimental import multihost_utils
-
-    cfg = session.cfg
-    session.dataset.split(split_name)  # may add zero-shot languages (`langtune eval --split`)
-    if len(session.dataset.all_languages) != session.routing_size:
-        languages = session.dataset.all_languages
-        session.routing = _routing(session.model, languages)
-        session.routing_size = len(languages)
-        eval_step = None  # the routing table is part of the compiled step
-    if eval_step is None:
-        eval_step = make_eval_step(
-            session.split,
-            task=cfg.model.task,
-            mesh=session.mesh,
-            param_shardings=session.shardings,
-            routing=session.routing,
-        )
-    for local in session.dataset.eval_batches(split_name, batch_size=cfg.eval.batch_size):
-        batch = mesh_lib.put_batch(local, session.mesh)
-        out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
-        host = multihost_utils.process_allgather({**out, **batch}, tiled=True)
-        host = {k: np.asarray(v) for k, v in host.items()}
-        if "segment_language" in host:  # packed classification: one entry per example again
-            host = data_lib.unpack_segments(host, cfg.model.task)
-        yield host
-
-
-def language_losses(session: Session, batches, eval_step) -> dict[str, float]:
-    """Mean loss per language of the current state over eval-style ``batches`` (all hosts).
-
-    Languages with no counted target in the batches are left out.
-    """
-    from jax.experimental import multihost_utils
-
-    languages = session.dataset.languages
-    sums = np.zeros((2, len(languages)))  # loss sums, counts (float64)
-    for local in batches:
-        batch = mesh_lib.put_batch(local, session.mesh)
-        out = eval_step(session.split.trainable, session.split.mutable, session.split.frozen, batch)
-        keys = ("nll_sum", "token_count", "language_id", "example_mask")
-        host = multihost_utils.process_allgather(
-            {k: v for k, v in {**out, **batch}.items() if k in keys}, tiled=True
-        )
-        keep = np.asarray(host["example_mask"]) > 0
-        lang = np.asarray(host["language_id"])[keep]
-        np.add.at(sums[0], lang, np.asarray(host["nll_sum"], np.float64)[keep])
-        np.add.at(sums[1], lang, np.asarray(host["token_count"], np.float64)[keep])
-    return {lang: float(s / c) for lang, s, c in zip(languages, *sums) if c > 0}

@@ -306,7 +306,7 @@ def test_packed_eval_predictions_are_the_unpacked_ones(trained):
 
     from langtune_jax import eval as eval_lib
     from langtune_jax.train.runs import load_run
-    from langtune_jax.train.session import evaluate
+    from langtune_jax.train.scoring import evaluate
 
     _, session = load_run(trained)
     dataset = session.dataset
