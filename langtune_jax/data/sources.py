@@ -290,8 +290,8 @@ class _SplitReader:
                 src.language_column,
                 where,
                 "language_column",
-                ", or data.sources[].language for a source of one language (langtune eval "
-                "--data: --language)",
+                ", or data.sources[].language for a source of one language (langtune eval or "
+                "predict --data: --language)",
             )
             if not isinstance(lang, str) or not lang.strip():
                 raise BadRow(where, f"empty language in {src.language_column!r}")
