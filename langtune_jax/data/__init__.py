@@ -6,7 +6,7 @@ from langtune_jax.data.features import Tokenized, choose_bucket, collate, tokeni
 from langtune_jax.data.mixture import LanguageMixture, apportion, permute
 from langtune_jax.data.packing import pack, unpack_segments
 from langtune_jax.data.pipeline import DataPipeline, eval_batches, train_batches
-from langtune_jax.data.plan import PlanRow, SamplingPlan, WeightRecord, build_plan, dynamic_lines
+from langtune_jax.data.plan import PlanRow, SamplingPlan, build_plan, dynamic_lines
 from langtune_jax.data.sampling import (
     STATIC_STRATEGIES,
     STRATEGIES,
@@ -15,6 +15,7 @@ from langtune_jax.data.sampling import (
     language_weights,
 )
 from langtune_jax.data.sources import SplitData, infer_labels, load_split
+from langtune_jax.data.weight_record import WeightRecord
 
 __all__ = [
     "STATIC_STRATEGIES",

@@ -50,7 +50,7 @@ from langtune_jax.data.eval_batching import EvalBatching
 from langtune_jax.data.features import Tokenized, has_chat_template, tokenize
 from langtune_jax.data.holdout import hold_out_validation
 from langtune_jax.data.mixture import LanguageMixture
-from langtune_jax.data.plan import SamplingPlan, WeightRecord, build_plan
+from langtune_jax.data.plan import SamplingPlan, build_plan
 from langtune_jax.data.readers import class_names
 from langtune_jax.data.sampling import SamplingConfig
 from langtune_jax.data.sources import (
@@ -61,6 +61,7 @@ from langtune_jax.data.sources import (
     overlap_note,
 )
 from langtune_jax.data.train_batching import TrainBatching
+from langtune_jax.data.weight_record import WeightRecord
 from langtune_jax.tasks import IGNORE_INDEX
 
 log = logging.getLogger(__name__)

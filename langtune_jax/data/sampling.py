@@ -21,7 +21,7 @@ semantic density).
 
 The dynamic strategy starts from a static one (`DynamicConfig.prior`) and moves the weights with
 the per-language loss: `dro_update` and `power_weights` are its rules, `bounded_weights` its guard
-rails; `langtune_jax.data.plan.WeightRecord` applies them.
+rails; `langtune_jax.data.weight_record` holds them and the `WeightRecord` that applies them.
 """
 
 from __future__ import annotations
@@ -422,69 +422,3 @@ class SamplingConfig:
                 if getattr(self.dynamic, f.name) != getattr(default.dynamic, f.name)
             ]
         return unused
-
-
-# ----------------------------------------------------------------------------- dynamic weights
-
-
-def bounded_weights(
-    weights: Mapping[str, float], lower: Mapping[str, float], upper: Mapping[str, float]
-) -> dict[str, float]:
-    """The weights rescaled to sum to 1 with every language inside [lower_l, upper_l].
-
-    Languages that cross a bound are fixed at it and the rest share what is left in proportion
-    to their weights, until none crosses (at most L rounds; UniMax redistributes its epoch cap
-    the same way). Needs sum(lower) <= 1 <= sum(upper).
-    """
-    fixed: dict[str, float] = {}
-    for _ in range(len(weights) + 1):
-        free = [lang for lang in weights if lang not in fixed]
-        mass = 1.0 - sum(fixed.values())
-        z = sum(weights[lang] for lang in free)
-        if not free or not z > 0:
-            break
-        scaled = {lang: weights[lang] * mass / z for lang in free}
-        crossed = {
-            lang: lower[lang] if w < lower[lang] else upper[lang]
-            for lang, w in scaled.items()
-            if w < lower[lang] or w > upper[lang]
-        }
-        if not crossed:
-            return {lang: fixed.get(lang, scaled.get(lang, 0.0)) for lang in weights}
-        fixed.update(crossed)
-    z = sum(fixed.values())
-    return {lang: fixed.get(lang, 0.0) / z for lang in weights}
-
-
-def dro_update(
-    weights: Mapping[str, float],
-    losses: Mapping[str, float],
-    reference: Mapping[str, float],
-    prior: Mapping[str, float],
-    *,
-    eta: float,
-    smoothing: float,
-) -> dict[str, float]:
-    """One exponentiated-gradient step on the per-language excess loss, smoothed to the prior.
-
-    w_l <- w_l * exp(eta * (L_l - ref_l)); normalise; then (1 - c) w + c * prior.
-
-    References:
-      Xie et al. 2023, "DoReMi", Algorithm 1 (steps 2-3), with the prior in place of uniform.
-    """
-    # Clipped exponent: a diverging language must not overflow the weights to inf/nan.
-    raw = {
-        lang: w * math.exp(min(50.0, max(-50.0, eta * (losses[lang] - reference[lang]))))
-        for lang, w in weights.items()
-    }
-    z = sum(raw.values())
-    return {lang: (1 - smoothing) * raw[lang] / z + smoothing * prior[lang] for lang in raw}
-
-
-def power_weights(
-    prior: Mapping[str, float], losses: Mapping[str, float], *, beta: float
-) -> dict[str, float]:
-    """w_l ∝ prior_l * L_l ** beta: harder languages (higher loss) weigh more; beta 0 = prior."""
-    raw = {lang: p * max(losses[lang], 1e-12) ** beta for lang, p in prior.items()}
-    z = sum(raw.values())
-    return {lang: w / z for lang, w in raw.items()}

@@ -182,7 +182,7 @@ def _record(**dynamic):
 
 
 def test_dro_update_hand_computed():
-    from langtune_jax.data.sampling import dro_update
+    from langtune_jax.data.weight_record import dro_update
 
     got = dro_update(
         {"a": 0.5, "b": 0.5},
@@ -196,7 +196,7 @@ def test_dro_update_hand_computed():
 
 
 def test_power_and_bounds_hand_computed():
-    from langtune_jax.data.sampling import bounded_weights, power_weights
+    from langtune_jax.data.weight_record import bounded_weights, power_weights
 
     got = power_weights({"a": 0.5, "b": 0.5}, {"a": 1.0, "b": 3.0}, beta=1.0)
     _close(got, {"a": 0.25, "b": 0.75})
