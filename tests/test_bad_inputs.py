@@ -46,7 +46,7 @@ def micro_model(tmp_path_factory) -> Path:
     from flax import nnx
 
     from langtune_jax.models.bert import from_hf_config
-    from langtune_jax.models.hub import save_pretrained
+    from langtune_jax.models.hub_files import save_pretrained
 
     folder = tmp_path_factory.mktemp("micro") / "model"
     hf = json.loads((DEMO_MODEL / "config.json").read_text())

@@ -20,9 +20,9 @@ from langtune_jax.models.bert import (
     XLMRobertaModel,
 )
 from langtune_jax.models.common import DEFAULT_RULES, ModelOutput, logical_to_spec, with_axes
-from langtune_jax.models.hub import (
+from langtune_jax.models.hub import from_pretrained
+from langtune_jax.models.hub_files import (
     MODEL_TYPES,
-    from_pretrained,
     hf_key,
     load_tokenizer,
     module_at,

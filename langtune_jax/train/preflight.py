@@ -151,7 +151,7 @@ def check_batch_sizes(cfg: RunConfig, mesh: Any) -> None:
 
 def check_max_length(cfg: RunConfig) -> None:
     """``data.max_length`` must fit the model's position table (longer rows would index past it)."""
-    from langtune_jax.models.hub import position_limit
+    from langtune_jax.models.hub_files import position_limit
 
     limit = position_limit(cfg.model.name_or_path)
     if limit is not None and cfg.data.max_length > limit:

@@ -19,7 +19,7 @@ from langtune_jax import eval as eval_lib
 from langtune_jax import peft as peft_lib
 from langtune_jax.config import ConfigError, RunConfig, from_dict
 from langtune_jax.eval.report import REPORT_FILE
-from langtune_jax.models.hub import make_readable
+from langtune_jax.models.hub_files import make_readable
 from langtune_jax.models.llama.generate import Completion, generate_completions
 from langtune_jax.train.checkpoint import Checkpointer
 from langtune_jax.train.optim import make_optimizer

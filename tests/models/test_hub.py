@@ -23,7 +23,7 @@ from langtune_jax.models import (
     DEFAULT_RULES,
     from_pretrained,
     hf_key,
-    hub,
+    hub_files,
     load_tokenizer,
     logical_to_spec,
     module_at,
@@ -350,5 +350,12 @@ def test_load_tokenizer_from_a_local_folder(tmp_path):
 
 
 def test_hub_module_table_points_at_real_modules():
-    assert set(hub.MODEL_TYPES) >= {"bert", "xlm-roberta", "roberta", "llama", "qwen2", "qwen3"}
-    assert hub.MODEL_TYPES["xlm-roberta"] == "langtune_jax.models.bert"
+    assert set(hub_files.MODEL_TYPES) >= {
+        "bert",
+        "xlm-roberta",
+        "roberta",
+        "llama",
+        "qwen2",
+        "qwen3",
+    }
+    assert hub_files.MODEL_TYPES["xlm-roberta"] == "langtune_jax.models.bert"

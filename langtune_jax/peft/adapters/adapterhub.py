@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from langtune_jax.models.hub import hf_key, host_array, make_readable
+from langtune_jax.models.hub_files import hf_key, host_array, make_readable
 from langtune_jax.peft.adapters.apply import adapter_layers, apply_adapters, invertible_embeddings
 from langtune_jax.peft.adapters.config import AdapterConfig, get_adapter_config
 from langtune_jax.peft.adapters.layer import AdapterParam, BottleneckAdapter, trainable_variables

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from langtune_jax.models.hub import host_array
+from langtune_jax.models.hub_files import host_array
 from langtune_jax.peft import targets as _targets
 from langtune_jax.peft.adapters.config import (
     LIBRARY_FILE,

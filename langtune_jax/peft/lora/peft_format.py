@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from langtune_jax.models.hub import hf_key, host_array, make_readable, save_pretrained
+from langtune_jax.models.hub_files import hf_key, host_array, make_readable, save_pretrained
 from langtune_jax.peft import targets as _targets
 from langtune_jax.peft.lora.apply import apply_lora
 from langtune_jax.peft.lora.config import LoraConfig, adapter_names_of, get_lora_config
