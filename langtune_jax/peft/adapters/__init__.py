@@ -92,11 +92,11 @@ References:
   arXiv:2110.04366.
 """
 
-from langtune_jax.peft.adapters.adapterhub import (
+from langtune_jax.peft.adapters.adapterhub_export import (
     export_adapterhub,
     export_adapterhub_languages,
-    import_adapterhub,
 )
+from langtune_jax.peft.adapters.adapterhub_import import import_adapterhub
 from langtune_jax.peft.adapters.apply import (
     adapter_layers,
     apply_adapters,
