@@ -93,7 +93,8 @@ class PredictionLog:
           RuntimeError: the batches did not hold every example of ``order`` exactly once.
         """
         index = np.concatenate(self._index) if self._index else np.zeros(0, np.int64)
-        if len(index) != len(order) or len(np.unique(index)) != len(order):
+        n = len(order)
+        if len(index) != n or len(np.unique(index)) != n or (n and index.max() >= n):
             raise RuntimeError(
                 f"predictions cover {len(np.unique(index))} distinct of {len(order)} examples "
                 f"({len(index)} rows): the eval batches and the split's order disagree"
