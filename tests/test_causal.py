@@ -118,6 +118,7 @@ def _per_example(logits, batch, rows) -> list[tuple[float, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_packed_losses_equal_unpacked(assets, model):
     _, tokenizer = assets
     examples = _examples("aa", 4, seed=1) + _examples("bb", 3, seed=2)

@@ -87,6 +87,7 @@ def test_eta_zero_equals_the_prior_exactly(assets, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_every_zero_weights_from_the_base_loss(assets, tmp_path):
     cfg = _config(assets, {"every": 0, "method": "power", "beta": 8.0}, steps=2)
     run = train(cfg, run_dir=tmp_path / "run")

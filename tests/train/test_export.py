@@ -84,6 +84,7 @@ def test_peft_export_carries_labels_and_absolute_base_path(assets, trained, tmp_
     assert model.label_names == ("neg", "pos")
 
 
+@pytest.mark.slow
 def test_export_step_and_best(trained, tmp_path, capsys):
     from safetensors.numpy import load_file
 
@@ -101,6 +102,7 @@ def test_export_step_and_best(trained, tmp_path, capsys):
     assert rc == 2 and "train.best_metric" in err
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_exported(assets, tmp_path, capsys):
     from safetensors.numpy import load_file
 

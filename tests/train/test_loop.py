@@ -70,6 +70,7 @@ def test_resume_with_a_changed_config_is_refused(assets, tmp_path):
         train(changed, run_dir=tmp_path / "r")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(assets, tmp_path):
     cfg = _config(assets, learning_rate=1e30, max_grad_norm=None, log_every=1, checkpoint_every=1)
     with pytest.raises(TrainingDiverged, match="inf|nan|NaN"):
@@ -97,6 +98,7 @@ def test_kill_9_then_restart_equals_unbroken_run(assets, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_returns_cleanly(assets, tmp_path):
     import threading
 

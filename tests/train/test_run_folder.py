@@ -59,6 +59,7 @@ def _records(run_dir: Path) -> list[dict]:
 # ------------------------------------------------------------------ fingerprint, --restart
 
 
+@pytest.mark.slow
 def test_rerun_after_a_label_change_is_refused_and_restart_keeps_the_old_run(
     assets, tmp_path, capsys
 ):
@@ -86,6 +87,7 @@ def test_rerun_after_a_label_change_is_refused_and_restart_keeps_the_old_run(
     assert json.loads((run / "run.json").read_text())["labels"] == ["mixed", "neg", "pos"]
 
 
+@pytest.mark.slow
 def test_all_checkpoints_unreadable_is_refused(assets, tmp_path, capsys):
     path, run = tmp_path / "cfg.yaml", tmp_path / "run"
     dump_config(_config(assets), path)
@@ -103,6 +105,7 @@ def test_all_checkpoints_unreadable_is_refused(assets, tmp_path, capsys):
 # ------------------------------------------------------------------ train.steps, --extend
 
 
+@pytest.mark.slow
 def test_changed_steps_is_refused_unless_extend(assets, tmp_path, capsys, caplog):
     path, run = tmp_path / "cfg.yaml", tmp_path / "run"
     dump_config(_config(assets), path)
@@ -157,6 +160,7 @@ def test_a_folder_with_foreign_files_is_refused(assets, tmp_path, capsys):
     assert (mine / "config.yaml").read_text() == "my: own\n"
 
 
+@pytest.mark.slow
 def test_stale_lock_of_a_dead_process_is_taken_over(assets, tmp_path, capsys, caplog):
     path, run = tmp_path / "cfg.yaml", tmp_path / "run"
     dump_config(_config(assets, steps=2), path)

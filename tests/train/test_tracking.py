@@ -120,6 +120,7 @@ def test_unknown_or_missing_tracker_is_one_clear_error(tmp_path):
         MetricsLogger(tmp_path, trackers=["neptune"], enabled=True)
 
 
+@pytest.mark.slow
 def test_training_run_logs_per_language_curves(assets, tmp_path, capsys):
     cfg = tiny_run_config(
         assets, name="tb", mesh={"data": 8, "fsdp": 1, "tensor": 1}, steps=4, eval_every=2

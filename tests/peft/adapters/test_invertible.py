@@ -140,6 +140,7 @@ def test_per_language_blocks_route_and_row_minus_one_is_the_identity():
         model(ids, mask)
 
 
+@pytest.mark.slow
 def test_invertible_weights_train_and_the_rest_stays(tmp_path):
     model = apply_adapters(mlm_model(), AdapterConfig(adapter_size=4, inv_adapter="nice"))
     filt = adapter_trainable_filter(model)
