@@ -150,6 +150,7 @@ def test_packed_losses_equal_unpacked(assets, model):
     assert later and all(abs(leaked[i][0] - got[i][0]) > 1e-3 for i in later)
 
 
+@pytest.mark.slow
 def test_prompt_tokens_do_not_count(assets, model):
     _, tokenizer = assets
     examples = _examples("aa", 3, seed=3)

@@ -5,6 +5,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PYTHON = re.findall(r"```python\n(.*?)```", README, flags=re.S)
@@ -33,6 +35,7 @@ def test_python_examples_use_every_name_they_import():
         assert imported and imported <= used, imported - used
 
 
+@pytest.mark.slow
 def test_python_examples_run(tmp_path, monkeypatch, capsys):
     train_code, pieces = PYTHON
     assert "train(RunConfig(" in train_code

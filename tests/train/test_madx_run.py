@@ -61,6 +61,7 @@ def test_masked_lm_run_writes_a_language_library(library):
         assert np.abs(tensors["bert.embeddings.adapter.G.up_kernel"]).max() > 0
 
 
+@pytest.mark.slow
 def test_language_run_exports_one_adapterhub_adapter_per_language(assets, library, tmp_path):
     """`langtune export --format adapterhub` of a language-adapter run: OUT/<language>/ each, the
     same function as that language's library folder."""

@@ -59,6 +59,7 @@ def test_tags_put_the_split_before_the_metric_and_the_language_last():
     }
 
 
+@pytest.mark.slow
 def test_logger_writes_every_tracker_offline(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     pytest.importorskip("mlflow")

@@ -49,7 +49,11 @@ def make_report(run_dir: Path) -> dict:
     return json.loads((run_dir / "eval/validation/report.json").read_text())
 
 
-@pytest.mark.parametrize("peft", [_LORA, _PER_LANGUAGE], ids=["shared-lora", "fallback"])
+@pytest.mark.parametrize(
+    "peft",
+    [pytest.param(_LORA, marks=pytest.mark.slow), _PER_LANGUAGE],
+    ids=["shared-lora", "fallback"],
+)
 def test_zero_shot_language_is_evaluated_and_marked(assets, tmp_path, peft):
     run = train(_config(assets, "zs", peft), run_dir=tmp_path / "zs")
     report = make_report(run)

@@ -114,7 +114,7 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("arch", ["bert", pytest.param("llama", marks=pytest.mark.slow)])
 def test_jax_trained_adapter_loads_in_peft_and_merged_in_transformers(arch, bases, tmp_path):
     cls, base = bases[arch]
     kwargs = CASES[arch]
