@@ -174,8 +174,8 @@ def unpack_segments(host: dict[str, np.ndarray], task: str) -> dict[str, np.ndar
 
     Returns:
       predictions, labels, language_id, example_mask (and scores, and example_index from an
-      eval batch's segment_example) with one entry (row) per segment slot, as an unpacked eval batch has
-      them; token rows are padded with -100 to T.
+      eval batch's segment_example) with one entry (row) per segment slot, as an unpacked eval
+      batch has them; token rows are padded with -100 to T.
     """
     lang = host["segment_language"]  # [R, S]
     index = host.get("segment_example")  # [R, S] eval batches: position in the split's order

@@ -12,9 +12,10 @@ order inside)::
 
 ``score`` is the model's softmax probability of its prediction. Token classification gives
 ``predictions`` and ``scores`` (one per word, at its first sub-word), ``labels`` and ``correct``
-(every tag right). Unlabelled data (``langtune predict``) has no ``label(s)`` / ``correct``. ``index`` is the example's position
-among its language's examples of the split, in file order; ``text`` is the tokenized input decoded
-back (special tokens left out, so casing and spacing follow the tokenizer).
+(every tag right). Unlabelled data (``langtune predict``) has no ``label(s)`` / ``correct``.
+``index`` is the example's position among its language's examples of the split, in file order;
+``text`` is the tokenized input decoded back (special tokens left out, so casing and spacing
+follow the tokenizer).
 
 :func:`one_class_note` names the failure a report's averages hide: a classifier that predicts
 one class (one tag) for every example.

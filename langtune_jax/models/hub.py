@@ -1,5 +1,5 @@
-"""Hugging Face checkpoints -> NNX models: build from config.json, check, load (the files themselves,
-the tokenizer and saving are :mod:`langtune_jax.models.hub_files`).
+"""Hugging Face checkpoints -> NNX models: build from config.json, check, load (the files
+themselves, the tokenizer and saving are :mod:`langtune_jax.models.hub_files`).
 
 Our module attribute paths mirror the HF PyTorch state-dict keys (the model contract), so the
 conversion is generic: an NNX parameter path maps to an HF key by joining with ``.`` and renaming

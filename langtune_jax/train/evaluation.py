@@ -3,7 +3,8 @@
 Every ``train.eval_every`` steps the headline metrics of ``eval.split`` are logged and kept in
 the eval history (saved with each checkpoint; with ``train.best_metric`` they pick the best
 checkpoint). After the last step: the reports of ``eval.split`` and ``eval.final_splits``
-(``eval/<split>/``, with ``predictions.jsonl`` for classification tasks), the weight plot of dynamic sampling, and the exported adapter.
+(``eval/<split>/``, with ``predictions.jsonl`` for classification tasks), the weight plot of
+dynamic sampling, and the exported adapter.
 """
 
 from __future__ import annotations

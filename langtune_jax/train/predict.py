@@ -13,7 +13,6 @@ within each language (languages sorted): ``language``, ``index``, ``text``, ``pr
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections import Counter
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from langtune_jax.config import ConfigError
 from langtune_jax.train.runs import load_run, other_source, saved_config
 from langtune_jax.train.scoring import eval_outputs
 from langtune_jax.train.session import check_zero_shot
-
-log = logging.getLogger("langtune_jax")
 
 
 def predict_run(
@@ -56,10 +53,9 @@ def predict_run(
             "(complete prompts with `langtune generate`, score text with `langtune eval --data`)"
         )
     source, name = other_source(run_dir, str(data), None, language, report=False)
-    unlabelled = {"label_column": None} if task == "sequence-classification" else {}
-    unlabelled = unlabelled or {"tags_column": None}
+    label_column = "label_column" if task == "sequence-classification" else "tags_column"
     split = f"predict-{name}"  # never one of the run's own splits (train, validation, ...)
-    source = dataclasses.replace(source, splits=[split], **unlabelled)
+    source = dataclasses.replace(source, splits=[split], **{label_column: None})
     out = Path(out) if out is not None else run_dir / "predictions" / f"{name}.jsonl"
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; name the JSON Lines file to write")

@@ -326,7 +326,8 @@ def make_eval_step(
 
     Outputs per task (batch-sharded arrays):
       * classification: ``predictions`` (argmax class ids, ``[B]`` or ``[B, T]``), their
-        softmax probability ``scores`` (same shape), and the per-example loss ``nll_sum [B]`` over ``token_count [B]`` counted targets;
+        softmax probability ``scores`` (same shape), and the per-example loss ``nll_sum [B]``
+        over ``token_count [B]`` counted targets;
       * causal-lm, masked-lm: per-example ``nll_sum [B]``, ``token_count [B]`` and ``correct [B]``
         (argmax
         hits), from which perplexity and token accuracy are accumulated.
